@@ -1,0 +1,21 @@
+//! Data-sharing agreements (MoUs) and the decisions they make.
+//!
+//! Everything here is pure: given the partners, the agreements and a date, say who may
+//! upload or read which rows and columns of which dataset, and which agreement says so.
+//! Default deny: anything no agreement in force grants is refused.
+
+mod agreement;
+mod decide;
+
+pub use agreement::{
+    Access, Agreement, ColumnRule, DatasetRead, DatasetUpload, Generalise, PartySet, RowScope,
+};
+pub use decide::{Policies, ReadGrant, RefusalReason, ScopeFilter, UploadGrant};
+
+/// Errors raised while loading policies.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A policy file did not parse or validate.
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+}

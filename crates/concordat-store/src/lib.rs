@@ -1,0 +1,63 @@
+//! Versioned storage of datasets and the validated upload path.
+//!
+//! Each dataset is a Delta Lake table under `<data_dir>/tables/<dataset>`: every commit
+//! is atomic (data files first, then one log entry written with put-if-absent), so a
+//! crash at any point leaves the last committed version intact and readable, and
+//! earlier versions stay readable (time travel) until retention removes them.
+//!
+//! An upload is staged to a temporary file (with its SHA-256 and a hard byte cap),
+//! inspected on its footer alone, validated row by row against the schema and the
+//! uploader's row scope, and only then committed. Nothing is committed unless every row
+//! passes. This crate never decides who may upload: it is handed the grant.
+
+pub mod fault;
+pub mod inspect;
+mod store;
+pub mod validate;
+pub mod violation;
+
+pub use inspect::{FileLimits, arrow_schema};
+pub use store::{Mode, StagedFile, Store, StoreConfig, UploadOutcome, UploadRequest, VersionInfo};
+pub use violation::{Violation, Violations};
+
+use concordat_core::ErrorKind;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The upload broke the dataset's rules; nothing was committed.
+    #[error("the upload failed validation ({} violations)", .0.count)]
+    Validation(Violations),
+    /// Over the configured upload size.
+    #[error("the upload is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// A concurrent commit won; retrying succeeds.
+    #[error("another upload to {dataset} committed first; retry the upload")]
+    Conflict { dataset: String },
+    /// The dataset has no data yet, or no such version.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request body could not be read.
+    #[error("the upload could not be received: {0}")]
+    Receive(String),
+    /// Storage failed; details are logged, not shown.
+    #[error("storage error")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Validation(_) | StoreError::Receive(_) => ErrorKind::InvalidInput,
+            StoreError::TooLarge { .. } => ErrorKind::TooLarge,
+            StoreError::Conflict { .. } => ErrorKind::Conflict,
+            StoreError::NotFound(_) => ErrorKind::NotFound,
+            StoreError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    pub(crate) fn internal(e: impl std::fmt::Display) -> StoreError {
+        StoreError::Internal(e.to_string())
+    }
+}

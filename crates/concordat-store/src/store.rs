@@ -1,0 +1,518 @@
+//! The store: staging, validation and atomic commits of uploads; versions and provenance.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::ArrayRef;
+use concordat_core::DatasetSchema;
+use concordat_policy::ScopeFilter;
+use datafusion::prelude::{ParquetReadOptions, SessionContext, col, lit};
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::{Stream, StreamExt, TryStreamExt};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use url::Url;
+
+use crate::inspect::{FileLimits, arrow_type, inspect};
+use crate::validate::RowChecker;
+use crate::violation::{Violation, Violations};
+use crate::{StoreError, fault};
+
+/// Key under which Concordat's provenance is stored in each commit.
+const PROVENANCE_KEY: &str = "concordat";
+
+/// How the store is set up.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Root directory: `tables/` and `staging/` live here.
+    pub data_dir: PathBuf,
+    /// Largest upload accepted, in bytes.
+    pub max_upload_bytes: u64,
+    /// Bounds on what a file may declare.
+    pub file_limits: FileLimits,
+    /// Uploads validated at once; others wait their turn.
+    pub concurrent_validations: usize,
+    /// Rows per decoded batch.
+    pub batch_rows: usize,
+    /// Days of log (and so of time travel and provenance) a table keeps.
+    pub log_retention_days: u32,
+    /// Abort the process when a commit reaches the log (crash tests only).
+    pub abort_in_commit: bool,
+}
+
+impl StoreConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            max_upload_bytes: 2 << 30,
+            file_limits: FileLimits::default(),
+            concurrent_validations: 2,
+            batch_rows: 8192,
+            log_retention_days: 3650,
+            abort_in_commit: false,
+        }
+    }
+}
+
+/// How an upload changes the dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Add the rows.
+    Append,
+    /// Replace, within the uploader's scope, exactly the periods present in the file.
+    ReplacePeriods,
+}
+
+impl Mode {
+    /// As written in URLs and provenance.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Append => "append",
+            Mode::ReplacePeriods => "replace_periods",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "append" => Ok(Mode::Append),
+            "replace_periods" => Ok(Mode::ReplacePeriods),
+            _ => Err("mode must be append or replace_periods".into()),
+        }
+    }
+}
+
+/// A received upload on local disk; removed when dropped.
+#[derive(Debug)]
+pub struct StagedFile {
+    path: tempfile::TempPath,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+}
+
+impl StagedFile {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// One upload, with the rights the caller's agreements give.
+#[derive(Debug)]
+pub struct UploadRequest<'a> {
+    /// The dataset.
+    pub schema: &'a DatasetSchema,
+    /// Append or replace.
+    pub mode: Mode,
+    /// Partner uploading.
+    pub partner: String,
+    /// Token subject uploading.
+    pub subject: String,
+    /// Agreements granting the upload.
+    pub agreements: Vec<String>,
+    /// Rows the uploader may write.
+    pub scope: ScopeFilter,
+    /// The bytes.
+    pub file: StagedFile,
+}
+
+/// The result of an accepted upload.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadOutcome {
+    /// Dataset name.
+    pub dataset: String,
+    /// Version committed (or, for a duplicate, the version that already holds the bytes).
+    pub version: u64,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Periods in the file.
+    pub periods: Vec<String>,
+    /// SHA-256 of the file.
+    pub sha256: String,
+    /// True when the same bytes were already committed and nothing changed.
+    pub duplicate: bool,
+}
+
+/// Provenance of one version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// Table version.
+    pub version: u64,
+    /// Commit time, RFC 3339.
+    pub committed_at: Option<String>,
+    /// Delta operation (WRITE, CREATE TABLE...).
+    pub operation: Option<String>,
+    /// Partner that uploaded it.
+    pub partner: Option<String>,
+    /// Token subject that uploaded it.
+    pub subject: Option<String>,
+    /// append or replace_periods.
+    pub mode: Option<String>,
+    /// Rows uploaded.
+    pub rows: Option<u64>,
+    /// Periods uploaded.
+    #[serde(default)]
+    pub periods: Vec<String>,
+    /// SHA-256 of the uploaded file.
+    pub sha256: Option<String>,
+    /// Agreements that granted the upload.
+    #[serde(default)]
+    pub agreements: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Provenance {
+    partner: String,
+    subject: String,
+    mode: String,
+    rows: u64,
+    periods: Vec<String>,
+    sha256: String,
+    bytes: u64,
+    agreements: Vec<String>,
+    uploaded_at: String,
+}
+
+/// Versioned datasets on local disk.
+pub struct Store {
+    cfg: StoreConfig,
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    validations: tokio::sync::Semaphore,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("data_dir", &self.cfg.data_dir).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating) the data directory and removes uploads a crash left staged.
+    pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(cfg.data_dir.join("tables")).map_err(StoreError::internal)?;
+        let staging = cfg.data_dir.join("staging");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(StoreError::internal)?;
+        }
+        std::fs::create_dir_all(&staging).map_err(StoreError::internal)?;
+        let permits = cfg.concurrent_validations.max(1);
+        Ok(Store {
+            cfg,
+            locks: std::sync::Mutex::new(HashMap::new()),
+            validations: tokio::sync::Semaphore::new(permits),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// URL of a dataset's table.
+    pub fn table_url(&self, dataset: &str) -> Result<Url, StoreError> {
+        let dir = self.cfg.data_dir.join("tables").join(dataset);
+        let dir = std::path::absolute(&dir).map_err(StoreError::internal)?;
+        Url::from_directory_path(&dir).map_err(|_| StoreError::Internal(format!("bad table path {}", dir.display())))
+    }
+
+    /// Streams a request body to a staged file, hashing it and enforcing the size cap.
+    pub async fn stage<S, E>(&self, mut body: S) -> Result<StagedFile, StoreError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let limit = self.cfg.max_upload_bytes;
+        let tmp = tempfile::Builder::new()
+            .prefix("upload-")
+            .suffix(".parquet")
+            .tempfile_in(self.cfg.data_dir.join("staging"))
+            .map_err(StoreError::internal)?;
+        let (file, path) = tmp.into_parts();
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| StoreError::Receive(e.to_string()))?;
+            bytes += chunk.len() as u64;
+            if bytes > limit {
+                return Err(StoreError::TooLarge { limit });
+            }
+            hasher.update(&chunk);
+            out.write_all(&chunk).await.map_err(StoreError::internal)?;
+        }
+        out.flush().await.map_err(StoreError::internal)?;
+        Ok(StagedFile {
+            path,
+            bytes,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }
+
+    async fn open_table(&self, dataset: &str) -> Result<DeltaTable, StoreError> {
+        let url = self.table_url(dataset)?;
+        let mut builder = DeltaTableBuilder::from_url(url.clone()).map_err(StoreError::internal)?;
+        if self.cfg.abort_in_commit {
+            let local: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+            builder = builder.with_storage_backend(Arc::new(fault::AbortInCommit::new(local)), url);
+        }
+        let mut table = builder.build().map_err(StoreError::internal)?;
+        match table.load().await {
+            Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(table),
+            Err(e) => Err(StoreError::internal(e)),
+        }
+    }
+
+    /// A loaded table at its latest version, or at `version`; `NotFound` if none.
+    pub async fn table(&self, dataset: &str, version: Option<u64>) -> Result<DeltaTable, StoreError> {
+        let mut table = self.open_table(dataset).await?;
+        if table.version().is_none() {
+            return Err(StoreError::NotFound(format!("dataset {dataset} has no data yet")));
+        }
+        if let Some(v) = version {
+            table
+                .load_version(v)
+                .await
+                .map_err(|_| StoreError::NotFound(format!("dataset {dataset} has no version {v}")))?;
+        }
+        Ok(table)
+    }
+
+    /// Latest committed version of a dataset, if it has data.
+    pub async fn latest_version(&self, dataset: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.open_table(dataset).await?.version())
+    }
+
+    /// Every version still in the log, newest first, with provenance.
+    pub async fn versions(&self, dataset: &str) -> Result<Vec<VersionInfo>, StoreError> {
+        let table = self.open_table(dataset).await?;
+        let Some(latest) = table.version() else {
+            return Ok(Vec::new());
+        };
+        let infos: Vec<_> = table.history(None).try_collect().await.map_err(StoreError::internal)?;
+        let mut out = Vec::with_capacity(infos.len());
+        for (i, info) in infos.into_iter().enumerate() {
+            let prov: Option<Provenance> = info
+                .info
+                .get(PROVENANCE_KEY)
+                .and_then(|v| serde_json::from_value(v.clone()).ok());
+            out.push(VersionInfo {
+                version: latest - i as u64,
+                committed_at: info
+                    .timestamp
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                operation: info.operation.clone(),
+                partner: prov.as_ref().map(|p| p.partner.clone()),
+                subject: prov.as_ref().map(|p| p.subject.clone()),
+                mode: prov.as_ref().map(|p| p.mode.clone()),
+                rows: prov.as_ref().map(|p| p.rows),
+                periods: prov.as_ref().map(|p| p.periods.clone()).unwrap_or_default(),
+                sha256: prov.as_ref().map(|p| p.sha256.clone()),
+                agreements: prov.map(|p| p.agreements).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn lock_for(&self, dataset: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(dataset.to_owned()).or_default().clone()
+    }
+
+    /// Validates the staged file and, if every row passes, commits it as a new version.
+    pub async fn upload(&self, req: UploadRequest<'_>) -> Result<UploadOutcome, StoreError> {
+        let dataset = req.schema.name.to_string();
+        let (rows, periods) = {
+            let _permit = self.validations.acquire().await.map_err(StoreError::internal)?;
+            let path = req.file.path().to_path_buf();
+            let schema = req.schema.clone();
+            let scope = req.scope.clone();
+            let agreements = req.agreements.clone();
+            let limits = self.cfg.file_limits.clone();
+            let batch_rows = self.cfg.batch_rows;
+            let checked = tokio::task::spawn_blocking(move || check_file(&path, &schema, &scope, &agreements, &limits, batch_rows)).await;
+            match checked {
+                Ok(result) => result?,
+                // A panic inside the decoder on a hostile file: refuse the file, keep serving.
+                Err(e) if e.is_panic() => {
+                    return Err(StoreError::Validation(Violations::single(Violation {
+                        row: None,
+                        column: None,
+                        rule: "parquet".into(),
+                        message: "the file could not be decoded: it is corrupt".into(),
+                    })));
+                }
+                Err(e) => return Err(StoreError::internal(e)),
+            }
+        };
+        let lock = self.lock_for(&dataset);
+        let _guard = lock.lock().await;
+        let table = self.open_table(&dataset).await?;
+        if let Some(version) = self.duplicate_of(&table, &req.file.sha256, req.mode).await? {
+            return Ok(UploadOutcome {
+                dataset,
+                version,
+                rows,
+                periods,
+                sha256: req.file.sha256.clone(),
+                duplicate: true,
+            });
+        }
+        let provenance = Provenance {
+            partner: req.partner.clone(),
+            subject: req.subject.clone(),
+            mode: req.mode.as_str().into(),
+            rows,
+            periods: periods.clone(),
+            sha256: req.file.sha256.clone(),
+            bytes: req.file.bytes,
+            agreements: req.agreements.clone(),
+            uploaded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        let version = self.commit(table, &req, &periods, provenance).await?;
+        Ok(UploadOutcome {
+            dataset,
+            version,
+            rows,
+            periods,
+            sha256: req.file.sha256.clone(),
+            duplicate: false,
+        })
+    }
+
+    /// An append is a duplicate if the same bytes were ever committed to the table; a
+    /// replacement only if they are the latest commit (re-applying an older file after
+    /// another replacement is a real change).
+    async fn duplicate_of(&self, table: &DeltaTable, sha256: &str, mode: Mode) -> Result<Option<u64>, StoreError> {
+        let Some(latest) = table.version() else {
+            return Ok(None);
+        };
+        let limit = (mode == Mode::ReplacePeriods).then_some(1);
+        let infos: Vec<_> = table.history(limit).try_collect().await.map_err(StoreError::internal)?;
+        Ok(infos.iter().enumerate().find_map(|(i, info)| {
+            let prov = info.info.get(PROVENANCE_KEY)?;
+            (prov.get("sha256")?.as_str()? == sha256 && prov.get("mode")?.as_str()? == mode.as_str()).then_some(latest - i as u64)
+        }))
+    }
+
+    async fn commit(&self, table: DeltaTable, req: &UploadRequest<'_>, periods: &[String], provenance: Provenance) -> Result<u64, StoreError> {
+        let schema = req.schema;
+        let dataset = schema.name.to_string();
+        let ctx = SessionContext::new();
+        let path = req.file.path().to_str().ok_or_else(|| StoreError::Internal("staging path is not UTF-8".into()))?;
+        let df = ctx
+            .read_parquet(path, ParquetReadOptions::default())
+            .await
+            .map_err(StoreError::internal)?;
+        let exprs: Vec<_> = schema
+            .columns
+            .iter()
+            .map(|c| datafusion::logical_expr::cast(col(format!("\"{}\"", c.name)), arrow_type(c.data_type)).alias(&c.name))
+            .collect();
+        let plan = df.select(exprs).map_err(StoreError::internal)?.into_unoptimized_plan();
+        let is_new = table.version().is_none();
+        let properties = CommitProperties::default()
+            .with_metadata([(PROVENANCE_KEY.to_owned(), serde_json::to_value(&provenance).map_err(StoreError::internal)?)])
+            .with_max_retries(if req.mode == Mode::Append { 15 } else { 0 });
+        let retention = format!("interval {} days", self.cfg.log_retention_days);
+        let mut write = table
+            .write(Vec::new())
+            .with_input_plan(plan)
+            .with_session_state(Arc::new(ctx.state()))
+            .with_commit_properties(properties)
+            .with_table_name(&dataset)
+            .with_configuration([
+                ("delta.logRetentionDuration", Some(retention.clone())),
+                ("delta.deletedFileRetentionDuration", Some(retention)),
+            ]);
+        write = match (req.mode, is_new) {
+            (Mode::Append, _) | (Mode::ReplacePeriods, true) => write.with_save_mode(SaveMode::Append),
+            (Mode::ReplacePeriods, false) => write
+                .with_save_mode(SaveMode::Overwrite)
+                .with_replace_where(replace_predicate(schema, periods, &req.scope)),
+        };
+        match write.await {
+            Ok(table) => table.version().ok_or_else(|| StoreError::Internal("commit left no version".into())),
+            Err(DeltaTableError::Transaction { source }) => {
+                use deltalake::kernel::transaction::TransactionError as T;
+                match source {
+                    T::CommitConflict(_) | T::VersionAlreadyExists(_) | T::MaxCommitAttempts(_) => Err(StoreError::Conflict { dataset }),
+                    other => Err(StoreError::internal(other)),
+                }
+            }
+            Err(DeltaTableError::VersionAlreadyExists(_)) => Err(StoreError::Conflict { dataset }),
+            Err(e) => Err(StoreError::internal(e)),
+        }
+    }
+}
+
+/// Rows a replacement removes: the file's periods, within the uploader's scope.
+fn replace_predicate(schema: &DatasetSchema, periods: &[String], scope: &ScopeFilter) -> datafusion::logical_expr::Expr {
+    let mut predicate = lit(true);
+    if let Some(p) = &schema.period_column {
+        predicate = col(p.as_str()).in_list(periods.iter().map(|v| lit(v.as_str())).collect(), false);
+    }
+    if let (Some(f), ScopeFilter::Forces(forces)) = (&schema.force_column, scope) {
+        let scoped = col(f.as_str()).in_list(forces.iter().map(|v| lit(v.as_str())).collect(), false);
+        predicate = predicate.and(scoped);
+    }
+    predicate
+}
+
+/// Inspects and validates a file; returns its row count and periods.
+fn check_file(path: &Path, schema: &DatasetSchema, scope: &ScopeFilter, agreements: &[String], limits: &FileLimits, batch_rows: usize) -> Result<(u64, Vec<String>), StoreError> {
+    let corrupt = || {
+        StoreError::Validation(Violations::single(Violation {
+            row: None,
+            column: None,
+            rule: "parquet".into(),
+            message: "the file could not be decoded: it is truncated or corrupt".into(),
+        }))
+    };
+    let mut file = std::fs::File::open(path).map_err(StoreError::internal)?;
+    let inspected = inspect(&mut file, schema, limits).map_err(StoreError::Validation)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|_| corrupt())?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), inspected.projection.iter().copied());
+    let reader = builder.with_projection(mask).with_batch_size(batch_rows).build().map_err(|_| corrupt())?;
+    let mut checker = RowChecker::new(schema, scope, agreements);
+    for batch in reader {
+        let batch = batch.map_err(|_| corrupt())?;
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
+        for c in &schema.columns {
+            let a = batch.column_by_name(&c.name).ok_or_else(corrupt)?;
+            let want = arrow_type(c.data_type);
+            cols.push(if a.data_type() == &want {
+                a.clone()
+            } else {
+                arrow::compute::cast(a, &want).map_err(|_| corrupt())?
+            });
+        }
+        checker.check(&cols);
+    }
+    if checker.violations.count > 0 {
+        let mut v = checker.violations;
+        v.sort();
+        return Err(StoreError::Validation(v));
+    }
+    if checker.rows == 0 {
+        return Err(StoreError::Validation(Violations::single(Violation {
+            row: None,
+            column: None,
+            rule: "empty".into(),
+            message: "the file has no rows".into(),
+        })));
+    }
+    Ok((checker.rows, checker.periods.into_iter().collect()))
+}
