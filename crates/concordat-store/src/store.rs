@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::ArrayRef;
 use concordat_core::DatasetSchema;
 use concordat_policy::ScopeFilter;
-use datafusion::prelude::{ParquetReadOptions, SessionContext, col, lit};
+use datafusion::prelude::{ParquetReadOptions, col, lit};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
@@ -223,6 +223,7 @@ impl Store {
     /// URL of a dataset's table.
     pub fn table_url(&self, dataset: &str) -> Result<Url, StoreError> {
         let dir = self.cfg.data_dir.join("tables").join(dataset);
+        std::fs::create_dir_all(&dir).map_err(StoreError::internal)?;
         let dir = std::path::absolute(&dir).map_err(StoreError::internal)?;
         Url::from_directory_path(&dir).map_err(|_| StoreError::Internal(format!("bad table path {}", dir.display())))
     }
@@ -410,7 +411,8 @@ impl Store {
     async fn commit(&self, table: DeltaTable, req: &UploadRequest<'_>, periods: &[String], provenance: Provenance) -> Result<u64, StoreError> {
         let schema = req.schema;
         let dataset = schema.name.to_string();
-        let ctx = SessionContext::new();
+        // Delta's own session: its planner executes the write's custom plan nodes.
+        let ctx = deltalake::delta_datafusion::create_session().into_inner();
         let path = req.file.path().to_str().ok_or_else(|| StoreError::Internal("staging path is not UTF-8".into()))?;
         let df = ctx
             .read_parquet(path, ParquetReadOptions::default())

@@ -1,0 +1,5 @@
+//! Integration tests of the validated, versioned upload path.
+
+mod support;
+mod upload_rules;
+mod upload_versions;
