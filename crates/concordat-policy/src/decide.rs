@@ -256,6 +256,16 @@ impl Policies {
         Ok(grants)
     }
 
+    /// Read terms of every agreement in force today that lets the partner read the
+    /// dataset, for any purpose.
+    pub fn read_terms(&self, partner: &Partner, dataset: &str, today: NaiveDate) -> Vec<(&Agreement, &DatasetRead)> {
+        self.agreements
+            .iter()
+            .filter(|a| a.in_force(today) && a.recipients.contains(&partner.id, partner.kind))
+            .filter_map(|a| a.read.get(dataset).map(|r| (a, r)))
+            .collect()
+    }
+
     /// Datasets the partner may see today, for any purpose: read or upload.
     pub fn visible_datasets(&self, partner: &Partner, today: NaiveDate) -> BTreeSet<String> {
         let mut out = BTreeSet::new();

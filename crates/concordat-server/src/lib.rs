@@ -1,1 +1,76 @@
-//! placeholder
+//! The HTTP face of Concordat: bearer-token authentication, routes, JSON errors.
+//!
+//! Handlers are thin: they extract the caller and the request, ask the policy and store
+//! crates, and encode the answer. This crate never decides what an agreement allows.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::middleware::{self, Next};
+use axum::routing::{get, post};
+
+pub use config::Config;
+pub use state::AppState;
+
+/// The application's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    let counted = state.clone();
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .route("/v1/me", get(routes::me))
+        .route("/v1/datasets", get(routes::datasets))
+        .route("/v1/datasets/{name}", get(routes::dataset))
+        .route("/v1/datasets/{name}/uploads", post(routes::upload))
+        .fallback(routes::not_found)
+        .layer(middleware::from_fn(move |req: axum::extract::Request, next: Next| {
+            let state = counted.clone();
+            async move {
+                let response = next.run(req).await;
+                state.metrics.response(response.status().as_u16());
+                response
+            }
+        }))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves until SIGINT or SIGTERM; calls `ready` with the bound address first.
+pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), String> {
+    let listen = config.listen;
+    let state = AppState::new(config)?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    ready(addr);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

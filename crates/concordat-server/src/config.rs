@@ -1,0 +1,240 @@
+//! Server configuration: defaults, then a TOML file, then `CONCORDAT_*` environment
+//! variables (`CONCORDAT_LISTEN`, `CONCORDAT_AUTH__ISSUER`, `CONCORDAT_LIMITS__MAX_UPLOAD_BYTES`...).
+//! Validated once at start; relative paths are relative to the config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables that are not settings.
+const NOT_SETTINGS: [&str; 3] = ["CONCORDAT_FAULT", "CONCORDAT_LOG", "CONCORDAT_BIN"];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where tables and staging live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Directory with `partners.toml` and the agreements.
+    #[serde(default = "default_policies_dir")]
+    pub policies_dir: PathBuf,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Storage settings.
+    #[serde(default)]
+    pub store: StoreSettings,
+}
+
+/// How bearer tokens are verified.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// Accepted signature algorithms: any of RS256, ES256, EdDSA (with `jwks_file`) and
+    /// HS256 (only with `dev_secret_file`). Pinned here, never taken from a token.
+    pub algorithms: Vec<String>,
+    /// Public keys (JWKS) for RS256, ES256 and EdDSA.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Development shared secret: enables HS256. Never in production.
+    #[serde(default)]
+    pub dev_secret_file: Option<PathBuf>,
+    /// Development private key (Ed25519, PKCS#8 PEM) that `concordat token issue` signs with.
+    #[serde(default)]
+    pub dev_signing_key: Option<PathBuf>,
+    /// Key id of the development key in the JWKS.
+    #[serde(default)]
+    pub dev_key_id: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+}
+
+/// Limits on requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest upload in bytes.
+    pub max_upload_bytes: u64,
+    /// Uploads validated at once.
+    pub concurrent_validations: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_upload_bytes: 2 << 30,
+            concurrent_validations: 2,
+        }
+    }
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Days of history (time travel, provenance) each table keeps.
+    pub log_retention_days: u32,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings { log_retention_days: 3650 }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_policies_dir() -> PathBuf {
+    PathBuf::from("policies")
+}
+fn default_leeway() -> u64 {
+    30
+}
+
+/// A configuration that could not be loaded; the message names the file or variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads a file and applies `CONCORDAT_*` overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Loads a file and applies overrides from the given variables.
+    pub fn load_with_env(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        for (key, raw) in env {
+            let Some(rest) = key.strip_prefix("CONCORDAT_") else { continue };
+            if NOT_SETTINGS.contains(&key.as_str()) {
+                continue;
+            }
+            let parts: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw));
+            set_path(&mut value, &parts, parsed).map_err(|e| ConfigError(format!("environment variable {key}: {e}")))?;
+        }
+        let mut cfg: Config = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve(base);
+        cfg.validate().map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        Ok(cfg)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        fix(&mut self.policies_dir);
+        for p in [&mut self.auth.jwks_file, &mut self.auth.dev_secret_file, &mut self.auth.dev_signing_key].into_iter().flatten() {
+            fix(p);
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.auth.algorithms.is_empty() {
+            return Err("auth.algorithms: name at least one algorithm".into());
+        }
+        for alg in &self.auth.algorithms {
+            match alg.as_str() {
+                "RS256" | "ES256" | "EdDSA" if self.auth.jwks_file.is_none() => {
+                    return Err(format!("auth.algorithms: {alg} needs auth.jwks_file"));
+                }
+                "HS256" if self.auth.dev_secret_file.is_none() => {
+                    return Err("auth.algorithms: HS256 is only allowed with auth.dev_secret_file (development)".into());
+                }
+                "RS256" | "ES256" | "EdDSA" | "HS256" => {}
+                other => return Err(format!("auth.algorithms: `{other}` is not accepted (RS256, ES256, EdDSA, HS256)")),
+            }
+        }
+        if self.limits.max_upload_bytes == 0 {
+            return Err("limits.max_upload_bytes must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+fn set_path(table: &mut toml::Table, parts: &[String], value: toml::Value) -> Result<(), String> {
+    match parts {
+        [] => Err("empty setting name".into()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => Err(format!("`{first}` is not a section")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("concordat.toml");
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    const BASE: &str = "listen = \"127.0.0.1:0\"\n[auth]\nissuer = \"i\"\naudience = \"a\"\nalgorithms = [\"HS256\"]\ndev_secret_file = \"secret\"\n";
+
+    #[test]
+    fn environment_overrides_the_file_and_paths_are_relative_to_it() {
+        let (dir, path) = write(BASE);
+        let env = [
+            ("CONCORDAT_LIMITS__MAX_UPLOAD_BYTES".to_owned(), "1234".to_owned()),
+            ("CONCORDAT_AUTH__ISSUER".to_owned(), "other".to_owned()),
+            ("CONCORDAT_FAULT".to_owned(), "x".to_owned()),
+            ("HOME".to_owned(), "/root".to_owned()),
+        ];
+        let cfg = Config::load_with_env(&path, env).expect("valid");
+        assert_eq!(cfg.limits.max_upload_bytes, 1234);
+        assert_eq!(cfg.auth.issuer, "other");
+        assert_eq!(cfg.auth.dev_secret_file, Some(dir.path().join("secret")));
+        assert_eq!(cfg.data_dir, dir.path().join("data"));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let (_d, path) = write(BASE);
+        let err = Config::load_with_env(&path, [("CONCORDAT_LISTN".to_owned(), "x".to_owned())]).expect_err("typo");
+        assert!(err.to_string().contains("listn"), "{err}");
+        let (_d, path) = write(&BASE.replace("HS256\"]", "none\"]"));
+        let err = Config::load_with_env(&path, []).expect_err("none");
+        assert!(err.to_string().contains("auth.algorithms"), "{err}");
+        let (_d, path) = write(&BASE.replace("dev_secret_file = \"secret\"\n", ""));
+        let err = Config::load_with_env(&path, []).expect_err("hs256 without secret");
+        assert!(err.to_string().contains("dev_secret_file"), "{err}");
+    }
+}

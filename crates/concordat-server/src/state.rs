@@ -1,0 +1,114 @@
+//! What every handler shares: configuration, policies, storage, the token verifier.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use concordat_policy::Policies;
+use concordat_store::{Store, StoreConfig};
+
+use crate::auth::{AuthError, Caller, Verifier};
+use crate::config::Config;
+use crate::error::ApiError;
+
+/// Counters exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Responses by status class (2xx, 4xx, 5xx).
+    pub responses: [AtomicU64; 6],
+    /// Uploads committed.
+    pub uploads_committed: AtomicU64,
+    /// Uploads that were duplicates.
+    pub uploads_duplicate: AtomicU64,
+    /// Uploads refused by validation.
+    pub uploads_rejected: AtomicU64,
+    /// Rows committed.
+    pub rows_committed: AtomicU64,
+    /// Bytes received in uploads.
+    pub upload_bytes: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a response.
+    pub fn response(&self, status: u16) {
+        let class = usize::from(status / 100).min(5);
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::from("# HELP concordat_http_responses_total HTTP responses by status class.\n# TYPE concordat_http_responses_total counter\n");
+        for (class, n) in self.responses.iter().enumerate().skip(1) {
+            out.push_str(&format!("concordat_http_responses_total{{class=\"{class}xx\"}} {}\n", n.load(Ordering::Relaxed)));
+        }
+        for (name, help, v) in [
+            ("concordat_uploads_committed_total", "Uploads committed as a new version.", &self.uploads_committed),
+            ("concordat_uploads_duplicate_total", "Uploads of bytes already committed.", &self.uploads_duplicate),
+            ("concordat_uploads_rejected_total", "Uploads refused by validation.", &self.uploads_rejected),
+            ("concordat_rows_committed_total", "Rows committed by uploads.", &self.rows_committed),
+            ("concordat_upload_bytes_total", "Bytes received in uploads.", &self.upload_bytes),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", v.load(Ordering::Relaxed)));
+        }
+        out
+    }
+}
+
+/// Shared state.
+#[derive(Debug)]
+pub struct AppState {
+    /// Configuration.
+    pub config: Config,
+    /// Partners and agreements.
+    pub policies: Policies,
+    /// Datasets.
+    pub store: Store,
+    /// Token verification.
+    pub verifier: Verifier,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    /// Loads policies (failing closed on any invalid file), keys and the store.
+    pub fn new(config: Config) -> Result<Arc<AppState>, String> {
+        let policies = Policies::load(&config.policies_dir).map_err(|e| e.to_string())?;
+        let verifier = Verifier::from_config(&config.auth)?;
+        let mut store_cfg = StoreConfig::new(&config.data_dir);
+        store_cfg.max_upload_bytes = config.limits.max_upload_bytes;
+        store_cfg.concurrent_validations = config.limits.concurrent_validations;
+        store_cfg.log_retention_days = config.store.log_retention_days;
+        store_cfg.abort_in_commit = std::env::var("CONCORDAT_FAULT").is_ok_and(|v| v == "abort_in_commit");
+        let store = Store::open(store_cfg).map_err(|e| format!("{}: {e:?}", config.data_dir.display()))?;
+        Ok(Arc::new(AppState {
+            config,
+            policies,
+            store,
+            verifier,
+            metrics: Metrics::default(),
+        }))
+    }
+
+    /// Today's date, for agreement validity.
+    pub fn today(&self) -> chrono::NaiveDate {
+        chrono::Utc::now().date_naive()
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(AuthError::Missing)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or(AuthError::Missing)?;
+        Ok(state.verifier.verify(token.trim(), state.policies.partners())?)
+    }
+}
