@@ -1,1 +1,7 @@
-fn main(){}
+//! Black-box end-to-end tests over loopback.
+
+mod e2e {
+    pub mod fixtures;
+    pub mod serve;
+    pub mod upload;
+}

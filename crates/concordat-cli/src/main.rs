@@ -1,1 +1,264 @@
-fn main() {}
+//! `concordat`: the gateway's command line. Thin: parse, call a library, report.
+
+mod client;
+mod demo;
+mod shipped;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand};
+use concordat_core::Role;
+use concordat_policy::Policies;
+use concordat_server::Config;
+use concordat_server::auth::DevSigner;
+use concordat_synth::Synth;
+
+#[derive(Parser)]
+#[command(
+    name = "concordat",
+    version,
+    about = "Criminal-justice data-sharing gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway.
+    Serve {
+        /// Configuration file (TOML); CONCORDAT_* variables override it.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Make (or reuse) a demo directory, serve it with synthetic data, print tokens.
+    Demo {
+        /// Directory for configuration, keys and data.
+        #[arg(long, default_value = "demo")]
+        dir: PathBuf,
+        /// Address to serve on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        /// Synthetic data scale: 1.0 is about a million rows per record-level dataset.
+        #[arg(long, default_value_t = 0.05)]
+        scale: f64,
+        /// Seed of the synthetic data.
+        #[arg(long, default_value_t = 2022)]
+        seed: u64,
+    },
+    /// Write synthetic Parquet for every partner dataset.
+    Synth {
+        /// Output directory: DIR/<dataset>.parquet.
+        #[arg(long)]
+        out: PathBuf,
+        /// 1.0 is about a million rows each of reoffending_cohort and court_timeliness.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Same seed, same bytes.
+        #[arg(long, default_value_t = 2022)]
+        seed: u64,
+        /// Only these forces (slugs, e.g. kent); all when absent.
+        #[arg(long = "force")]
+        forces: Vec<String>,
+    },
+    /// Development tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Upload a Parquet file to a dataset.
+    Upload {
+        /// Gateway base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Bearer token.
+        #[arg(long, env = "CONCORDAT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// append, or replace_periods.
+        #[arg(long, default_value = "append")]
+        mode: String,
+        /// Dataset name.
+        dataset: String,
+        /// Parquet file.
+        file: PathBuf,
+    },
+    /// Policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a JWT signed with the development key of a configuration.
+    Issue {
+        /// Configuration naming the development key.
+        #[arg(long)]
+        config: PathBuf,
+        /// Partner id (from partners.toml).
+        #[arg(long)]
+        partner: String,
+        /// Role; repeat or separate with commas.
+        #[arg(long = "role", value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Subject; defaults to dev@<partner>.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policies directory; explains the first error.
+    Check {
+        /// Directory holding partners.toml and the agreements.
+        #[arg(long, default_value = "policies")]
+        dir: PathBuf,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONCORDAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve { config } => {
+            init_logging("info");
+            let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
+            runtime
+                .block_on(concordat_server::serve(cfg, |addr| {
+                    println!("concordat listening on http://{addr}");
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                }))
+                .map_err(|e| anyhow!(e))
+        }
+        Command::Demo {
+            dir,
+            addr,
+            scale,
+            seed,
+        } => {
+            init_logging("warn");
+            runtime.block_on(demo::run(demo::DemoArgs {
+                dir,
+                addr,
+                scale,
+                seed,
+            }))
+        }
+        Command::Synth {
+            out,
+            scale,
+            seed,
+            forces,
+        } => {
+            if !(scale > 0.0 && scale <= 100.0) {
+                bail!("--scale must be above 0 and at most 100");
+            }
+            let slugs: Vec<&str> = forces.iter().map(String::as_str).collect();
+            for s in &slugs {
+                if concordat_core::Reference::builtin()
+                    .force_by_slug(s)
+                    .is_none()
+                {
+                    bail!("--force {s}: not a force slug (see schemas/police_forces.csv)");
+                }
+            }
+            let started = std::time::Instant::now();
+            let written = Synth::new(scale, seed).only(&slugs).write_all(&out)?;
+            for (path, rows) in written {
+                println!("{rows:>10} rows  {}", path.display());
+            }
+            eprintln!("done in {:.1}s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCommand::Issue {
+                    config,
+                    partner,
+                    roles,
+                    ttl,
+                    subject,
+                },
+        } => {
+            let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
+            let policies = Policies::load(&cfg.policies_dir).map_err(|e| anyhow!("{e}"))?;
+            if policies.partners().get(&partner).is_none() {
+                bail!(
+                    "unknown partner `{partner}` (see {}/partners.toml)",
+                    cfg.policies_dir.display()
+                );
+            }
+            let roles: Vec<Role> = roles
+                .iter()
+                .map(|r| r.parse::<Role>())
+                .collect::<Result<_, _>>()?;
+            let signer = DevSigner::from_config(&cfg.auth).map_err(|e| anyhow!(e))?;
+            let subject = subject.unwrap_or_else(|| format!("dev@{partner}"));
+            println!(
+                "{}",
+                signer
+                    .issue(&subject, &partner, &roles, ttl)
+                    .map_err(|e| anyhow!(e))?
+            );
+            Ok(())
+        }
+        Command::Upload {
+            url,
+            token,
+            mode,
+            dataset,
+            file,
+        } => runtime.block_on(async {
+            let answer = client::upload(
+                &reqwest::Client::new(),
+                &url,
+                &token,
+                &dataset,
+                &mode,
+                &file,
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&answer.body)?);
+            client::expect_success(&answer, &format!("upload of {}", file.display()))
+        }),
+        Command::Policy {
+            command: PolicyCommand::Check { dir },
+        } => {
+            let policies = Policies::load(&dir)
+                .with_context(|| format!("policies in {} are not valid", dir.display()))?;
+            println!(
+                "{}: {} partners, {} agreements, all valid",
+                dir.display(),
+                policies.partners().len(),
+                policies.agreements().len()
+            );
+            for a in policies.agreements() {
+                println!(
+                    "  {:<40} {} to {}  {}",
+                    a.id, a.valid_from, a.valid_until, a.title
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -11,7 +11,9 @@ pub mod reference;
 pub mod schema;
 
 pub use error::{CoreError, ErrorKind};
-pub use names::{DatasetName, FinancialYear, PartnerId, PartnerKind, PfaCode, Purpose, Quarter, Role};
+pub use names::{
+    DatasetName, FinancialYear, PartnerId, PartnerKind, PfaCode, Purpose, Quarter, Role,
+};
 pub use partners::{Partner, Partners};
 pub use reference::{Force, Reference};
 pub use schema::{ColumnSchema, ColumnType, DatasetLevel, DatasetSchema, Schemas};

@@ -137,9 +137,15 @@ impl Quarter {
     /// The next quarter.
     pub fn next(self) -> Quarter {
         if self.q == 4 {
-            Quarter { year: self.year + 1, q: 1 }
+            Quarter {
+                year: self.year + 1,
+                q: 1,
+            }
         } else {
-            Quarter { year: self.year, q: self.q + 1 }
+            Quarter {
+                year: self.year,
+                q: self.q + 1,
+            }
         }
     }
 
@@ -151,7 +157,11 @@ impl Quarter {
     /// The financial year (April to March) the quarter falls in.
     pub fn financial_year(self) -> FinancialYear {
         FinancialYear {
-            start: if self.q == 1 { self.year - 1 } else { self.year },
+            start: if self.q == 1 {
+                self.year - 1
+            } else {
+                self.year
+            },
         }
     }
 }
@@ -181,7 +191,8 @@ impl FinancialYear {
         }
         let start: i32 = s[..4].parse().ok()?;
         let end: i32 = s[5..].parse().ok()?;
-        ((1990..=2100).contains(&start) && (start + 1) % 100 == end).then_some(FinancialYear { start })
+        ((1990..=2100).contains(&start) && (start + 1) % 100 == end)
+            .then_some(FinancialYear { start })
     }
 }
 
@@ -279,8 +290,13 @@ mod tests {
         let q = Quarter::parse("2024Q4").expect("valid");
         assert_eq!(q.next().to_string(), "2025Q1");
         assert_eq!(q.financial_year().to_string(), "2024-25");
-        assert_eq!(Quarter::parse("2025Q1").map(|q| q.financial_year().to_string()), Some("2024-25".into()));
-        for bad in ["2024Q5", "2024Q0", "2024-Q1", "24Q1", "1800Q1", "2024q1", ""] {
+        assert_eq!(
+            Quarter::parse("2025Q1").map(|q| q.financial_year().to_string()),
+            Some("2024-25".into())
+        );
+        for bad in [
+            "2024Q5", "2024Q0", "2024-Q1", "24Q1", "1800Q1", "2024q1", "",
+        ] {
             assert_eq!(Quarter::parse(bad), None, "{bad}");
         }
     }

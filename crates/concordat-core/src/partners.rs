@@ -70,24 +70,36 @@ impl Partners {
         let mut by_id = BTreeMap::new();
         for (i, p) in parsed.partner.into_iter().enumerate() {
             let at = |field: &str, msg: String| {
-                CoreError::definition(file, format!("partner[{i}] (`{}`), field `{field}`: {msg}", p.id))
+                CoreError::definition(
+                    file,
+                    format!("partner[{i}] (`{}`), field `{field}`: {msg}", p.id),
+                )
             };
             if let Some(code) = &p.pfa_code
                 && reference.force(code.as_str()).is_none()
             {
-                return Err(at("pfa_code", format!("`{code}` is not one of the 43 force areas")));
+                return Err(at(
+                    "pfa_code",
+                    format!("`{code}` is not one of the 43 force areas"),
+                ));
             }
             if let Some(region) = &p.probation_region_code
                 && !reference.is_probation_region(region)
             {
-                return Err(at("probation_region_code", format!("`{region}` is not a probation region")));
+                return Err(at(
+                    "probation_region_code",
+                    format!("`{region}` is not a probation region"),
+                ));
             }
             let local = matches!(
                 p.kind,
                 PartnerKind::Pcc | PartnerKind::PoliceForce | PartnerKind::PoliceCrimePanel
             );
             if local && p.pfa_code.is_none() {
-                return Err(at("pfa_code", format!("a {} partner must name its force area", p.kind)));
+                return Err(at(
+                    "pfa_code",
+                    format!("a {} partner must name its force area", p.kind),
+                ));
             }
             if by_id.contains_key(&p.id) {
                 return Err(at("id", "is declared twice".into()));
@@ -164,11 +176,16 @@ mod tests {
 
     #[test]
     fn an_unknown_force_area_is_refused_naming_file_and_field() {
-        let text = "[[partner]]\nid = \"pcc-x\"\nkind = \"pcc\"\nname = \"X\"\npfa_code = \"E23999999\"\n";
-        let err = Partners::parse("p.toml", text).expect_err("refused").to_string();
+        let text =
+            "[[partner]]\nid = \"pcc-x\"\nkind = \"pcc\"\nname = \"X\"\npfa_code = \"E23999999\"\n";
+        let err = Partners::parse("p.toml", text)
+            .expect_err("refused")
+            .to_string();
         assert!(err.contains("p.toml") && err.contains("pfa_code"), "{err}");
         let text = "[[partner]]\nid = \"pcc-x\"\nkind = \"pcc\"\nname = \"X\"\n";
-        let err = Partners::parse("p.toml", text).expect_err("refused").to_string();
+        let err = Partners::parse("p.toml", text)
+            .expect_err("refused")
+            .to_string();
         assert!(err.contains("must name its force area"), "{err}");
     }
 }

@@ -45,7 +45,8 @@ impl Reference {
         REF.get_or_init(|| {
             // The file is part of the binary and covered by tests: a failure here is a
             // build defect, not an input error.
-            Reference::parse(FORCES_CSV).unwrap_or_else(|e| panic!("shipped police_forces.csv: {e}"))
+            Reference::parse(FORCES_CSV)
+                .unwrap_or_else(|e| panic!("shipped police_forces.csv: {e}"))
         })
     }
 
@@ -66,7 +67,12 @@ impl Reference {
             .collect();
         let regions = forces
             .iter()
-            .map(|f| (f.probation_region_code.clone(), f.probation_region_name.clone()))
+            .map(|f| {
+                (
+                    f.probation_region_code.clone(),
+                    f.probation_region_name.clone(),
+                )
+            })
             .collect();
         Ok(Reference {
             forces,
@@ -113,7 +119,10 @@ mod tests {
         let kent = r.force("E23000032").expect("Kent");
         assert_eq!(kent.force_slug, "kent");
         assert_eq!(kent.probation_region_name, "Kent, Surrey and Sussex");
-        assert_eq!(r.force_by_slug("dyfed-powys").map(|f| f.pfa_code.as_str()), Some("W15000004"));
+        assert_eq!(
+            r.force_by_slug("dyfed-powys").map(|f| f.pfa_code.as_str()),
+            Some("W15000004")
+        );
         assert!(r.is_probation_region("N03"));
         assert!(!r.is_probation_region("N99"));
     }

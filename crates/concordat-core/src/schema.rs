@@ -12,13 +12,34 @@ use crate::error::CoreError;
 use crate::names::{DatasetName, PartnerKind};
 
 const BUILTIN: [(&str, &str); 7] = [
-    ("reoffending_cohort", include_str!("../../../schemas/reoffending_cohort.json")),
-    ("court_timeliness", include_str!("../../../schemas/court_timeliness.json")),
-    ("force_performance", include_str!("../../../schemas/force_performance.json")),
-    ("force_resources", include_str!("../../../schemas/force_resources.json")),
-    ("force_context", include_str!("../../../schemas/force_context.json")),
-    ("police_forces", include_str!("../../../schemas/police_forces.json")),
-    ("force_efficiency", include_str!("../../../schemas/force_efficiency.json")),
+    (
+        "reoffending_cohort",
+        include_str!("../../../schemas/reoffending_cohort.json"),
+    ),
+    (
+        "court_timeliness",
+        include_str!("../../../schemas/court_timeliness.json"),
+    ),
+    (
+        "force_performance",
+        include_str!("../../../schemas/force_performance.json"),
+    ),
+    (
+        "force_resources",
+        include_str!("../../../schemas/force_resources.json"),
+    ),
+    (
+        "force_context",
+        include_str!("../../../schemas/force_context.json"),
+    ),
+    (
+        "police_forces",
+        include_str!("../../../schemas/police_forces.json"),
+    ),
+    (
+        "force_efficiency",
+        include_str!("../../../schemas/force_efficiency.json"),
+    ),
 ];
 
 /// Arrow type of a column, as written in schema files.
@@ -204,8 +225,8 @@ pub struct DatasetSchema {
 impl DatasetSchema {
     /// Parses and checks one schema file's text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<DatasetSchema, CoreError> {
-        let schema: DatasetSchema = serde_json::from_str(text)
-            .map_err(|e| CoreError::definition(file, e.to_string()))?;
+        let schema: DatasetSchema =
+            serde_json::from_str(text).map_err(|e| CoreError::definition(file, e.to_string()))?;
         schema.check().map_err(|m| CoreError::definition(file, m))?;
         Ok(schema)
     }
@@ -241,13 +262,21 @@ impl DatasetSchema {
                     (Some(v), _) if numeric && v.is_number() => {}
                     (Some(serde_json::Value::String(s)), ColumnType::Date32)
                         if chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() => {}
-                    _ => return Err(format!("column `{}`: `{bound}` does not fit its type", c.name)),
+                    _ => {
+                        return Err(format!(
+                            "column `{}`: `{bound}` does not fit its type",
+                            c.name
+                        ));
+                    }
                 }
             }
             if (c.allowed.is_some() || c.format.is_some() || c.reference.is_some())
                 && c.data_type != ColumnType::Utf8
             {
-                return Err(format!("column `{}`: enum, format and reference need type utf8", c.name));
+                return Err(format!(
+                    "column `{}`: enum, format and reference need type utf8",
+                    c.name
+                ));
             }
         }
         let has = |name: &str| -> Result<(), String> {
@@ -349,7 +378,9 @@ mod tests {
             files += 1;
             let text = std::fs::read_to_string(&path).expect("read");
             let schema = DatasetSchema::parse(&path.display().to_string(), &text).expect("valid");
-            let builtin = Schemas::builtin().get(schema.name.as_str()).expect("builtin");
+            let builtin = Schemas::builtin()
+                .get(schema.name.as_str())
+                .expect("builtin");
             assert_eq!(builtin.columns.len(), schema.columns.len());
         }
         assert_eq!(files, 7);
@@ -365,11 +396,20 @@ mod tests {
         assert_eq!(reo.period_column.as_deref(), Some("cohort_quarter"));
         assert!(reo.column("person_id").is_some_and(|c| c.pseudonym));
         let court = s.get("court_timeliness").expect("court");
-        assert_eq!(court.column("completion_date").map(|c| c.nullable), Some(true));
+        assert_eq!(
+            court.column("completion_date").map(|c| c.nullable),
+            Some(true)
+        );
         let perf = s.get("force_performance").expect("perf");
-        let ind = perf.column("indicator").and_then(|c| c.allowed.clone()).expect("enum");
+        let ind = perf
+            .column("indicator")
+            .and_then(|c| c.allowed.clone())
+            .expect("enum");
         assert!(ind.contains(&"knife_offences".to_owned()));
-        assert!(s.get("force_efficiency").is_some_and(|e| !e.is_uploadable()));
+        assert!(
+            s.get("force_efficiency")
+                .is_some_and(|e| !e.is_uploadable())
+        );
     }
 
     #[test]
@@ -378,8 +418,16 @@ mod tests {
             .get("force_resources")
             .map(|s| serde_json::to_string(s).expect("json"))
             .expect("schema")
-            .replace("\"than\":\"recorded_crime\"", "\"than\":\"recorded_crimes\"");
-        let err = DatasetSchema::parse("bad.json", &text).expect_err("must fail").to_string();
-        assert!(err.contains("bad.json") && err.contains("recorded_crimes"), "{err}");
+            .replace(
+                "\"than\":\"recorded_crime\"",
+                "\"than\":\"recorded_crimes\"",
+            );
+        let err = DatasetSchema::parse("bad.json", &text)
+            .expect_err("must fail")
+            .to_string();
+        assert!(
+            err.contains("bad.json") && err.contains("recorded_crimes"),
+            "{err}"
+        );
     }
 }

@@ -119,7 +119,9 @@ impl DatasetRead {
         if self.hidden.iter().any(|h| h == column) {
             Some(ColumnRule::Hidden)
         } else {
-            self.generalise.get(column).map(|g| ColumnRule::Generalised(*g))
+            self.generalise
+                .get(column)
+                .map(|g| ColumnRule::Generalised(*g))
         }
     }
 }
@@ -186,20 +188,39 @@ impl Agreement {
     }
 
     /// Parses and validates one agreement file against the partners and schemas.
-    pub fn parse(file: &str, stem: &str, text: &str, partners: &Partners) -> Result<Agreement, String> {
+    pub fn parse(
+        file: &str,
+        stem: &str,
+        text: &str,
+        partners: &Partners,
+    ) -> Result<Agreement, String> {
         let raw: AgreementFile = toml::from_str(text).map_err(|e| e.to_string())?;
         let field = |name: &str, msg: String| format!("field `{name}`: {msg}");
         if let Some(id) = &raw.id
             && id != stem
         {
-            return Err(field("id", format!("`{id}` must equal the file name `{stem}`")));
+            return Err(field(
+                "id",
+                format!("`{id}` must equal the file name `{stem}`"),
+            ));
         }
-        let date = |name: &str, v: Option<toml::Value>, default: (i32, u32, u32)| -> Result<NaiveDate, String> {
+        let date = |name: &str,
+                    v: Option<toml::Value>,
+                    default: (i32, u32, u32)|
+         -> Result<NaiveDate, String> {
             let text = match v {
-                None => return NaiveDate::from_ymd_opt(default.0, default.1, default.2).ok_or_else(|| field(name, "bad default".into())),
+                None => {
+                    return NaiveDate::from_ymd_opt(default.0, default.1, default.2)
+                        .ok_or_else(|| field(name, "bad default".into()));
+                }
                 Some(toml::Value::String(s)) => s,
                 Some(toml::Value::Datetime(d)) => d.to_string(),
-                Some(other) => return Err(field(name, format!("expected a date, found {}", other.type_str()))),
+                Some(other) => {
+                    return Err(field(
+                        name,
+                        format!("expected a date, found {}", other.type_str()),
+                    ));
+                }
             };
             NaiveDate::parse_from_str(&text, "%Y-%m-%d")
                 .map_err(|_| field(name, format!("`{text}` is not a date YYYY-MM-DD")))
@@ -207,28 +228,45 @@ impl Agreement {
         let valid_from = date("valid_from", raw.valid_from, DEFAULT_FROM)?;
         let valid_until = date("valid_until", raw.valid_until, DEFAULT_UNTIL)?;
         if valid_until < valid_from {
-            return Err(field("valid_until", format!("{valid_until} is before valid_from {valid_from}")));
+            return Err(field(
+                "valid_until",
+                format!("{valid_until} is before valid_from {valid_from}"),
+            ));
         }
         if raw.purposes.is_empty() {
             return Err(field("purposes", "at least one purpose is required".into()));
         }
         for p in &raw.purposes {
             if p != "any" && !Purpose::KNOWN.contains(&p.as_str()) {
-                return Err(field("purposes", format!("unknown purpose `{p}` (known: {}, or any)", Purpose::KNOWN.join(", "))));
+                return Err(field(
+                    "purposes",
+                    format!(
+                        "unknown purpose `{p}` (known: {}, or any)",
+                        Purpose::KNOWN.join(", ")
+                    ),
+                ));
             }
         }
         if raw.providers.is_empty() {
             return Err(field("providers", "names no partner or kind".into()));
         }
-        for (name, set) in [("providers", &raw.providers), ("recipients", &raw.recipients)] {
+        for (name, set) in [
+            ("providers", &raw.providers),
+            ("recipients", &raw.recipients),
+        ] {
             for id in &set.partners {
                 if partners.get(id.as_str()).is_none() {
-                    return Err(field(&format!("{name}.partners"), format!("unknown partner `{id}`")));
+                    return Err(field(
+                        &format!("{name}.partners"),
+                        format!("unknown partner `{id}`"),
+                    ));
                 }
             }
         }
         if raw.upload.is_empty() && raw.read.is_empty() {
-            return Err("grants nothing: add an [upload.<dataset>] or [read.<dataset>] table".into());
+            return Err(
+                "grants nothing: add an [upload.<dataset>] or [read.<dataset>] table".into(),
+            );
         }
         if !raw.read.is_empty() && raw.recipients.is_empty() {
             return Err(field("recipients", "read grants need recipients".into()));
@@ -240,26 +278,53 @@ impl Agreement {
                 .get(dataset)
                 .ok_or_else(|| field(&format!("upload.{dataset}"), "unknown dataset".into()))?;
             if !schema.is_uploadable() {
-                return Err(field(&format!("upload.{dataset}"), "this dataset is not uploaded by partners".into()));
+                return Err(field(
+                    &format!("upload.{dataset}"),
+                    "this dataset is not uploaded by partners".into(),
+                ));
             }
             for (id, kind) in parties(&raw.providers, partners) {
                 if !schema.provider_kinds.contains(&kind) {
-                    return Err(field("providers", format!("`{id}` ({kind}) may not provide {dataset}: its providers are {}", kinds_text(&schema.provider_kinds))));
+                    return Err(field(
+                        "providers",
+                        format!(
+                            "`{id}` ({kind}) may not provide {dataset}: its providers are {}",
+                            kinds_text(&schema.provider_kinds)
+                        ),
+                    ));
                 }
             }
-            check_scope(&at("scope"), up.scope, &raw.providers, partners, schema.force_column.is_some())?;
+            check_scope(
+                &at("scope"),
+                up.scope,
+                &raw.providers,
+                partners,
+                schema.force_column.is_some(),
+            )?;
         }
         for (dataset, read) in &raw.read {
             let at = |f: &str| format!("read.{dataset}.{f}");
             let schema = schemas
                 .get(dataset)
                 .ok_or_else(|| field(&format!("read.{dataset}"), "unknown dataset".into()))?;
-            check_scope(&at("scope"), read.scope, &raw.recipients, partners, schema.force_column.is_some())?;
+            check_scope(
+                &at("scope"),
+                read.scope,
+                &raw.recipients,
+                partners,
+                schema.force_column.is_some(),
+            )?;
             if read.access == Access::Aggregate && schema.level != DatasetLevel::Record {
-                return Err(field(&at("access"), "aggregate access applies to record-level datasets only".into()));
+                return Err(field(
+                    &at("access"),
+                    "aggregate access applies to record-level datasets only".into(),
+                ));
             }
             if read.min_count == 0 || read.round_to == 0 {
-                return Err(field(&at("min_count"), "min_count and round_to must be at least 1".into()));
+                return Err(field(
+                    &at("min_count"),
+                    "min_count and round_to must be at least 1".into(),
+                ));
             }
             for h in &read.hidden {
                 if schema.column(h).is_none() {
@@ -270,7 +335,10 @@ impl Agreement {
                 match schema.column(c) {
                     None => return Err(field(&at("generalise"), format!("unknown column `{c}`"))),
                     Some(col) if col.data_type != ColumnType::Date32 => {
-                        return Err(field(&at("generalise"), format!("column `{c}` is not a date")));
+                        return Err(field(
+                            &at("generalise"),
+                            format!("column `{c}` is not a date"),
+                        ));
                     }
                     Some(_) => {}
                 }
@@ -293,11 +361,18 @@ impl Agreement {
 }
 
 fn kinds_text(kinds: &[PartnerKind]) -> String {
-    kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+    kinds
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Every partner a set names, with its kind.
-fn parties<'a>(set: &'a PartySet, partners: &'a Partners) -> impl Iterator<Item = (PartnerId, PartnerKind)> + 'a {
+fn parties<'a>(
+    set: &'a PartySet,
+    partners: &'a Partners,
+) -> impl Iterator<Item = (PartnerId, PartnerKind)> + 'a {
     partners
         .iter()
         .filter(|p| set.contains(&p.id, p.kind))
@@ -305,12 +380,20 @@ fn parties<'a>(set: &'a PartySet, partners: &'a Partners) -> impl Iterator<Item 
 }
 
 /// A scope relative to the partner needs every partner in the set to have that area.
-fn check_scope(at: &str, scope: RowScope, set: &PartySet, partners: &Partners, has_force_column: bool) -> Result<(), String> {
+fn check_scope(
+    at: &str,
+    scope: RowScope,
+    set: &PartySet,
+    partners: &Partners,
+    has_force_column: bool,
+) -> Result<(), String> {
     if scope == RowScope::All {
         return Ok(());
     }
     if !has_force_column {
-        return Err(format!("field `{at}`: the dataset has no force area column, so only `all` applies"));
+        return Err(format!(
+            "field `{at}`: the dataset has no force area column, so only `all` applies"
+        ));
     }
     for p in partners.iter().filter(|p| set.contains(&p.id, p.kind)) {
         let has_area = match scope {
@@ -319,7 +402,10 @@ fn check_scope(at: &str, scope: RowScope, set: &PartySet, partners: &Partners, h
             RowScope::OwnProbationRegion => p.probation_region().is_some(),
         };
         if !has_area {
-            return Err(format!("field `{at}`: partner `{}` has no area for scope {scope:?}", p.id));
+            return Err(format!(
+                "field `{at}`: partner `{}` has no area for scope {scope:?}",
+                p.id
+            ));
         }
     }
     Ok(())

@@ -150,20 +150,28 @@ impl Policies {
         };
         let partners_path = dir.join("partners.toml");
         let partners = Partners::load(&partners_path).map_err(|e| match e {
-            concordat_core::CoreError::Definition { message, .. } => invalid(&partners_path, message),
+            concordat_core::CoreError::Definition { message, .. } => {
+                invalid(&partners_path, message)
+            }
             other => invalid(&partners_path, other.to_string()),
         })?;
         let mut files: Vec<_> = std::fs::read_dir(dir)
             .map_err(|e| invalid(dir, e.to_string()))?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.file_name() != Some("partners.toml".as_ref()))
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "toml")
+                    && p.file_name() != Some("partners.toml".as_ref())
+            })
             .collect();
         files.sort();
         let mut agreements = Vec::new();
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(|e| invalid(&path, e.to_string()))?;
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
             let agreement = Agreement::parse(&path.display().to_string(), stem, &text, &partners)
                 .map_err(|m| invalid(&path, m))?;
             agreements.push(agreement);
@@ -202,11 +210,18 @@ impl Policies {
     }
 
     /// Whether the partner may upload the dataset today, and which rows.
-    pub fn upload_grant(&self, partner: &Partner, dataset: &str, today: NaiveDate) -> Result<UploadGrant, RefusalReason> {
+    pub fn upload_grant(
+        &self,
+        partner: &Partner,
+        dataset: &str,
+        today: NaiveDate,
+    ) -> Result<UploadGrant, RefusalReason> {
         let naming: Vec<&Agreement> = self
             .agreements
             .iter()
-            .filter(|a| a.upload.contains_key(dataset) && a.providers.contains(&partner.id, partner.kind))
+            .filter(|a| {
+                a.upload.contains_key(dataset) && a.providers.contains(&partner.id, partner.kind)
+            })
             .collect();
         let mut grant: Option<UploadGrant> = None;
         for a in naming.iter().filter(|a| a.in_force(today)) {
@@ -227,11 +242,19 @@ impl Policies {
     }
 
     /// Read grants of the partner for the dataset and purpose today.
-    pub fn read_grants(&self, partner: &Partner, dataset: &str, purpose: &str, today: NaiveDate) -> Result<Vec<ReadGrant>, RefusalReason> {
+    pub fn read_grants(
+        &self,
+        partner: &Partner,
+        dataset: &str,
+        purpose: &str,
+        today: NaiveDate,
+    ) -> Result<Vec<ReadGrant>, RefusalReason> {
         let naming: Vec<&Agreement> = self
             .agreements
             .iter()
-            .filter(|a| a.read.contains_key(dataset) && a.recipients.contains(&partner.id, partner.kind))
+            .filter(|a| {
+                a.read.contains_key(dataset) && a.recipients.contains(&partner.id, partner.kind)
+            })
             .collect();
         let in_force: Vec<&&Agreement> = naming.iter().filter(|a| a.in_force(today)).collect();
         if in_force.is_empty() {
@@ -258,7 +281,12 @@ impl Policies {
 
     /// Read terms of every agreement in force today that lets the partner read the
     /// dataset, for any purpose.
-    pub fn read_terms(&self, partner: &Partner, dataset: &str, today: NaiveDate) -> Vec<(&Agreement, &DatasetRead)> {
+    pub fn read_terms(
+        &self,
+        partner: &Partner,
+        dataset: &str,
+        today: NaiveDate,
+    ) -> Vec<(&Agreement, &DatasetRead)> {
         self.agreements
             .iter()
             .filter(|a| a.in_force(today) && a.recipients.contains(&partner.id, partner.kind))

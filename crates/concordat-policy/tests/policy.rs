@@ -6,7 +6,8 @@ use chrono::NaiveDate;
 use concordat_policy::{Access, Policies, RefusalReason, ScopeFilter};
 
 fn shipped() -> Policies {
-    Policies::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies")).expect("shipped policies load")
+    Policies::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies"))
+        .expect("shipped policies load")
 }
 
 fn day(s: &str) -> NaiveDate {
@@ -26,12 +27,22 @@ fn scratch(agreement: &str) -> (tempfile::TempDir, PathBuf) {
 fn forces_upload_only_their_own_area() {
     let p = shipped();
     let kent = p.partners().get("force-kent").expect("kent");
-    let grant = p.upload_grant(kent, "force_performance", day("2025-06-01")).expect("granted");
+    let grant = p
+        .upload_grant(kent, "force_performance", day("2025-06-01"))
+        .expect("granted");
     assert!(grant.filter.allows("E23000032"));
-    assert!(!grant.filter.allows("E23000028"), "Kent must not write Essex rows");
-    assert!(p.upload_grant(kent, "reoffending_cohort", day("2025-06-01")).is_err());
+    assert!(
+        !grant.filter.allows("E23000028"),
+        "Kent must not write Essex rows"
+    );
+    assert!(
+        p.upload_grant(kent, "reoffending_cohort", day("2025-06-01"))
+            .is_err()
+    );
     let probation = p.partners().get("probation").expect("probation");
-    let grant = p.upload_grant(probation, "reoffending_cohort", day("2025-06-01")).expect("granted");
+    let grant = p
+        .upload_grant(probation, "reoffending_cohort", day("2025-06-01"))
+        .expect("granted");
     assert_eq!(grant.filter, ScopeFilter::All);
 }
 
@@ -43,23 +54,57 @@ fn the_contract_rights_table_holds() {
         let partner = p.partners().get(partner).expect("partner");
         p.read_grants(partner, dataset, purpose, on)
     };
-    let pcc = read("pcc-kent", "reoffending_cohort", "reducing-reoffending").expect("pcc reads reoffending");
+    let pcc = read("pcc-kent", "reoffending_cohort", "reducing-reoffending")
+        .expect("pcc reads reoffending");
     assert!(pcc.iter().all(|g| g.terms.access == Access::Aggregate));
-    assert!(pcc.iter().all(|g| g.filter == ScopeFilter::Forces(["E23000032".to_owned()].into())));
-    assert!(read("pcc-kent", "court_timeliness", "reducing-reoffending").is_ok_and(|g| g.iter().all(|g| g.terms.access == Access::Aggregate)));
-    assert!(read("pcc-kent", "force_performance", "performance-scrutiny").is_ok_and(|g| g[0].terms.access == Access::Record));
-    assert!(read("pcc-kent", "force_efficiency", "efficiency-comparison").is_ok_and(|g| g[0].filter == ScopeFilter::All));
-    assert!(matches!(read("pcc-kent", "reoffending_cohort", "inspection"), Err(RefusalReason::PurposeNotCovered { .. })));
-    assert!(read("hmicfrs", "force_performance", "inspection").is_ok_and(|g| g[0].filter == ScopeFilter::All));
-    assert_eq!(read("hmicfrs", "reoffending_cohort", "inspection").err(), Some(RefusalReason::NoAgreement));
-    assert_eq!(read("hmicfrs", "court_timeliness", "inspection").err(), Some(RefusalReason::NoAgreement));
+    assert!(
+        pcc.iter()
+            .all(|g| g.filter == ScopeFilter::Forces(["E23000032".to_owned()].into()))
+    );
+    assert!(
+        read("pcc-kent", "court_timeliness", "reducing-reoffending")
+            .is_ok_and(|g| g.iter().all(|g| g.terms.access == Access::Aggregate))
+    );
+    assert!(
+        read("pcc-kent", "force_performance", "performance-scrutiny")
+            .is_ok_and(|g| g[0].terms.access == Access::Record)
+    );
+    assert!(
+        read("pcc-kent", "force_efficiency", "efficiency-comparison")
+            .is_ok_and(|g| g[0].filter == ScopeFilter::All)
+    );
+    assert!(matches!(
+        read("pcc-kent", "reoffending_cohort", "inspection"),
+        Err(RefusalReason::PurposeNotCovered { .. })
+    ));
+    assert!(
+        read("hmicfrs", "force_performance", "inspection")
+            .is_ok_and(|g| g[0].filter == ScopeFilter::All)
+    );
+    assert_eq!(
+        read("hmicfrs", "reoffending_cohort", "inspection").err(),
+        Some(RefusalReason::NoAgreement)
+    );
+    assert_eq!(
+        read("hmicfrs", "court_timeliness", "inspection").err(),
+        Some(RefusalReason::NoAgreement)
+    );
     assert!(read("home-office", "force_resources", "performance-scrutiny").is_ok());
     assert!(read("panel-kent", "force_efficiency", "performance-scrutiny").is_ok());
-    assert!(read("probation", "reoffending_cohort", "reducing-reoffending").is_ok_and(|g| g[0].terms.access == Access::Record));
+    assert!(
+        read("probation", "reoffending_cohort", "reducing-reoffending")
+            .is_ok_and(|g| g[0].terms.access == Access::Record)
+    );
     assert!(read("cps", "court_timeliness", "performance-scrutiny").is_ok());
-    assert_eq!(read("operator", "force_performance", "audit").err(), Some(RefusalReason::NoAgreement));
+    assert_eq!(
+        read("operator", "force_performance", "audit").err(),
+        Some(RefusalReason::NoAgreement)
+    );
     for partner in ["operator", "pcc-essex", "cps", "hmicfrs"] {
-        assert!(read(partner, "police_forces", "audit").is_ok(), "{partner} reads police_forces");
+        assert!(
+            read(partner, "police_forces", "audit").is_ok(),
+            "{partner} reads police_forces"
+        );
     }
 }
 
@@ -67,28 +112,69 @@ fn the_contract_rights_table_holds() {
 fn agreements_outside_their_dates_refuse_naming_the_dates() {
     let p = shipped();
     let kent = p.partners().get("pcc-kent").expect("kent");
-    let err = p.read_grants(kent, "reoffending_cohort", "reducing-reoffending", day("2027-04-01")).expect_err("expired");
+    let err = p
+        .read_grants(
+            kent,
+            "reoffending_cohort",
+            "reducing-reoffending",
+            day("2027-04-01"),
+        )
+        .expect_err("expired");
     assert!(err.to_string().contains("2027-03-31"), "{err}");
-    let err = p.read_grants(kent, "reoffending_cohort", "reducing-reoffending", day("2024-03-31")).expect_err("future");
+    let err = p
+        .read_grants(
+            kent,
+            "reoffending_cohort",
+            "reducing-reoffending",
+            day("2024-03-31"),
+        )
+        .expect_err("future");
     assert!(matches!(err, RefusalReason::NotInForce { .. }));
 }
 
 #[test]
 fn invalid_agreements_name_the_file_and_field() {
     let cases = [
-        ("title = \"t\"\npurposes = [\"reducing-reoffending\"]\nproviders = { partners = [\"probation\"] }\nrecipients = { kinds = [\"pcc\"] }\n[read.reoffending_cohort]\naccess = \"aggregate\"\nscope = \"own_force_areas\"\n", "scope"),
-        ("title = \"t\"\npurposes = [\"gossip\"]\nproviders = { partners = [\"probation\"] }\n[upload.reoffending_cohort]\nscope = \"all\"\n", "purposes"),
-        ("title = \"t\"\npurposes = [\"inspection\"]\nproviders = { partners = [\"nobody\"] }\n[upload.reoffending_cohort]\nscope = \"all\"\n", "providers.partners"),
-        ("title = \"t\"\npurposes = [\"inspection\"]\nproviders = { partners = [\"cps\"] }\nrecipients = { partners = [\"cps\"] }\n[read.court_timeliness]\naccess = \"record\"\nscope = \"own_force_area\"\n", "read.court_timeliness.scope"),
-        ("title = \"t\"\npurposes = [\"inspection\"]\nproviders = { partners = [\"cps\"] }\nrecipients = { kinds = [\"pcc\"] }\n[read.court_timeliness]\naccess = \"record\"\nscope = \"all\"\nhidden = [\"no_such_column\"]\n", "read.court_timeliness.hidden"),
-        ("title = \"t\"\npurposes = [\"inspection\"]\nvalid_from = \"2026-01-01\"\nvalid_until = \"2025-01-01\"\nproviders = { partners = [\"cps\"] }\n[upload.court_timeliness]\nscope = \"all\"\n", "valid_until"),
-        ("title = \"t\"\npurposes = [\"inspection\"]\nproviders = { partners = [\"cps\"] }\n[upload.reoffending_cohort]\nscope = \"all\"\n", "providers"),
-        ("title = \"t\"\npurposes = [\"inspection\"]\nproviders = { partners = [\"cps\"] }\n[upload.force_efficiency]\nscope = \"all\"\n", "upload.force_efficiency"),
+        (
+            "title = \"t\"\npurposes = [\"reducing-reoffending\"]\nproviders = { partners = [\"probation\"] }\nrecipients = { kinds = [\"pcc\"] }\n[read.reoffending_cohort]\naccess = \"aggregate\"\nscope = \"own_force_areas\"\n",
+            "scope",
+        ),
+        (
+            "title = \"t\"\npurposes = [\"gossip\"]\nproviders = { partners = [\"probation\"] }\n[upload.reoffending_cohort]\nscope = \"all\"\n",
+            "purposes",
+        ),
+        (
+            "title = \"t\"\npurposes = [\"inspection\"]\nproviders = { partners = [\"nobody\"] }\n[upload.reoffending_cohort]\nscope = \"all\"\n",
+            "providers.partners",
+        ),
+        (
+            "title = \"t\"\npurposes = [\"inspection\"]\nproviders = { partners = [\"cps\"] }\nrecipients = { partners = [\"cps\"] }\n[read.court_timeliness]\naccess = \"record\"\nscope = \"own_force_area\"\n",
+            "read.court_timeliness.scope",
+        ),
+        (
+            "title = \"t\"\npurposes = [\"inspection\"]\nproviders = { partners = [\"cps\"] }\nrecipients = { kinds = [\"pcc\"] }\n[read.court_timeliness]\naccess = \"record\"\nscope = \"all\"\nhidden = [\"no_such_column\"]\n",
+            "read.court_timeliness.hidden",
+        ),
+        (
+            "title = \"t\"\npurposes = [\"inspection\"]\nvalid_from = \"2026-01-01\"\nvalid_until = \"2025-01-01\"\nproviders = { partners = [\"cps\"] }\n[upload.court_timeliness]\nscope = \"all\"\n",
+            "valid_until",
+        ),
+        (
+            "title = \"t\"\npurposes = [\"inspection\"]\nproviders = { partners = [\"cps\"] }\n[upload.reoffending_cohort]\nscope = \"all\"\n",
+            "providers",
+        ),
+        (
+            "title = \"t\"\npurposes = [\"inspection\"]\nproviders = { partners = [\"cps\"] }\n[upload.force_efficiency]\nscope = \"all\"\n",
+            "upload.force_efficiency",
+        ),
     ];
     for (text, field) in cases {
         let (dir, path) = scratch(text);
         let err = Policies::load(dir.path()).expect_err(field).to_string();
-        assert!(err.contains(&path.display().to_string()), "names the file: {err}");
+        assert!(
+            err.contains(&path.display().to_string()),
+            "names the file: {err}"
+        );
         assert!(err.contains(field), "names `{field}`: {err}");
     }
 }

@@ -88,7 +88,10 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("issuer", &self.issuer).field("allowed", &self.allowed).finish()
+        f.debug_struct("Verifier")
+            .field("issuer", &self.issuer)
+            .field("allowed", &self.allowed)
+            .finish()
     }
 }
 
@@ -110,7 +113,10 @@ impl Verifier {
             (Some(path), true) => {
                 let secret = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
                 if secret.len() < 32 {
-                    return Err(format!("{}: the development secret must be at least 32 bytes", path.display()));
+                    return Err(format!(
+                        "{}: the development secret must be at least 32 bytes",
+                        path.display()
+                    ));
                 }
                 Some(DecodingKey::from_secret(&secret))
             }
@@ -118,19 +124,29 @@ impl Verifier {
         };
         let mut keys = HashMap::new();
         if let Some(path) = &cfg.jwks_file {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let set: JwkSet = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let set: JwkSet =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             for (i, jwk) in set.keys.iter().enumerate() {
                 let alg = match &jwk.algorithm {
                     AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                    AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+                    AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                        Algorithm::ES256
+                    }
                     AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-                    _ => return Err(format!("{}: key {i} is not an RSA, P-256 or Ed25519 public key", path.display())),
+                    _ => {
+                        return Err(format!(
+                            "{}: key {i} is not an RSA, P-256 or Ed25519 public key",
+                            path.display()
+                        ));
+                    }
                 };
                 if !allowed.contains(&alg) {
                     continue;
                 }
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("{}: key {i}: {e}", path.display()))?;
+                let key = DecodingKey::from_jwk(jwk)
+                    .map_err(|e| format!("{}: key {i}: {e}", path.display()))?;
                 let kid = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
                 keys.insert(kid, (alg, key));
             }
@@ -147,12 +163,15 @@ impl Verifier {
 
     /// Verifies a token and resolves its partner.
     pub fn verify(&self, token: &str, partners: &Partners) -> Result<Caller, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("malformed token or unsupported algorithm"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::Invalid("malformed token or unsupported algorithm"))?;
         if !self.allowed.contains(&header.alg) {
             return Err(AuthError::Invalid("algorithm not accepted"));
         }
         let key = if header.alg == Algorithm::HS256 {
-            self.hs256.as_ref().ok_or(AuthError::Invalid("algorithm not accepted"))?
+            self.hs256
+                .as_ref()
+                .ok_or(AuthError::Invalid("algorithm not accepted"))?
         } else {
             let found = match &header.kid {
                 Some(kid) => self.keys.get(kid),
@@ -162,7 +181,9 @@ impl Verifier {
             let (alg, key) = found.ok_or(AuthError::Invalid("unknown signing key"))?;
             // A key verifies only its own algorithm: no confusion between families.
             if *alg != header.alg {
-                return Err(AuthError::Invalid("algorithm does not match the signing key"));
+                return Err(AuthError::Invalid(
+                    "algorithm does not match the signing key",
+                ));
             }
             key
         };
@@ -189,7 +210,10 @@ impl Verifier {
             })
         })?;
         let claims = data.claims;
-        let partner = partners.get(&claims.partner).ok_or(AuthError::UnknownPartner)?.clone();
+        let partner = partners
+            .get(&claims.partner)
+            .ok_or(AuthError::UnknownPartner)?
+            .clone();
         let roles = claims
             .roles
             .iter()
@@ -217,13 +241,17 @@ impl DevSigner {
     pub fn from_config(cfg: &AuthConfig) -> Result<DevSigner, String> {
         let (key, header) = if let Some(path) = &cfg.dev_signing_key {
             let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let key = EncodingKey::from_ed_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
+            let key =
+                EncodingKey::from_ed_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
             let mut header = Header::new(Algorithm::EdDSA);
             header.kid = cfg.dev_key_id.clone();
             (key, header)
         } else if let Some(path) = &cfg.dev_secret_file {
             let secret = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            (EncodingKey::from_secret(&secret), Header::new(Algorithm::HS256))
+            (
+                EncodingKey::from_secret(&secret),
+                Header::new(Algorithm::HS256),
+            )
         } else {
             return Err("the configuration names no development key (auth.dev_signing_key or auth.dev_secret_file)".into());
         };
@@ -236,7 +264,13 @@ impl DevSigner {
     }
 
     /// A token for the partner with the roles, valid for `ttl` seconds.
-    pub fn issue(&self, subject: &str, partner: &str, roles: &[Role], ttl: u64) -> Result<String, String> {
+    pub fn issue(
+        &self,
+        subject: &str,
+        partner: &str,
+        roles: &[Role],
+        ttl: u64,
+    ) -> Result<String, String> {
         let now = chrono::Utc::now().timestamp().max(0) as u64;
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -259,7 +293,9 @@ pub fn write_dev_keys(dir: &Path) -> std::io::Result<String> {
     std::fs::create_dir_all(dir)?;
     let mut seed = [0u8; 32];
     rand::rng().fill_bytes(&mut seed);
-    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes();
     let mut der = hex_prefix();
     der.extend_from_slice(&seed);
     let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
@@ -270,16 +306,25 @@ pub fn write_dev_keys(dir: &Path) -> std::io::Result<String> {
         "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public),
     }]});
     write_private(&dir.join("dev-ed25519.pem"), pem.as_bytes())?;
-    std::fs::write(dir.join("jwks.json"), serde_json::to_vec_pretty(&jwks).map_err(std::io::Error::other)?)?;
+    std::fs::write(
+        dir.join("jwks.json"),
+        serde_json::to_vec_pretty(&jwks).map_err(std::io::Error::other)?,
+    )?;
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
-    write_private(&dir.join("dev-hs256.secret"), hex_string(&secret).as_bytes())?;
+    write_private(
+        &dir.join("dev-hs256.secret"),
+        hex_string(&secret).as_bytes(),
+    )?;
     Ok(kid)
 }
 
 /// PKCS#8 prefix of an Ed25519 private key (RFC 8410).
 fn hex_prefix() -> Vec<u8> {
-    vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20]
+    vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ]
 }
 
 fn hex_string(b: &[u8]) -> String {
@@ -289,7 +334,12 @@ fn hex_string(b: &[u8]) -> String {
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(bytes)
 }
 

@@ -90,7 +90,9 @@ pub struct StoreSettings {
 
 impl Default for StoreSettings {
     fn default() -> Self {
-        StoreSettings { log_retention_days: 3650 }
+        StoreSettings {
+            log_retention_days: 3650,
+        }
     }
 }
 
@@ -119,11 +121,18 @@ impl Config {
     }
 
     /// Loads a file and applies overrides from the given variables.
-    pub fn load_with_env(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let mut value: toml::Table =
+            toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         for (key, raw) in env {
-            let Some(rest) = key.strip_prefix("CONCORDAT_") else { continue };
+            let Some(rest) = key.strip_prefix("CONCORDAT_") else {
+                continue;
+            };
             if NOT_SETTINGS.contains(&key.as_str()) {
                 continue;
             }
@@ -132,14 +141,16 @@ impl Config {
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or(toml::Value::String(raw));
-            set_path(&mut value, &parts, parsed).map_err(|e| ConfigError(format!("environment variable {key}: {e}")))?;
+            set_path(&mut value, &parts, parsed)
+                .map_err(|e| ConfigError(format!("environment variable {key}: {e}")))?;
         }
         let mut cfg: Config = toml::Value::Table(value)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve(base);
-        cfg.validate().map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        cfg.validate()
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         Ok(cfg)
     }
 
@@ -151,7 +162,14 @@ impl Config {
         };
         fix(&mut self.data_dir);
         fix(&mut self.policies_dir);
-        for p in [&mut self.auth.jwks_file, &mut self.auth.dev_secret_file, &mut self.auth.dev_signing_key].into_iter().flatten() {
+        for p in [
+            &mut self.auth.jwks_file,
+            &mut self.auth.dev_secret_file,
+            &mut self.auth.dev_signing_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
             fix(p);
         }
     }
@@ -169,7 +187,11 @@ impl Config {
                     return Err("auth.algorithms: HS256 is only allowed with auth.dev_secret_file (development)".into());
                 }
                 "RS256" | "ES256" | "EdDSA" | "HS256" => {}
-                other => return Err(format!("auth.algorithms: `{other}` is not accepted (RS256, ES256, EdDSA, HS256)")),
+                other => {
+                    return Err(format!(
+                        "auth.algorithms: `{other}` is not accepted (RS256, ES256, EdDSA, HS256)"
+                    ));
+                }
             }
         }
         if self.limits.max_upload_bytes == 0 {
@@ -187,7 +209,9 @@ fn set_path(table: &mut toml::Table, parts: &[String], value: toml::Value) -> Re
             Ok(())
         }
         [first, rest @ ..] => {
-            let entry = table.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             match entry {
                 toml::Value::Table(t) => set_path(t, rest, value),
                 _ => Err(format!("`{first}` is not a section")),
@@ -213,7 +237,10 @@ mod tests {
     fn environment_overrides_the_file_and_paths_are_relative_to_it() {
         let (dir, path) = write(BASE);
         let env = [
-            ("CONCORDAT_LIMITS__MAX_UPLOAD_BYTES".to_owned(), "1234".to_owned()),
+            (
+                "CONCORDAT_LIMITS__MAX_UPLOAD_BYTES".to_owned(),
+                "1234".to_owned(),
+            ),
             ("CONCORDAT_AUTH__ISSUER".to_owned(), "other".to_owned()),
             ("CONCORDAT_FAULT".to_owned(), "x".to_owned()),
             ("HOME".to_owned(), "/root".to_owned()),
@@ -228,7 +255,8 @@ mod tests {
     #[test]
     fn bad_settings_are_named() {
         let (_d, path) = write(BASE);
-        let err = Config::load_with_env(&path, [("CONCORDAT_LISTN".to_owned(), "x".to_owned())]).expect_err("typo");
+        let err = Config::load_with_env(&path, [("CONCORDAT_LISTN".to_owned(), "x".to_owned())])
+            .expect_err("typo");
         assert!(err.to_string().contains("listn"), "{err}");
         let (_d, path) = write(&BASE.replace("HS256\"]", "none\"]"));
         let err = Config::load_with_env(&path, []).expect_err("none");

@@ -21,7 +21,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
     }
 
     /// 400.
@@ -37,13 +42,21 @@ impl ApiError {
     /// 404 for a dataset the caller may not know of, or that does not exist: the same answer.
     pub fn unknown_dataset(name: &str) -> Self {
         let shown: String = name.chars().take(64).collect();
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no dataset `{shown}` is available to you"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no dataset `{shown}` is available to you"),
+        )
     }
 
     /// 500; the detail goes to the log only.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(%detail, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; it has been logged",
+        )
     }
 
     /// Adds details.
@@ -64,9 +77,13 @@ impl IntoResponse for ApiError {
         if let Some(d) = self.details {
             error["details"] = d;
         }
-        let mut response = (self.status, Json(serde_json::json!({ "error": error }))).into_response();
+        let mut response =
+            (self.status, Json(serde_json::json!({ "error": error }))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
         }
         response
     }
@@ -81,15 +98,29 @@ impl From<AuthError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match (&e, e.kind()) {
-            (StoreError::Validation(v), _) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", e.to_string())
-                .with_details(serde_json::to_value(v).unwrap_or_default()),
+            (StoreError::Validation(v), _) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                e.to_string(),
+            )
+            .with_details(serde_json::to_value(v).unwrap_or_default()),
             (StoreError::Internal(detail), _) => ApiError::internal(detail),
-            (_, ErrorKind::TooLarge) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
-            (_, ErrorKind::Conflict) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            (_, ErrorKind::NotFound) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            (_, ErrorKind::TooLarge) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            (_, ErrorKind::Conflict) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            (_, ErrorKind::NotFound) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
             (_, ErrorKind::Forbidden) => ApiError::forbidden(e.to_string()),
             (_, ErrorKind::InvalidInput) => ApiError::bad_request(e.to_string()),
-            (_, ErrorKind::Unavailable) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+            (_, ErrorKind::Unavailable) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
             (_, ErrorKind::Internal) => ApiError::internal(e),
         }
     }

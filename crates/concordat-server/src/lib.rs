@@ -31,14 +31,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/datasets/{name}", get(routes::dataset))
         .route("/v1/datasets/{name}/uploads", post(routes::upload))
         .fallback(routes::not_found)
-        .layer(middleware::from_fn(move |req: axum::extract::Request, next: Next| {
-            let state = counted.clone();
-            async move {
-                let response = next.run(req).await;
-                state.metrics.response(response.status().as_u16());
-                response
-            }
-        }))
+        .layer(middleware::from_fn(
+            move |req: axum::extract::Request, next: Next| {
+                let state = counted.clone();
+                async move {
+                    let response = next.run(req).await;
+                    state.metrics.response(response.status().as_u16());
+                    response
+                }
+            },
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -47,7 +49,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), String> {
     let listen = config.listen;
     let state = AppState::new(config)?;
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     ready(addr);
     axum::serve(listener, router(state))

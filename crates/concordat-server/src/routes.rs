@@ -31,23 +31,35 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let probe = state.config.data_dir.join("staging").join(".ready");
     match std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe)) {
-        Ok(()) => Json(json!({"status": "ready", "agreements": state.policies.agreements().len()})).into_response(),
+        Ok(()) => Json(json!({"status": "ready", "agreements": state.policies.agreements().len()}))
+            .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "data directory not writable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable"}))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable"})),
+            )
+                .into_response()
         }
     }
 }
 
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// `GET /v1/me`: who the caller is and which agreements are in force for them.
 pub async fn me(State(state): State<Arc<AppState>>, caller: Caller) -> Json<Value> {
     let p = &caller.partner;
-    let force = p.pfa_code.as_ref().and_then(|c| concordat_core::Reference::builtin().force(c.as_str()));
+    let force = p
+        .pfa_code
+        .as_ref()
+        .and_then(|c| concordat_core::Reference::builtin().force(c.as_str()));
     let agreements: Vec<Value> = state
         .policies
         .in_force_for(p, state.today())
@@ -90,12 +102,21 @@ fn view<'a>(state: &AppState, caller: &Caller, schema: &'a DatasetSchema) -> Opt
     let today = state.today();
     let name = schema.name.as_str();
     let terms = state.policies.read_terms(&caller.partner, name, today);
-    let can_upload = state.policies.upload_grant(&caller.partner, name, today).is_ok();
+    let can_upload = state
+        .policies
+        .upload_grant(&caller.partner, name, today)
+        .is_ok();
     if terms.is_empty() && !can_upload {
         return None;
     }
-    let access = terms.iter().map(|(_, r)| r.access).min_by_key(|a| matches!(a, Access::Aggregate));
-    let purposes = terms.iter().flat_map(|(a, _)| a.purposes.iter().cloned()).collect();
+    let access = terms
+        .iter()
+        .map(|(_, r)| r.access)
+        .min_by_key(|a| matches!(a, Access::Aggregate));
+    let purposes = terms
+        .iter()
+        .flat_map(|(a, _)| a.purposes.iter().cloned())
+        .collect();
     let columns = schema
         .columns
         .iter()
@@ -104,13 +125,20 @@ fn view<'a>(state: &AppState, caller: &Caller, schema: &'a DatasetSchema) -> Opt
                 return Some((c, None));
             }
             // Most permissive rule over the agreements: visible if any shows it.
-            let rules: Vec<Option<ColumnRule>> = terms.iter().map(|(_, r)| r.column_rule(&c.name)).collect();
+            let rules: Vec<Option<ColumnRule>> =
+                terms.iter().map(|(_, r)| r.column_rule(&c.name)).collect();
             if rules.iter().all(|r| r == &Some(ColumnRule::Hidden)) {
                 None
             } else if rules.contains(&None) {
                 Some((c, None))
             } else {
-                Some((c, rules.into_iter().flatten().find(|r| r != &ColumnRule::Hidden)))
+                Some((
+                    c,
+                    rules
+                        .into_iter()
+                        .flatten()
+                        .find(|r| r != &ColumnRule::Hidden),
+                ))
             }
         })
         .collect();
@@ -125,10 +153,20 @@ fn view<'a>(state: &AppState, caller: &Caller, schema: &'a DatasetSchema) -> Opt
             v
         })
         .collect();
-    Some(View { access, can_upload, purposes, columns, agreements })
+    Some(View {
+        access,
+        can_upload,
+        purposes,
+        columns,
+        agreements,
+    })
 }
 
-fn column_json(c: &concordat_core::ColumnSchema, rule: &Option<ColumnRule>, access: Option<Access>) -> Value {
+fn column_json(
+    c: &concordat_core::ColumnSchema,
+    rule: &Option<ColumnRule>,
+    access: Option<Access>,
+) -> Value {
     let mut v = json!({"name": c.name, "type": c.data_type, "nullable": c.nullable, "description": c.description});
     if let Some(allowed) = &c.allowed {
         v["enum"] = json!(allowed);
@@ -143,10 +181,15 @@ fn column_json(c: &concordat_core::ColumnSchema, rule: &Option<ColumnRule>, acce
 }
 
 /// `GET /v1/datasets`: datasets the caller may see, with columns, access and latest version.
-pub async fn datasets(State(state): State<Arc<AppState>>, caller: Caller) -> AppResult<Json<Value>> {
+pub async fn datasets(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> AppResult<Json<Value>> {
     let mut out = Vec::new();
     for schema in Schemas::builtin().iter() {
-        let Some(v) = view(&state, &caller, schema) else { continue };
+        let Some(v) = view(&state, &caller, schema) else {
+            continue;
+        };
         let latest = latest_version(&state, schema).await?;
         out.push(json!({
             "name": schema.name, "title": schema.title, "level": schema.level,
@@ -166,8 +209,14 @@ async fn latest_version(state: &AppState, schema: &DatasetSchema) -> AppResult<O
 }
 
 /// `GET /v1/datasets/{name}`: the schema as the caller sees it, and its versions.
-pub async fn dataset(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> AppResult<Json<Value>> {
-    let schema = Schemas::builtin().get(&name).ok_or_else(|| ApiError::unknown_dataset(&name))?;
+pub async fn dataset(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> AppResult<Json<Value>> {
+    let schema = Schemas::builtin()
+        .get(&name)
+        .ok_or_else(|| ApiError::unknown_dataset(&name))?;
     let v = view(&state, &caller, schema).ok_or_else(|| ApiError::unknown_dataset(&name))?;
     let versions: Vec<Value> = if schema.level == DatasetLevel::Reference {
         Vec::new()
@@ -213,7 +262,9 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Response> {
-    let schema = Schemas::builtin().get(&name).ok_or_else(|| ApiError::unknown_dataset(&name))?;
+    let schema = Schemas::builtin()
+        .get(&name)
+        .ok_or_else(|| ApiError::unknown_dataset(&name))?;
     let today = state.today();
     let grant = match state.policies.upload_grant(&caller.partner, &name, today) {
         Ok(g) => g,
@@ -222,26 +273,50 @@ pub async fn upload(
             return Err(ApiError::unknown_dataset(&name));
         }
         Err(RefusalReason::NoAgreement) => {
-            return Err(ApiError::forbidden(format!("no agreement lets {} upload {name}", caller.partner.id)));
+            return Err(ApiError::forbidden(format!(
+                "no agreement lets {} upload {name}",
+                caller.partner.id
+            )));
         }
         Err(reason) => return Err(ApiError::forbidden(reason.to_string())),
     };
     if !caller.has_any(&[Role::Uploader]) {
         return Err(ApiError::forbidden("uploads need the uploader role"));
     }
-    let mode: Mode = q.mode.as_deref().unwrap_or("append").parse().map_err(ApiError::bad_request)?;
-    let media = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mode: Mode = q
+        .mode
+        .as_deref()
+        .unwrap_or("append")
+        .parse()
+        .map_err(ApiError::bad_request)?;
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let media = media.split(';').next().unwrap_or("").trim();
-    if !matches!(media, "application/vnd.apache.parquet" | "application/x-parquet" | "application/octet-stream") {
-        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "the body must be a Parquet file sent as application/vnd.apache.parquet"));
+    if !matches!(
+        media,
+        "application/vnd.apache.parquet" | "application/x-parquet" | "application/octet-stream"
+    ) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be a Parquet file sent as application/vnd.apache.parquet",
+        ));
     }
     let limit = state.config.limits.max_upload_bytes;
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(StoreError::TooLarge { limit }.into());
     }
     let file = state.store.stage(body.into_data_stream()).await?;
-    state.metrics.upload_bytes.fetch_add(file.bytes, Ordering::Relaxed);
+    state
+        .metrics
+        .upload_bytes
+        .fetch_add(file.bytes, Ordering::Relaxed);
     let result = state
         .store
         .upload(UploadRequest {
@@ -256,12 +331,21 @@ pub async fn upload(
         .await;
     match result {
         Ok(out) if out.duplicate => {
-            state.metrics.uploads_duplicate.fetch_add(1, Ordering::Relaxed);
+            state
+                .metrics
+                .uploads_duplicate
+                .fetch_add(1, Ordering::Relaxed);
             Ok((StatusCode::OK, Json(json!(out))).into_response())
         }
         Ok(out) => {
-            state.metrics.uploads_committed.fetch_add(1, Ordering::Relaxed);
-            state.metrics.rows_committed.fetch_add(out.rows, Ordering::Relaxed);
+            state
+                .metrics
+                .uploads_committed
+                .fetch_add(1, Ordering::Relaxed);
+            state
+                .metrics
+                .rows_committed
+                .fetch_add(out.rows, Ordering::Relaxed);
             tracing::info!(dataset = %out.dataset, version = out.version, rows = out.rows, partner = %caller.partner.id, "upload committed");
             let mut body = json!(out);
             if let Some(o) = body.as_object_mut() {
@@ -271,7 +355,10 @@ pub async fn upload(
         }
         Err(e) => {
             if matches!(e, StoreError::Validation(_)) {
-                state.metrics.uploads_rejected.fetch_add(1, Ordering::Relaxed);
+                state
+                    .metrics
+                    .uploads_rejected
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Err(e.into())
         }

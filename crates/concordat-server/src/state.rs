@@ -38,18 +38,46 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::from("# HELP concordat_http_responses_total HTTP responses by status class.\n# TYPE concordat_http_responses_total counter\n");
+        let mut out = String::from(
+            "# HELP concordat_http_responses_total HTTP responses by status class.\n# TYPE concordat_http_responses_total counter\n",
+        );
         for (class, n) in self.responses.iter().enumerate().skip(1) {
-            out.push_str(&format!("concordat_http_responses_total{{class=\"{class}xx\"}} {}\n", n.load(Ordering::Relaxed)));
+            out.push_str(&format!(
+                "concordat_http_responses_total{{class=\"{class}xx\"}} {}\n",
+                n.load(Ordering::Relaxed)
+            ));
         }
         for (name, help, v) in [
-            ("concordat_uploads_committed_total", "Uploads committed as a new version.", &self.uploads_committed),
-            ("concordat_uploads_duplicate_total", "Uploads of bytes already committed.", &self.uploads_duplicate),
-            ("concordat_uploads_rejected_total", "Uploads refused by validation.", &self.uploads_rejected),
-            ("concordat_rows_committed_total", "Rows committed by uploads.", &self.rows_committed),
-            ("concordat_upload_bytes_total", "Bytes received in uploads.", &self.upload_bytes),
+            (
+                "concordat_uploads_committed_total",
+                "Uploads committed as a new version.",
+                &self.uploads_committed,
+            ),
+            (
+                "concordat_uploads_duplicate_total",
+                "Uploads of bytes already committed.",
+                &self.uploads_duplicate,
+            ),
+            (
+                "concordat_uploads_rejected_total",
+                "Uploads refused by validation.",
+                &self.uploads_rejected,
+            ),
+            (
+                "concordat_rows_committed_total",
+                "Rows committed by uploads.",
+                &self.rows_committed,
+            ),
+            (
+                "concordat_upload_bytes_total",
+                "Bytes received in uploads.",
+                &self.upload_bytes,
+            ),
         ] {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", v.load(Ordering::Relaxed)));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
         }
         out
     }
@@ -79,8 +107,10 @@ impl AppState {
         store_cfg.max_upload_bytes = config.limits.max_upload_bytes;
         store_cfg.concurrent_validations = config.limits.concurrent_validations;
         store_cfg.log_retention_days = config.store.log_retention_days;
-        store_cfg.abort_in_commit = std::env::var("CONCORDAT_FAULT").is_ok_and(|v| v == "abort_in_commit");
-        let store = Store::open(store_cfg).map_err(|e| format!("{}: {e:?}", config.data_dir.display()))?;
+        store_cfg.abort_in_commit =
+            std::env::var("CONCORDAT_FAULT").is_ok_and(|v| v == "abort_in_commit");
+        let store =
+            Store::open(store_cfg).map_err(|e| format!("{}: {e:?}", config.data_dir.display()))?;
         Ok(Arc::new(AppState {
             config,
             policies,
@@ -99,7 +129,10 @@ impl AppState {
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -109,6 +142,8 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or(AuthError::Missing)?;
-        Ok(state.verifier.verify(token.trim(), state.policies.partners())?)
+        Ok(state
+            .verifier
+            .verify(token.trim(), state.policies.partners())?)
     }
 }

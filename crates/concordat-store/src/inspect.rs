@@ -6,8 +6,8 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
 use arrow::datatypes::{DataType, Schema};
-use concordat_core::schema::ColumnType;
 use concordat_core::DatasetSchema;
+use concordat_core::schema::ColumnType;
 use parquet::arrow::parquet_to_arrow_schema;
 use parquet::basic::Compression;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
@@ -60,11 +60,21 @@ fn file_error(rule: &str, message: impl Into<String>) -> Violation {
 }
 
 /// Checks the container and the column set. Returns the violations on refusal.
-pub fn inspect(file: &mut File, schema: &DatasetSchema, limits: &FileLimits) -> Result<Inspected, Violations> {
+pub fn inspect(
+    file: &mut File,
+    schema: &DatasetSchema,
+    limits: &FileLimits,
+) -> Result<Inspected, Violations> {
     let refuse = |v: Violation| Violations::single(v);
-    let len = file.metadata().map_err(|_| refuse(file_error("parquet", "the file could not be read")))?.len();
+    let len = file
+        .metadata()
+        .map_err(|_| refuse(file_error("parquet", "the file could not be read")))?
+        .len();
     if len < 12 {
-        return Err(refuse(file_error("parquet", "not a Parquet file: it is shorter than a Parquet header and footer")));
+        return Err(refuse(file_error(
+            "parquet",
+            "not a Parquet file: it is shorter than a Parquet header and footer",
+        )));
     }
     let mut head = [0u8; 4];
     let mut tail = [0u8; 8];
@@ -79,33 +89,63 @@ pub fn inspect(file: &mut File, schema: &DatasetSchema, limits: &FileLimits) -> 
         return Err(refuse(file_error("parquet", "the file could not be read")));
     }
     if &head != b"PAR1" {
-        return Err(refuse(file_error("parquet", "not a Parquet file: it does not start with the Parquet magic bytes")));
+        return Err(refuse(file_error(
+            "parquet",
+            "not a Parquet file: it does not start with the Parquet magic bytes",
+        )));
     }
     if &tail[4..] != b"PAR1" {
-        return Err(refuse(file_error("parquet", "the Parquet file is truncated or encrypted: it does not end with the Parquet magic bytes")));
+        return Err(refuse(file_error(
+            "parquet",
+            "the Parquet file is truncated or encrypted: it does not end with the Parquet magic bytes",
+        )));
     }
     let footer = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
     if footer + 12 > len {
-        return Err(refuse(file_error("parquet", "the Parquet footer declares a length larger than the file: the file is truncated or corrupt")));
+        return Err(refuse(file_error(
+            "parquet",
+            "the Parquet footer declares a length larger than the file: the file is truncated or corrupt",
+        )));
     }
     if footer > limits.max_footer_bytes {
-        return Err(refuse(file_error("limits", format!("the Parquet footer is larger than {} bytes", limits.max_footer_bytes))));
+        return Err(refuse(file_error(
+            "limits",
+            format!(
+                "the Parquet footer is larger than {} bytes",
+                limits.max_footer_bytes
+            ),
+        )));
     }
     let metadata = ParquetMetaDataReader::new()
         .parse_and_finish(&*file)
-        .map_err(|_| refuse(file_error("parquet", "the Parquet footer could not be decoded: the file is corrupt")))?;
+        .map_err(|_| {
+            refuse(file_error(
+                "parquet",
+                "the Parquet footer could not be decoded: the file is corrupt",
+            ))
+        })?;
     check_declared_sizes(&metadata, len, limits).map_err(refuse)?;
     let projection = check_columns(&metadata, schema)?;
-    Ok(Inspected { metadata, projection })
+    Ok(Inspected {
+        metadata,
+        projection,
+    })
 }
 
-fn check_declared_sizes(md: &ParquetMetaData, len: u64, limits: &FileLimits) -> Result<(), Violation> {
+fn check_declared_sizes(
+    md: &ParquetMetaData,
+    len: u64,
+    limits: &FileLimits,
+) -> Result<(), Violation> {
     let declared_rows = md.file_metadata().num_rows();
     let mut rows = 0i64;
     let mut total = 0i64;
     for rg in md.row_groups() {
         if rg.num_rows() < 0 {
-            return Err(file_error("parquet", "a row group declares a negative number of rows"));
+            return Err(file_error(
+                "parquet",
+                "a row group declares a negative number of rows",
+            ));
         }
         rows = rows.saturating_add(rg.num_rows());
         for c in rg.columns() {
@@ -120,29 +160,67 @@ fn check_declared_sizes(md: &ParquetMetaData, len: u64, limits: &FileLimits) -> 
                     | Compression::BROTLI(_)
             );
             if !codec_ok {
-                return Err(file_error("limits", format!("column chunk `{}` uses a compression codec that is not accepted (use SNAPPY, ZSTD, GZIP, LZ4_RAW, BROTLI or none)", c.column_path())));
+                return Err(file_error(
+                    "limits",
+                    format!(
+                        "column chunk `{}` uses a compression codec that is not accepted (use SNAPPY, ZSTD, GZIP, LZ4_RAW, BROTLI or none)",
+                        c.column_path()
+                    ),
+                ));
             }
             let (comp, uncomp) = (c.compressed_size(), c.uncompressed_size());
             if comp < 0 || uncomp < 0 || comp as u64 > len {
-                return Err(file_error("parquet", format!("column chunk `{}` declares sizes that do not fit the file: it is corrupt", c.column_path())));
+                return Err(file_error(
+                    "parquet",
+                    format!(
+                        "column chunk `{}` declares sizes that do not fit the file: it is corrupt",
+                        c.column_path()
+                    ),
+                ));
             }
             if uncomp > limits.max_chunk_uncompressed_bytes {
-                return Err(file_error("limits", format!("column chunk `{}` declares {uncomp} uncompressed bytes; at most {} are accepted (write smaller row groups)", c.column_path(), limits.max_chunk_uncompressed_bytes)));
+                return Err(file_error(
+                    "limits",
+                    format!(
+                        "column chunk `{}` declares {uncomp} uncompressed bytes; at most {} are accepted (write smaller row groups)",
+                        c.column_path(),
+                        limits.max_chunk_uncompressed_bytes
+                    ),
+                ));
             }
             if uncomp > 16 << 20 && uncomp / comp.max(1) > limits.max_compression_ratio {
-                return Err(file_error("limits", format!("column chunk `{}` declares a compression ratio above {}:1 and is refused as a decompression bomb", c.column_path(), limits.max_compression_ratio)));
+                return Err(file_error(
+                    "limits",
+                    format!(
+                        "column chunk `{}` declares a compression ratio above {}:1 and is refused as a decompression bomb",
+                        c.column_path(),
+                        limits.max_compression_ratio
+                    ),
+                ));
             }
             total = total.saturating_add(uncomp);
         }
     }
     if rows != declared_rows {
-        return Err(file_error("parquet", "the row groups do not add up to the file's declared row count: the file is corrupt"));
+        return Err(file_error(
+            "parquet",
+            "the row groups do not add up to the file's declared row count: the file is corrupt",
+        ));
     }
     if rows > limits.max_rows {
-        return Err(file_error("limits", format!("the file declares {rows} rows; at most {} are accepted in one upload", limits.max_rows)));
+        return Err(file_error(
+            "limits",
+            format!(
+                "the file declares {rows} rows; at most {} are accepted in one upload",
+                limits.max_rows
+            ),
+        ));
     }
     if total > limits.max_total_uncompressed_bytes {
-        return Err(file_error("limits", "the file declares more uncompressed data than one upload may hold"));
+        return Err(file_error(
+            "limits",
+            "the file declares more uncompressed data than one upload may hold",
+        ));
     }
     Ok(())
 }
@@ -157,8 +235,14 @@ pub fn compatible(want: ColumnType, found: &DataType) -> bool {
             _ => false,
         },
         ColumnType::Int32 => matches!(found, D::Int8 | D::Int16 | D::Int32 | D::UInt8 | D::UInt16),
-        ColumnType::Int64 => matches!(found, D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32),
-        ColumnType::Float64 => matches!(found, D::Float32 | D::Float64 | D::Int8 | D::Int16 | D::Int32 | D::UInt8 | D::UInt16),
+        ColumnType::Int64 => matches!(
+            found,
+            D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32
+        ),
+        ColumnType::Float64 => matches!(
+            found,
+            D::Float32 | D::Float64 | D::Int8 | D::Int16 | D::Int32 | D::UInt8 | D::UInt16
+        ),
         ColumnType::Boolean => matches!(found, D::Boolean),
         ColumnType::Date32 => matches!(found, D::Date32),
     }
@@ -189,9 +273,13 @@ pub fn arrow_schema(schema: &DatasetSchema) -> Schema {
 
 fn check_columns(md: &ParquetMetaData, schema: &DatasetSchema) -> Result<Vec<usize>, Violations> {
     let fm = md.file_metadata();
-    let arrow = parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata()).map_err(|_| {
-        Violations::single(file_error("parquet", "the file's schema could not be read as Arrow types"))
-    })?;
+    let arrow =
+        parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata()).map_err(|_| {
+            Violations::single(file_error(
+                "parquet",
+                "the file's schema could not be read as Arrow types",
+            ))
+        })?;
     let mut out = Violations::default();
     let mut projection = Vec::with_capacity(schema.columns.len());
     for col in &schema.columns {
@@ -200,7 +288,11 @@ fn check_columns(md: &ParquetMetaData, schema: &DatasetSchema) -> Result<Vec<usi
                 row: None,
                 column: Some(col.name.clone()),
                 rule: "missing_column".into(),
-                message: format!("the dataset requires column `{}` ({:?})", col.name, col.data_type).to_lowercase(),
+                message: format!(
+                    "the dataset requires column `{}` ({:?})",
+                    col.name, col.data_type
+                )
+                .to_lowercase(),
             }),
             Some(i) => {
                 let found = arrow.field(i).data_type();
@@ -211,7 +303,11 @@ fn check_columns(md: &ParquetMetaData, schema: &DatasetSchema) -> Result<Vec<usi
                         row: None,
                         column: Some(col.name.clone()),
                         rule: "type".into(),
-                        message: format!("column `{}` must be {} but the file has {found}", col.name, format!("{:?}", col.data_type).to_lowercase()),
+                        message: format!(
+                            "column `{}` must be {} but the file has {found}",
+                            col.name,
+                            format!("{:?}", col.data_type).to_lowercase()
+                        ),
                     });
                 }
             }
@@ -223,7 +319,15 @@ fn check_columns(md: &ParquetMetaData, schema: &DatasetSchema) -> Result<Vec<usi
                 row: None,
                 column: Some(f.name().chars().take(64).collect()),
                 rule: "unknown_column".into(),
-                message: format!("the dataset has no column of this name; its columns are: {}", schema.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")),
+                message: format!(
+                    "the dataset has no column of this name; its columns are: {}",
+                    schema
+                        .columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             });
         }
     }

@@ -194,7 +194,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("data_dir", &self.cfg.data_dir).finish()
+        f.debug_struct("Store")
+            .field("data_dir", &self.cfg.data_dir)
+            .finish()
     }
 }
 
@@ -225,7 +227,8 @@ impl Store {
         let dir = self.cfg.data_dir.join("tables").join(dataset);
         std::fs::create_dir_all(&dir).map_err(StoreError::internal)?;
         let dir = std::path::absolute(&dir).map_err(StoreError::internal)?;
-        Url::from_directory_path(&dir).map_err(|_| StoreError::Internal(format!("bad table path {}", dir.display())))
+        Url::from_directory_path(&dir)
+            .map_err(|_| StoreError::Internal(format!("bad table path {}", dir.display())))
     }
 
     /// Streams a request body to a staged file, hashing it and enforcing the size cap.
@@ -265,10 +268,18 @@ impl Store {
         let url = self.table_url(dataset)?;
         let mut builder = DeltaTableBuilder::from_url(url.clone()).map_err(StoreError::internal)?;
         if self.cfg.abort_in_commit {
-            let local: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
-            builder = builder.with_storage_backend(Arc::new(fault::AbortInCommit::new(local)), url);
+            let local: Arc<dyn object_store::ObjectStore> =
+                Arc::new(object_store::local::LocalFileSystem::new());
+            builder = builder
+                .with_storage_backend(Arc::new(fault::AbortInCommit::new(local)), url.clone());
         }
         let mut table = builder.build().map_err(StoreError::internal)?;
+        // A table with no log yet is simply empty; asking the kernel to load it only logs an error.
+        if let Ok(path) = url.to_file_path()
+            && !path.join("_delta_log").exists()
+        {
+            return Ok(table);
+        }
         match table.load().await {
             Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(table),
             Err(e) => Err(StoreError::internal(e)),
@@ -276,16 +287,21 @@ impl Store {
     }
 
     /// A loaded table at its latest version, or at `version`; `NotFound` if none.
-    pub async fn table(&self, dataset: &str, version: Option<u64>) -> Result<DeltaTable, StoreError> {
+    pub async fn table(
+        &self,
+        dataset: &str,
+        version: Option<u64>,
+    ) -> Result<DeltaTable, StoreError> {
         let mut table = self.open_table(dataset).await?;
         if table.version().is_none() {
-            return Err(StoreError::NotFound(format!("dataset {dataset} has no data yet")));
+            return Err(StoreError::NotFound(format!(
+                "dataset {dataset} has no data yet"
+            )));
         }
         if let Some(v) = version {
-            table
-                .load_version(v)
-                .await
-                .map_err(|_| StoreError::NotFound(format!("dataset {dataset} has no version {v}")))?;
+            table.load_version(v).await.map_err(|_| {
+                StoreError::NotFound(format!("dataset {dataset} has no version {v}"))
+            })?;
         }
         Ok(table)
     }
@@ -301,7 +317,11 @@ impl Store {
         let Some(latest) = table.version() else {
             return Ok(Vec::new());
         };
-        let infos: Vec<_> = table.history(None).try_collect().await.map_err(StoreError::internal)?;
+        let infos: Vec<_> = table
+            .history(None)
+            .try_collect()
+            .await
+            .map_err(StoreError::internal)?;
         let mut out = Vec::with_capacity(infos.len());
         for (i, info) in infos.into_iter().enumerate() {
             let prov: Option<Provenance> = info
@@ -328,7 +348,10 @@ impl Store {
     }
 
     fn lock_for(&self, dataset: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         locks.entry(dataset.to_owned()).or_default().clone()
     }
 
@@ -336,14 +359,21 @@ impl Store {
     pub async fn upload(&self, req: UploadRequest<'_>) -> Result<UploadOutcome, StoreError> {
         let dataset = req.schema.name.to_string();
         let (rows, periods) = {
-            let _permit = self.validations.acquire().await.map_err(StoreError::internal)?;
+            let _permit = self
+                .validations
+                .acquire()
+                .await
+                .map_err(StoreError::internal)?;
             let path = req.file.path().to_path_buf();
             let schema = req.schema.clone();
             let scope = req.scope.clone();
             let agreements = req.agreements.clone();
             let limits = self.cfg.file_limits.clone();
             let batch_rows = self.cfg.batch_rows;
-            let checked = tokio::task::spawn_blocking(move || check_file(&path, &schema, &scope, &agreements, &limits, batch_rows)).await;
+            let checked = tokio::task::spawn_blocking(move || {
+                check_file(&path, &schema, &scope, &agreements, &limits, batch_rows)
+            })
+            .await;
             match checked {
                 Ok(result) => result?,
                 // A panic inside the decoder on a hostile file: refuse the file, keep serving.
@@ -361,7 +391,10 @@ impl Store {
         let lock = self.lock_for(&dataset);
         let _guard = lock.lock().await;
         let table = self.open_table(&dataset).await?;
-        if let Some(version) = self.duplicate_of(&table, &req.file.sha256, req.mode).await? {
+        if let Some(version) = self
+            .duplicate_of(&table, &req.file.sha256, req.mode)
+            .await?
+        {
             return Ok(UploadOutcome {
                 dataset,
                 version,
@@ -396,24 +429,45 @@ impl Store {
     /// An append is a duplicate if the same bytes were ever committed to the table; a
     /// replacement only if they are the latest commit (re-applying an older file after
     /// another replacement is a real change).
-    async fn duplicate_of(&self, table: &DeltaTable, sha256: &str, mode: Mode) -> Result<Option<u64>, StoreError> {
+    async fn duplicate_of(
+        &self,
+        table: &DeltaTable,
+        sha256: &str,
+        mode: Mode,
+    ) -> Result<Option<u64>, StoreError> {
         let Some(latest) = table.version() else {
             return Ok(None);
         };
         let limit = (mode == Mode::ReplacePeriods).then_some(1);
-        let infos: Vec<_> = table.history(limit).try_collect().await.map_err(StoreError::internal)?;
+        let infos: Vec<_> = table
+            .history(limit)
+            .try_collect()
+            .await
+            .map_err(StoreError::internal)?;
         Ok(infos.iter().enumerate().find_map(|(i, info)| {
             let prov = info.info.get(PROVENANCE_KEY)?;
-            (prov.get("sha256")?.as_str()? == sha256 && prov.get("mode")?.as_str()? == mode.as_str()).then_some(latest - i as u64)
+            (prov.get("sha256")?.as_str()? == sha256
+                && prov.get("mode")?.as_str()? == mode.as_str())
+            .then_some(latest - i as u64)
         }))
     }
 
-    async fn commit(&self, table: DeltaTable, req: &UploadRequest<'_>, periods: &[String], provenance: Provenance) -> Result<u64, StoreError> {
+    async fn commit(
+        &self,
+        table: DeltaTable,
+        req: &UploadRequest<'_>,
+        periods: &[String],
+        provenance: Provenance,
+    ) -> Result<u64, StoreError> {
         let schema = req.schema;
         let dataset = schema.name.to_string();
         // Delta's own session: its planner executes the write's custom plan nodes.
         let ctx = deltalake::delta_datafusion::create_session().into_inner();
-        let path = req.file.path().to_str().ok_or_else(|| StoreError::Internal("staging path is not UTF-8".into()))?;
+        let path = req
+            .file
+            .path()
+            .to_str()
+            .ok_or_else(|| StoreError::Internal("staging path is not UTF-8".into()))?;
         let df = ctx
             .read_parquet(path, ParquetReadOptions::default())
             .await
@@ -421,12 +475,24 @@ impl Store {
         let exprs: Vec<_> = schema
             .columns
             .iter()
-            .map(|c| datafusion::logical_expr::cast(col(format!("\"{}\"", c.name)), arrow_type(c.data_type)).alias(&c.name))
+            .map(|c| {
+                datafusion::logical_expr::cast(
+                    col(format!("\"{}\"", c.name)),
+                    arrow_type(c.data_type),
+                )
+                .alias(&c.name)
+            })
             .collect();
-        let plan = df.select(exprs).map_err(StoreError::internal)?.into_unoptimized_plan();
+        let plan = df
+            .select(exprs)
+            .map_err(StoreError::internal)?
+            .into_unoptimized_plan();
         let is_new = table.version().is_none();
         let properties = CommitProperties::default()
-            .with_metadata([(PROVENANCE_KEY.to_owned(), serde_json::to_value(&provenance).map_err(StoreError::internal)?)])
+            .with_metadata([(
+                PROVENANCE_KEY.to_owned(),
+                serde_json::to_value(&provenance).map_err(StoreError::internal)?,
+            )])
             .with_max_retries(if req.mode == Mode::Append { 15 } else { 0 });
         let retention = format!("interval {} days", self.cfg.log_retention_days);
         let mut write = table
@@ -440,17 +506,23 @@ impl Store {
                 ("delta.deletedFileRetentionDuration", Some(retention)),
             ]);
         write = match (req.mode, is_new) {
-            (Mode::Append, _) | (Mode::ReplacePeriods, true) => write.with_save_mode(SaveMode::Append),
+            (Mode::Append, _) | (Mode::ReplacePeriods, true) => {
+                write.with_save_mode(SaveMode::Append)
+            }
             (Mode::ReplacePeriods, false) => write
                 .with_save_mode(SaveMode::Overwrite)
                 .with_replace_where(replace_predicate(schema, periods, &req.scope)),
         };
         match write.await {
-            Ok(table) => table.version().ok_or_else(|| StoreError::Internal("commit left no version".into())),
+            Ok(table) => table
+                .version()
+                .ok_or_else(|| StoreError::Internal("commit left no version".into())),
             Err(DeltaTableError::Transaction { source }) => {
                 use deltalake::kernel::transaction::TransactionError as T;
                 match source {
-                    T::CommitConflict(_) | T::VersionAlreadyExists(_) | T::MaxCommitAttempts(_) => Err(StoreError::Conflict { dataset }),
+                    T::CommitConflict(_) | T::VersionAlreadyExists(_) | T::MaxCommitAttempts(_) => {
+                        Err(StoreError::Conflict { dataset })
+                    }
                     other => Err(StoreError::internal(other)),
                 }
             }
@@ -461,20 +533,33 @@ impl Store {
 }
 
 /// Rows a replacement removes: the file's periods, within the uploader's scope.
-fn replace_predicate(schema: &DatasetSchema, periods: &[String], scope: &ScopeFilter) -> datafusion::logical_expr::Expr {
+fn replace_predicate(
+    schema: &DatasetSchema,
+    periods: &[String],
+    scope: &ScopeFilter,
+) -> datafusion::logical_expr::Expr {
     let mut predicate = lit(true);
     if let Some(p) = &schema.period_column {
-        predicate = col(p.as_str()).in_list(periods.iter().map(|v| lit(v.as_str())).collect(), false);
+        predicate =
+            col(p.as_str()).in_list(periods.iter().map(|v| lit(v.as_str())).collect(), false);
     }
     if let (Some(f), ScopeFilter::Forces(forces)) = (&schema.force_column, scope) {
-        let scoped = col(f.as_str()).in_list(forces.iter().map(|v| lit(v.as_str())).collect(), false);
+        let scoped =
+            col(f.as_str()).in_list(forces.iter().map(|v| lit(v.as_str())).collect(), false);
         predicate = predicate.and(scoped);
     }
     predicate
 }
 
 /// Inspects and validates a file; returns its row count and periods.
-fn check_file(path: &Path, schema: &DatasetSchema, scope: &ScopeFilter, agreements: &[String], limits: &FileLimits, batch_rows: usize) -> Result<(u64, Vec<String>), StoreError> {
+fn check_file(
+    path: &Path,
+    schema: &DatasetSchema,
+    scope: &ScopeFilter,
+    agreements: &[String],
+    limits: &FileLimits,
+    batch_rows: usize,
+) -> Result<(u64, Vec<String>), StoreError> {
     let corrupt = || {
         StoreError::Validation(Violations::single(Violation {
             row: None,
@@ -486,8 +571,15 @@ fn check_file(path: &Path, schema: &DatasetSchema, scope: &ScopeFilter, agreemen
     let mut file = std::fs::File::open(path).map_err(StoreError::internal)?;
     let inspected = inspect(&mut file, schema, limits).map_err(StoreError::Validation)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|_| corrupt())?;
-    let mask = ProjectionMask::roots(builder.parquet_schema(), inspected.projection.iter().copied());
-    let reader = builder.with_projection(mask).with_batch_size(batch_rows).build().map_err(|_| corrupt())?;
+    let mask = ProjectionMask::roots(
+        builder.parquet_schema(),
+        inspected.projection.iter().copied(),
+    );
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(batch_rows)
+        .build()
+        .map_err(|_| corrupt())?;
     let mut checker = RowChecker::new(schema, scope, agreements);
     for batch in reader {
         let batch = batch.map_err(|_| corrupt())?;

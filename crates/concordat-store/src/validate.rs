@@ -29,9 +29,11 @@ struct Bounds {
 
 fn bound(v: &Option<serde_json::Value>, t: ColumnType) -> Option<f64> {
     match (v, t) {
-        (Some(serde_json::Value::String(s)), ColumnType::Date32) => NaiveDate::parse_from_str(s, "%Y-%m-%d")
-            .ok()
-            .map(|d| f64::from(days(&d))),
+        (Some(serde_json::Value::String(s)), ColumnType::Date32) => {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .map(|d| f64::from(days(&d)))
+        }
         (Some(v), _) => v.as_f64(),
         (None, _) => None,
     }
@@ -49,8 +51,14 @@ impl Cond {
         let col = schema.column_index(&c.column)?;
         match (&c.equals, &c.ends_with) {
             (Some(serde_json::Value::Bool(b)), _) => Some(Cond::Bool { col, value: *b }),
-            (Some(serde_json::Value::String(s)), _) => Some(Cond::Text { col, value: s.clone() }),
-            (_, Some(s)) => Some(Cond::EndsWith { col, suffix: s.clone() }),
+            (Some(serde_json::Value::String(s)), _) => Some(Cond::Text {
+                col,
+                value: s.clone(),
+            }),
+            (_, Some(s)) => Some(Cond::EndsWith {
+                col,
+                suffix: s.clone(),
+            }),
             _ => None,
         }
     }
@@ -68,7 +76,8 @@ impl Cond {
             }
             Cond::EndsWith { col, suffix } => {
                 let a = cols[*col].as_string_opt::<i32>()?;
-                a.is_valid(row).then(|| a.value(row).ends_with(suffix.as_str()))
+                a.is_valid(row)
+                    .then(|| a.value(row).ends_with(suffix.as_str()))
             }
         }
     }
@@ -119,7 +128,9 @@ impl<'a> RowChecker<'a> {
             .iter()
             .map(|r| {
                 let conds = match &r.kind {
-                    RuleKind::PositiveIff { when, .. } | RuleKind::NullIff { when, .. } | RuleKind::RangeWhen { when, .. } => {
+                    RuleKind::PositiveIff { when, .. }
+                    | RuleKind::NullIff { when, .. }
+                    | RuleKind::RangeWhen { when, .. } => {
                         Cond::compile(when, schema).into_iter().collect()
                     }
                     _ => Vec::new(),
@@ -152,15 +163,27 @@ impl<'a> RowChecker<'a> {
                 .collect(),
             rules,
             unique: HashMap::new(),
-            period_col: schema.period_column.as_deref().and_then(|c| schema.column_index(c)),
-            force_col: schema.force_column.as_deref().and_then(|c| schema.column_index(c)),
+            period_col: schema
+                .period_column
+                .as_deref()
+                .and_then(|c| schema.column_index(c)),
+            force_col: schema
+                .force_column
+                .as_deref()
+                .and_then(|c| schema.column_index(c)),
             rows: 0,
             periods: BTreeSet::new(),
             violations: Violations::default(),
         }
     }
 
-    fn violation(&mut self, row: usize, column: Option<&str>, rule: &str, message: impl FnOnce() -> String) {
+    fn violation(
+        &mut self,
+        row: usize,
+        column: Option<&str>,
+        rule: &str,
+        message: impl FnOnce() -> String,
+    ) {
         let row = self.rows + row as u64 + 1;
         if self.violations.wants_detail() {
             self.violations.push(Violation {
@@ -201,7 +224,11 @@ impl<'a> RowChecker<'a> {
         if let Some(p) = self.period_col {
             let a = cols[p].as_string::<i32>();
             for v in a.iter().flatten() {
-                if !self.periods.contains(v) && self.periods.len() < 10_000 && (Quarter::parse(v).is_some() || concordat_core::FinancialYear::parse(v).is_some()) {
+                if !self.periods.contains(v)
+                    && self.periods.len() < 10_000
+                    && (Quarter::parse(v).is_some()
+                        || concordat_core::FinancialYear::parse(v).is_some())
+                {
                     self.periods.insert(v.to_owned());
                 }
             }
@@ -209,12 +236,20 @@ impl<'a> RowChecker<'a> {
         self.rows += n as u64;
     }
 
-    fn check_column(&mut self, i: usize, col: &concordat_core::ColumnSchema, a: &ArrayRef, n: usize) {
+    fn check_column(
+        &mut self,
+        i: usize,
+        col: &concordat_core::ColumnSchema,
+        a: &ArrayRef,
+        n: usize,
+    ) {
         let name = col.name.as_str();
         if !col.nullable && a.null_count() > 0 {
             for row in 0..n {
                 if a.is_null(row) {
-                    self.violation(row, Some(name), "not_null", || format!("`{name}` may not be null"));
+                    self.violation(row, Some(name), "not_null", || {
+                        format!("`{name}` may not be null")
+                    });
                 }
             }
         }
@@ -231,16 +266,26 @@ impl<'a> RowChecker<'a> {
                         && !set.contains(v)
                     {
                         let allowed = col.allowed.as_deref().unwrap_or_default().join(", ");
-                        self.violation(row, Some(name), "enum", || format!("`{name}` must be one of: {allowed}"));
+                        self.violation(row, Some(name), "enum", || {
+                            format!("`{name}` must be one of: {allowed}")
+                        });
                     }
                     match col.format {
                         Some(Format::Quarter) if Quarter::parse(v).is_none() => {
-                            self.violation(row, Some(name), "format", || format!("`{name}` must be a quarter written YYYYQn, e.g. 2024Q3"));
+                            self.violation(row, Some(name), "format", || {
+                                format!("`{name}` must be a quarter written YYYYQn, e.g. 2024Q3")
+                            });
                         }
-                        Some(Format::FinancialYear) if concordat_core::FinancialYear::parse(v).is_none() => {
+                        Some(Format::FinancialYear)
+                            if concordat_core::FinancialYear::parse(v).is_none() =>
+                        {
                             self.violation(row, Some(name), "format", || format!("`{name}` must be a financial year written YYYY-YY, e.g. 2024-25"));
                         }
-                        Some(Format::Hex64) if !(v.len() == 64 && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))) => {
+                        Some(Format::Hex64)
+                            if !(v.len() == 64
+                                && v.bytes()
+                                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))) =>
+                        {
                             self.violation(row, Some(name), "format", || format!("`{name}` must be a pseudonym of 64 lowercase hexadecimal characters"));
                         }
                         _ => {}
@@ -249,7 +294,9 @@ impl<'a> RowChecker<'a> {
                         Some(ReferenceKind::PfaCode) if self.reference.force(v).is_none() => {
                             self.violation(row, Some(name), "reference", || format!("`{name}` must be one of the 43 police force area codes (see police_forces)"));
                         }
-                        Some(ReferenceKind::ProbationRegionCode) if !self.reference.is_probation_region(v) => {
+                        Some(ReferenceKind::ProbationRegionCode)
+                            if !self.reference.is_probation_region(v) =>
+                        {
                             self.violation(row, Some(name), "reference", || format!("`{name}` must be a probation region code (N03, N07, N50 to N59)"));
                         }
                         _ => {}
@@ -268,12 +315,17 @@ impl<'a> RowChecker<'a> {
                     let above = b.max.is_some_and(|m| v > m);
                     if below || above || v.is_nan() {
                         let (lo, hi) = (&col.min, &col.max);
-                        self.violation(row, Some(name), "range", || match (lo, hi) {
-                            (Some(lo), Some(hi)) => format!("`{name}` must lie between {lo} and {hi}"),
-                            (Some(lo), None) => format!("`{name}` must be at least {lo}"),
-                            (None, Some(hi)) => format!("`{name}` must be at most {hi}"),
-                            (None, None) => format!("`{name}` must be a number"),
-                        }.replace('"', ""));
+                        self.violation(row, Some(name), "range", || {
+                            match (lo, hi) {
+                                (Some(lo), Some(hi)) => {
+                                    format!("`{name}` must lie between {lo} and {hi}")
+                                }
+                                (Some(lo), None) => format!("`{name}` must be at least {lo}"),
+                                (None, Some(hi)) => format!("`{name}` must be at most {hi}"),
+                                (None, None) => format!("`{name}` must be a number"),
+                            }
+                            .replace('"', "")
+                        });
                     }
                 }
             }
@@ -291,8 +343,10 @@ impl<'a> RowChecker<'a> {
             RuleKind::PositiveIff { column, .. } => {
                 let a = &cols[idx(column)];
                 for row in 0..n {
-                    if let (Some(v), Some(c)) = (number(a, row), conds.first().and_then(|c| c.eval(cols, row)))
-                        && (v > 0.0) != c
+                    if let (Some(v), Some(c)) = (
+                        number(a, row),
+                        conds.first().and_then(|c| c.eval(cols, row)),
+                    ) && (v > 0.0) != c
                     {
                         bad.push((row, column.clone()));
                     }
@@ -323,32 +377,46 @@ impl<'a> RowChecker<'a> {
                     }
                 }
             }
-            RuleKind::PfaInProbationRegion { pfa_column, region_column } => {
+            RuleKind::PfaInProbationRegion {
+                pfa_column,
+                region_column,
+            } => {
                 let p = cols[idx(pfa_column)].as_string::<i32>();
                 let g = cols[idx(region_column)].as_string::<i32>();
                 for row in 0..n {
                     if p.is_valid(row)
                         && g.is_valid(row)
-                        && self.pfa_region.get(p.value(row)).is_some_and(|want| want != g.value(row))
+                        && self
+                            .pfa_region
+                            .get(p.value(row))
+                            .is_some_and(|want| want != g.value(row))
                         && self.reference.is_probation_region(g.value(row))
                     {
                         bad.push((row, region_column.clone()));
                     }
                 }
             }
-            RuleKind::MemberOfGroup { column, group_column, groups } => {
+            RuleKind::MemberOfGroup {
+                column,
+                group_column,
+                groups,
+            } => {
                 let v = cols[idx(column)].as_string::<i32>();
                 let g = cols[idx(group_column)].as_string::<i32>();
                 for row in 0..n {
                     if v.is_valid(row)
                         && g.is_valid(row)
-                        && groups.get(g.value(row)).is_some_and(|members| !members.iter().any(|m| m == v.value(row)))
+                        && groups
+                            .get(g.value(row))
+                            .is_some_and(|members| !members.iter().any(|m| m == v.value(row)))
                     {
                         bad.push((row, column.clone()));
                     }
                 }
             }
-            RuleKind::RangeWhen { columns, min, max, .. } => {
+            RuleKind::RangeWhen {
+                columns, min, max, ..
+            } => {
                 for row in 0..n {
                     if conds.first().and_then(|c| c.eval(cols, row)) != Some(true) {
                         continue;
@@ -394,7 +462,10 @@ fn row_key(arrays: &[&ArrayRef], row: usize) -> u128 {
     0xC0C0_u16.hash(&mut h2);
     for a in arrays {
         let part = match a.data_type() {
-            DataType::Utf8 => a.as_string::<i32>().is_valid(row).then(|| a.as_string::<i32>().value(row).to_owned()),
+            DataType::Utf8 => a
+                .as_string::<i32>()
+                .is_valid(row)
+                .then(|| a.as_string::<i32>().value(row).to_owned()),
             _ => number(a, row).map(|v| v.to_string()),
         };
         part.hash(&mut h1);

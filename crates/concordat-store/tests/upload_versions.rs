@@ -10,16 +10,48 @@ async fn a_valid_upload_commits_a_version_with_provenance() {
     let f = fixture();
     let batches = synth("reoffending_cohort", &["kent", "essex"]);
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let out = upload(&f.store, "reoffending_cohort", Mode::Append, "probation", ScopeFilter::All, parquet_bytes(&batches)).await.expect("commit");
-    assert_eq!((out.version, out.rows as usize, out.duplicate), (0, rows, false));
+    let out = upload(
+        &f.store,
+        "reoffending_cohort",
+        Mode::Append,
+        "probation",
+        ScopeFilter::All,
+        parquet_bytes(&batches),
+    )
+    .await
+    .expect("commit");
+    assert_eq!(
+        (out.version, out.rows as usize, out.duplicate),
+        (0, rows, false)
+    );
     assert_eq!(out.periods.len(), 28);
     assert_eq!(out.sha256.len(), 64);
-    assert_eq!(count_rows(&f.store, "reoffending_cohort", None, "").await, rows);
-    assert_eq!(count_rows(&f.store, "reoffending_cohort", None, "WHERE pfa_code = 'E23000032'").await, batches[1].num_rows(), "forces come in reference order: Essex, then Kent");
-    let versions = f.store.versions("reoffending_cohort").await.expect("versions");
+    assert_eq!(
+        count_rows(&f.store, "reoffending_cohort", None, "").await,
+        rows
+    );
+    assert_eq!(
+        count_rows(
+            &f.store,
+            "reoffending_cohort",
+            None,
+            "WHERE pfa_code = 'E23000032'"
+        )
+        .await,
+        batches[1].num_rows(),
+        "forces come in reference order: Essex, then Kent"
+    );
+    let versions = f
+        .store
+        .versions("reoffending_cohort")
+        .await
+        .expect("versions");
     assert_eq!(versions.len(), 1);
     let v = &versions[0];
-    assert_eq!((v.version, v.partner.as_deref(), v.mode.as_deref(), v.rows), (0, Some("probation"), Some("append"), Some(rows as u64)));
+    assert_eq!(
+        (v.version, v.partner.as_deref(), v.mode.as_deref(), v.rows),
+        (0, Some("probation"), Some("append"), Some(rows as u64))
+    );
     assert_eq!(v.sha256.as_deref(), Some(out.sha256.as_str()));
     assert_eq!(v.agreements, vec!["test-agreement".to_owned()]);
     assert!(v.committed_at.is_some());
@@ -29,40 +61,153 @@ async fn a_valid_upload_commits_a_version_with_provenance() {
 async fn the_same_bytes_again_are_a_duplicate_and_add_no_version() {
     let f = fixture();
     let bytes = parquet_bytes(&synth("force_performance", &["kent"]));
-    let first = upload(&f.store, "force_performance", Mode::Append, "force-kent", kent(), bytes.clone()).await.expect("first");
-    let again = upload(&f.store, "force_performance", Mode::Append, "force-kent", kent(), bytes).await.expect("again");
+    let first = upload(
+        &f.store,
+        "force_performance",
+        Mode::Append,
+        "force-kent",
+        kent(),
+        bytes.clone(),
+    )
+    .await
+    .expect("first");
+    let again = upload(
+        &f.store,
+        "force_performance",
+        Mode::Append,
+        "force-kent",
+        kent(),
+        bytes,
+    )
+    .await
+    .expect("again");
     assert!(again.duplicate);
     assert_eq!(again.version, first.version);
-    assert_eq!(f.store.latest_version("force_performance").await.expect("v"), Some(0));
-    assert_eq!(count_rows(&f.store, "force_performance", None, "").await, first.rows as usize);
+    assert_eq!(
+        f.store
+            .latest_version("force_performance")
+            .await
+            .expect("v"),
+        Some(0)
+    );
+    assert_eq!(
+        count_rows(&f.store, "force_performance", None, "").await,
+        first.rows as usize
+    );
 }
 
 #[tokio::test]
-async fn replace_periods_replaces_exactly_the_file_periods_within_scope_and_time_travel_keeps_the_past() {
+async fn replace_periods_replaces_exactly_the_file_periods_within_scope_and_time_travel_keeps_the_past()
+ {
     let f = fixture();
     let kent_rows = synth("force_performance", &["kent"]);
     let essex_rows = synth("force_performance", &["essex"]);
-    upload(&f.store, "force_performance", Mode::Append, "force-kent", kent(), parquet_bytes(&kent_rows)).await.expect("kent");
-    upload(&f.store, "force_performance", Mode::Append, "force-essex", ScopeFilter::Forces(["E23000028".to_owned()].into()), parquet_bytes(&essex_rows)).await.expect("essex");
+    upload(
+        &f.store,
+        "force_performance",
+        Mode::Append,
+        "force-kent",
+        kent(),
+        parquet_bytes(&kent_rows),
+    )
+    .await
+    .expect("kent");
+    upload(
+        &f.store,
+        "force_performance",
+        Mode::Append,
+        "force-essex",
+        ScopeFilter::Forces(["E23000028".to_owned()].into()),
+        parquet_bytes(&essex_rows),
+    )
+    .await
+    .expect("essex");
     let before = count_rows(&f.store, "force_performance", None, "").await;
     // Kent resubmits 2024Q1 only, with one indicator fewer.
     let b = &kent_rows[0];
-    let quarter = b.column(1).as_any().downcast_ref::<arrow::array::StringArray>().expect("text");
-    let keep: arrow::array::BooleanArray = (0..b.num_rows()).map(|r| Some(quarter.value(r) == "2024Q1" && r % 12 != 0)).collect();
+    let quarter = b
+        .column(1)
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .expect("text");
+    let keep: arrow::array::BooleanArray = (0..b.num_rows())
+        .map(|r| Some(quarter.value(r) == "2024Q1" && r % 12 != 0))
+        .collect();
     let q1 = arrow::compute::filter_record_batch(b, &keep).expect("filter");
     assert_eq!(q1.num_rows(), 11);
-    let out = upload(&f.store, "force_performance", Mode::ReplacePeriods, "force-kent", kent(), parquet_bytes(&[q1])).await.expect("replace");
-    assert_eq!((out.version, out.periods.clone()), (2, vec!["2024Q1".to_owned()]));
-    assert_eq!(count_rows(&f.store, "force_performance", None, "").await, before - 1);
-    assert_eq!(count_rows(&f.store, "force_performance", None, "WHERE pfa_code = 'E23000032' AND quarter = '2024Q1'").await, 11);
-    assert_eq!(count_rows(&f.store, "force_performance", None, "WHERE pfa_code = 'E23000028' AND quarter = '2024Q1'").await, 12, "Essex's 2024Q1 is untouched");
-    assert_eq!(count_rows(&f.store, "force_performance", None, "WHERE pfa_code = 'E23000032' AND quarter = '2023Q4'").await, 12, "other periods untouched");
-    assert_eq!(count_rows(&f.store, "force_performance", Some(1), "").await, before, "version 1 is still readable");
-    assert_eq!(count_rows(&f.store, "force_performance", Some(0), "").await, kent_rows[0].num_rows());
-    let versions = f.store.versions("force_performance").await.expect("versions");
-    assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![2, 1, 0]);
+    let out = upload(
+        &f.store,
+        "force_performance",
+        Mode::ReplacePeriods,
+        "force-kent",
+        kent(),
+        parquet_bytes(&[q1]),
+    )
+    .await
+    .expect("replace");
+    assert_eq!(
+        (out.version, out.periods.clone()),
+        (2, vec!["2024Q1".to_owned()])
+    );
+    assert_eq!(
+        count_rows(&f.store, "force_performance", None, "").await,
+        before - 1
+    );
+    assert_eq!(
+        count_rows(
+            &f.store,
+            "force_performance",
+            None,
+            "WHERE pfa_code = 'E23000032' AND quarter = '2024Q1'"
+        )
+        .await,
+        11
+    );
+    assert_eq!(
+        count_rows(
+            &f.store,
+            "force_performance",
+            None,
+            "WHERE pfa_code = 'E23000028' AND quarter = '2024Q1'"
+        )
+        .await,
+        12,
+        "Essex's 2024Q1 is untouched"
+    );
+    assert_eq!(
+        count_rows(
+            &f.store,
+            "force_performance",
+            None,
+            "WHERE pfa_code = 'E23000032' AND quarter = '2023Q4'"
+        )
+        .await,
+        12,
+        "other periods untouched"
+    );
+    assert_eq!(
+        count_rows(&f.store, "force_performance", Some(1), "").await,
+        before,
+        "version 1 is still readable"
+    );
+    assert_eq!(
+        count_rows(&f.store, "force_performance", Some(0), "").await,
+        kent_rows[0].num_rows()
+    );
+    let versions = f
+        .store
+        .versions("force_performance")
+        .await
+        .expect("versions");
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![2, 1, 0]
+    );
     assert_eq!(versions[0].mode.as_deref(), Some("replace_periods"));
-    assert!(matches!(f.store.table("force_performance", Some(9)).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        f.store.table("force_performance", Some(9)).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 #[tokio::test]
@@ -73,7 +218,18 @@ async fn concurrent_uploads_to_one_dataset_all_commit() {
     let uploads = forces.iter().map(|force| async move {
         let batches = synth("force_performance", &[force]);
         let rows = batches[0].num_rows();
-        (rows, upload(store, "force_performance", Mode::Append, force, ScopeFilter::All, parquet_bytes(&batches)).await)
+        (
+            rows,
+            upload(
+                store,
+                "force_performance",
+                Mode::Append,
+                force,
+                ScopeFilter::All,
+                parquet_bytes(&batches),
+            )
+            .await,
+        )
     });
     let results = futures::future::join_all(uploads).await;
     let mut versions: Vec<u64> = Vec::new();
@@ -84,21 +240,53 @@ async fn concurrent_uploads_to_one_dataset_all_commit() {
         expected += rows;
     }
     versions.sort_unstable();
-    assert_eq!(versions, (0..forces.len() as u64).collect::<Vec<_>>(), "one version each, none lost");
-    assert_eq!(count_rows(&f.store, "force_performance", None, "").await, expected);
+    assert_eq!(
+        versions,
+        (0..forces.len() as u64).collect::<Vec<_>>(),
+        "one version each, none lost"
+    );
+    assert_eq!(
+        count_rows(&f.store, "force_performance", None, "").await,
+        expected
+    );
 }
 
 #[tokio::test]
 async fn a_second_store_on_the_same_directory_sees_commits_and_conflicts_are_retried_or_reported() {
     let f = fixture();
-    let other = concordat_store::Store::open(concordat_store::StoreConfig::new(f.dir.path().join("data"))).expect("second");
-    let a = upload(&f.store, "force_performance", Mode::Append, "a", ScopeFilter::All, parquet_bytes(&synth("force_performance", &["kent"])));
-    let b = upload(&other, "force_performance", Mode::Append, "b", ScopeFilter::All, parquet_bytes(&synth("force_performance", &["essex"])));
+    let other =
+        concordat_store::Store::open(concordat_store::StoreConfig::new(f.dir.path().join("data")))
+            .expect("second");
+    let a = upload(
+        &f.store,
+        "force_performance",
+        Mode::Append,
+        "a",
+        ScopeFilter::All,
+        parquet_bytes(&synth("force_performance", &["kent"])),
+    );
+    let b = upload(
+        &other,
+        "force_performance",
+        Mode::Append,
+        "b",
+        ScopeFilter::All,
+        parquet_bytes(&synth("force_performance", &["essex"])),
+    );
     let (a, b) = tokio::join!(a, b);
     for r in [&a, &b] {
-        assert!(matches!(r, Ok(_) | Err(StoreError::Conflict { .. })), "{r:?}");
+        assert!(
+            matches!(r, Ok(_) | Err(StoreError::Conflict { .. })),
+            "{r:?}"
+        );
     }
     let committed = [&a, &b].iter().filter(|r| r.is_ok()).count();
     assert!(committed >= 1);
-    assert_eq!(f.store.latest_version("force_performance").await.expect("v"), Some(committed as u64 - 1));
+    assert_eq!(
+        f.store
+            .latest_version("force_performance")
+            .await
+            .expect("v"),
+        Some(committed as u64 - 1)
+    );
 }

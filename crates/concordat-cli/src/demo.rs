@@ -1,0 +1,196 @@
+//! `concordat demo`: a working gateway in one command. Makes a directory with development
+//! keys, configuration, the shipped policies and synthetic data for all 43 forces, serves
+//! it, loads the data through the real HTTP upload path, and prints tokens to try it with.
+//! Run again on the same directory, it reuses what is there.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use concordat_core::{Reference, Role};
+use concordat_server::Config;
+use concordat_server::auth::{DevSigner, write_dev_keys};
+use concordat_synth::Synth;
+use futures::StreamExt;
+
+use crate::client;
+
+const LOADED_MARKER: &str = ".demo-loaded";
+const TOKEN_TTL: u64 = 8 * 3600;
+
+/// Options of `concordat demo`.
+#[derive(Debug, Clone)]
+pub struct DemoArgs {
+    /// Directory to make or reuse.
+    pub dir: PathBuf,
+    /// Address to serve on.
+    pub addr: SocketAddr,
+    /// Synthetic data scale (1.0 is about a million rows per record-level dataset).
+    pub scale: f64,
+    /// Synthetic data seed.
+    pub seed: u64,
+}
+
+fn write_config(dir: &Path, addr: SocketAddr, kid: &str) -> anyhow::Result<()> {
+    let text = format!(
+        r#"# Concordat demo configuration. Development keys only: never use them for real data.
+listen = "{addr}"
+data_dir = "data"
+policies_dir = "policies"
+
+[auth]
+issuer = "concordat-demo"
+audience = "concordat"
+algorithms = ["EdDSA", "HS256"]
+jwks_file = "keys/jwks.json"
+dev_secret_file = "keys/dev-hs256.secret"
+dev_signing_key = "keys/dev-ed25519.pem"
+dev_key_id = "{kid}"
+
+[limits]
+max_upload_bytes = 2147483648
+concurrent_validations = 2
+"#
+    );
+    std::fs::write(dir.join("concordat.toml"), text)?;
+    Ok(())
+}
+
+/// Makes or reuses the directory, serves, loads data if needed, prints tokens; runs until stopped.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let dir = &args.dir;
+    let config_path = dir.join("concordat.toml");
+    if !config_path.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let kid = write_dev_keys(&dir.join("keys"))?;
+        crate::shipped::write_policies(&dir.join("policies"))?;
+        write_config(dir, args.addr, &kid)?;
+        eprintln!("made a new demo in {}", dir.display());
+    } else {
+        eprintln!("reusing the demo in {}", dir.display());
+    }
+    let mut config = Config::load(&config_path).map_err(|e| anyhow!("{e}"))?;
+    config.listen = args.addr;
+    let signer = DevSigner::from_config(&config.auth).map_err(|e| anyhow!(e))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(concordat_server::serve(config, move |a| {
+        let _ = tx.send(a);
+    }));
+    let bound = match rx.await {
+        Ok(a) => a,
+        Err(_) => {
+            return Err(anyhow!(
+                server
+                    .await?
+                    .err()
+                    .unwrap_or_else(|| "the server stopped".into())
+            ));
+        }
+    };
+    let base = format!("http://{bound}");
+    if !dir.join(LOADED_MARKER).exists() {
+        load(&args, &base, &signer).await?;
+        std::fs::write(dir.join(LOADED_MARKER), b"")?;
+    }
+    print_welcome(&args, &base, &signer)?;
+    server.await?.map_err(|e| anyhow!(e))
+}
+
+/// Synthesises the data and uploads it as each provider would.
+async fn load(args: &DemoArgs, base: &str, signer: &DevSigner) -> anyhow::Result<()> {
+    let synth_dir = args.dir.join("synth");
+    let synth = Synth::new(args.scale, args.seed);
+    let started = std::time::Instant::now();
+    eprintln!("synthesising data at scale {} ...", args.scale);
+    let mut jobs: Vec<(String, String, PathBuf)> = Vec::new();
+    for (dataset, partner) in [
+        ("reoffending_cohort", "probation"),
+        ("court_timeliness", "cps"),
+        ("force_context", "home-office"),
+    ] {
+        let path = synth_dir.join(format!("{dataset}.parquet"));
+        std::fs::create_dir_all(&synth_dir)?;
+        synth.write(dataset, &path)?;
+        jobs.push((partner.into(), dataset.into(), path));
+    }
+    for force in Reference::builtin().forces() {
+        for dataset in ["force_performance", "force_resources"] {
+            let path = synth_dir
+                .join(dataset)
+                .join(format!("{}.parquet", force.force_slug));
+            std::fs::create_dir_all(path.parent().unwrap_or(&synth_dir))?;
+            synth
+                .clone()
+                .only(&[force.force_slug.as_str()])
+                .write(dataset, &path)?;
+            jobs.push((format!("force-{}", force.force_slug), dataset.into(), path));
+        }
+    }
+    eprintln!("uploading {} files through {base} ...", jobs.len());
+    let client = reqwest::Client::new();
+    let mut results = futures::stream::iter(jobs.into_iter().map(|(partner, dataset, path)| {
+        let client = client.clone();
+        async move {
+            let token = signer
+                .issue(
+                    &format!("demo-loader@{partner}"),
+                    &partner,
+                    &[Role::Uploader],
+                    600,
+                )
+                .map_err(|e| anyhow!(e))?;
+            let answer =
+                client::upload(&client, base, &token, &dataset, "replace_periods", &path).await?;
+            client::expect_success(&answer, &format!("{partner} uploading {dataset}"))?;
+            anyhow::Ok(answer.body["rows"].as_u64().unwrap_or(0))
+        }
+    }))
+    .buffer_unordered(4);
+    let mut rows = 0;
+    while let Some(r) = results.next().await {
+        rows += r?;
+    }
+    eprintln!(
+        "loaded {rows} rows in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn print_welcome(args: &DemoArgs, base: &str, signer: &DevSigner) -> anyhow::Result<()> {
+    let token = |partner: &str, roles: &[Role]| {
+        signer
+            .issue(&format!("demo-user@{partner}"), partner, roles, TOKEN_TTL)
+            .map_err(|e| anyhow!(e))
+    };
+    let kent = token("pcc-kent", &[Role::Analyst])?;
+    let probation = token("probation", &[Role::Uploader, Role::Analyst])?;
+    let hmicfrs = token("hmicfrs", &[Role::Inspector])?;
+    let kent_force = token("force-kent", &[Role::Uploader, Role::Analyst])?;
+    let dir = args.dir.display();
+    println!(
+        r#"
+Concordat demo is serving at {base}   (data and keys in {dir})
+
+Tokens, valid 8 hours (more: concordat token issue --config {dir}/concordat.toml --partner ID --role ROLE):
+export KENT_PCC_TOKEN={kent}
+export PROBATION_TOKEN={probation}
+export HMICFRS_TOKEN={hmicfrs}
+export KENT_FORCE_TOKEN={kent_force}
+
+Try, in another shell after pasting the exports:
+  curl -s -H "Authorization: Bearer $KENT_PCC_TOKEN" {base}/v1/me
+  curl -s -H "Authorization: Bearer $KENT_PCC_TOKEN" {base}/v1/datasets
+  curl -s -H "Authorization: Bearer $HMICFRS_TOKEN" {base}/v1/datasets/force_performance
+  # Probation re-sends its file: the same bytes are a duplicate (200, no new version)
+  concordat upload --url {base} --token "$PROBATION_TOKEN" --mode replace_periods reoffending_cohort {dir}/synth/reoffending_cohort.parquet
+  # Kent Police may upload only Kent rows: Essex's file is refused with 422 and the rows named
+  concordat upload --url {base} --token "$KENT_FORCE_TOKEN" force_performance {dir}/synth/force_performance/essex.parquet
+
+Press Ctrl-C to stop.
+"#
+    );
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    Ok(())
+}

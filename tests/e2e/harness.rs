@@ -1,0 +1,217 @@
+//! Harness for the black-box tests: the real `concordat` binary, started on port 0 in a
+//! scratch directory, and a blocking HTTP client.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `concordat` binary built alongside the tests (or `CONCORDAT_BIN`).
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("CONCORDAT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("concordat");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo test --workspace`, which builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// The repository's `policies/`.
+pub fn shipped_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+/// A scratch directory with a configuration, an HS256 development secret and policies.
+pub struct Site {
+    /// Scratch directory, removed on drop.
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// A site using the shipped policies.
+    pub fn new() -> Site {
+        Self::with_policies(&shipped_policies())
+    }
+
+    /// A site using a copy of these policies.
+    pub fn with_policies(policies: &Path) -> Site {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("policies");
+        std::fs::create_dir_all(&copy).expect("policies");
+        for entry in std::fs::read_dir(policies).expect("policies dir") {
+            let p = entry.expect("entry").path();
+            std::fs::copy(&p, copy.join(p.file_name().expect("name"))).expect("copy");
+        }
+        let mut secret = [0u8; 32];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").expect("urandom"),
+            &mut secret,
+        )
+        .expect("random");
+        let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(dir.path().join("secret"), secret).expect("secret");
+        std::fs::write(
+            dir.path().join("concordat.toml"),
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies_dir = \"policies\"\n[auth]\nissuer = \"concordat-e2e\"\naudience = \"concordat\"\nalgorithms = [\"HS256\"]\ndev_secret_file = \"secret\"\n",
+        )
+        .expect("config");
+        Site { dir }
+    }
+
+    /// The configuration file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("concordat.toml")
+    }
+
+    /// A development token from `concordat token issue`.
+    pub fn token(&self, partner: &str, roles: &str) -> String {
+        let out = Command::new(binary())
+            .args(["token", "issue", "--config"])
+            .arg(self.config())
+            .args(["--partner", partner, "--role", roles])
+            .output()
+            .expect("token issue");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Starts `concordat serve` with extra environment.
+    pub fn serve_with(&self, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(binary());
+        // Logs go to a file: an unread pipe would fill and stall the server.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("log");
+        cmd.args(["serve", "--config"])
+            .arg(self.config())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        let Some(url) = line.strip_prefix("concordat listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            panic!("server did not start: {line} {log}");
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Server {
+            child,
+            url: url.to_owned(),
+        }
+    }
+
+    /// Starts `concordat serve`.
+    pub fn serve(&self) -> Server {
+        self.serve_with(&[])
+    }
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running server, killed on drop.
+pub struct Server {
+    /// The process.
+    pub child: Child,
+    /// Base URL.
+    pub url: String,
+}
+
+impl Server {
+    /// Kills the process at once (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to end by itself, up to a limit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A blocking HTTP client with a generous timeout.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client")
+}
+
+/// Status and JSON body of a response.
+pub fn json(resp: reqwest::blocking::Response) -> (u16, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// `POST /v1/datasets/{dataset}/uploads`.
+pub fn upload(
+    server: &Server,
+    token: &str,
+    dataset: &str,
+    mode: &str,
+    bytes: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    json(
+        client()
+            .post(format!(
+                "{}/v1/datasets/{dataset}/uploads?mode={mode}",
+                server.url
+            ))
+            .bearer_auth(token)
+            .header("content-type", "application/vnd.apache.parquet")
+            .body(bytes)
+            .send()
+            .expect("upload"),
+    )
+}
+
+/// `GET` a path with a token.
+pub fn get(server: &Server, token: &str, path: &str) -> (u16, serde_json::Value) {
+    json(
+        client()
+            .get(format!("{}{path}", server.url))
+            .bearer_auth(token)
+            .send()
+            .expect("get"),
+    )
+}

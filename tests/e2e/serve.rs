@@ -1,0 +1,173 @@
+//! Starting, stopping, identity and the demo.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use concordat_e2e::*;
+
+#[test]
+fn health_readiness_and_metrics_answer_without_a_token() {
+    let site = Site::new();
+    let server = site.serve();
+    let c = client();
+    assert_eq!(
+        c.get(format!("{}/healthz", server.url))
+            .send()
+            .expect("healthz")
+            .status(),
+        200
+    );
+    let (status, body) = json(
+        c.get(format!("{}/readyz", server.url))
+            .send()
+            .expect("readyz"),
+    );
+    assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
+    let metrics = c
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("text");
+    assert!(
+        metrics.contains("concordat_uploads_committed_total 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn me_answers_from_partners_toml_and_bad_tokens_get_401() {
+    let site = Site::new();
+    let server = site.serve();
+    let (status, me) = get(&server, &site.token("pcc-kent", "analyst"), "/v1/me");
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["partner"], "pcc-kent");
+    assert_eq!(me["kind"], "pcc");
+    assert_eq!(me["force_area"]["pfa_code"], "E23000032");
+    assert_eq!(me["roles"], serde_json::json!(["analyst"]));
+    let ids: Vec<&str> = me["agreements"]
+        .as_array()
+        .expect("agreements")
+        .iter()
+        .filter_map(|a| a["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"probation-pcc-reoffending-mou"), "{ids:?}");
+    let c = client();
+    let (status, body) = json(
+        c.get(format!("{}/v1/me", server.url))
+            .send()
+            .expect("no token"),
+    );
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    for bad in [
+        "garbage",
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+        &site.token("pcc-kent", "analyst").replace('.', ".x"),
+    ] {
+        let (status, _) = get(&server, bad, "/v1/me");
+        assert_eq!(status, 401, "{bad}");
+    }
+    let other = Site::new();
+    let (status, _) = get(&server, &other.token("pcc-kent", "analyst"), "/v1/me");
+    assert_eq!(status, 401, "a token signed with another secret");
+    let (status, body) = get(
+        &server,
+        &site.token("pcc-kent", "analyst"),
+        "/v1/nothing-here",
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+}
+
+#[test]
+fn an_invalid_policy_file_stops_the_server_at_start_naming_file_and_field() {
+    let site = Site::new();
+    let bad = site
+        .dir
+        .path()
+        .join("policies/probation-pcc-reoffending-mou.toml");
+    let text = std::fs::read_to_string(&bad)
+        .expect("read")
+        .replace("min_count = 10", "min_count = \"ten\"");
+    std::fs::write(&bad, text).expect("write");
+    let out = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(site.config())
+        .output()
+        .expect("serve");
+    assert!(!out.status.success(), "the server must not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("probation-pcc-reoffending-mou.toml") && err.contains("min_count"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_demo_starts_loads_data_and_answers_me_with_a_printed_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo = dir.path().join("demo");
+    let mut child = Command::new(binary())
+        .args(["demo", "--dir"])
+        .arg(&demo)
+        .args(["--addr", "127.0.0.1:0", "--scale", "0.002"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let (mut base, mut token) = (None, None);
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("Concordat demo is serving at ") {
+            base = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(t) = line.strip_prefix("export KENT_PCC_TOKEN=") {
+            token = Some(t.to_owned());
+        }
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    let (base, token) = (
+        base.expect("address printed"),
+        token.expect("token printed"),
+    );
+    let c = client();
+    let (status, me) = json(
+        c.get(format!("{base}/v1/me"))
+            .bearer_auth(&token)
+            .send()
+            .expect("me"),
+    );
+    assert_eq!(
+        (status, me["partner"].as_str()),
+        (200, Some("pcc-kent")),
+        "{me}"
+    );
+    let (_, datasets) = json(
+        c.get(format!("{base}/v1/datasets"))
+            .bearer_auth(&token)
+            .send()
+            .expect("datasets"),
+    );
+    let reo = datasets["datasets"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|d| d["name"] == "reoffending_cohort")
+        .cloned()
+        .expect("visible");
+    assert_eq!(reo["access"], "aggregate");
+    assert!(
+        reo["latest_version"].as_u64().is_some(),
+        "the demo loaded reoffending data: {reo}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(demo.join("concordat.toml").exists() && demo.join("keys/jwks.json").exists());
+    std::thread::sleep(Duration::from_millis(100));
+}

@@ -1,0 +1,409 @@
+//! Uploads over HTTP: status codes, duplicates, scope, limits, crashes, concurrency.
+
+use std::io::Write;
+use std::time::Duration;
+
+use concordat_e2e::*;
+
+use super::fixtures::parquet;
+
+fn versions(server: &Server, token: &str, dataset: &str) -> Vec<u64> {
+    let (status, body) = get(server, token, &format!("/v1/datasets/{dataset}"));
+    assert_eq!(status, 200, "{body}");
+    body["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|v| v["version"].as_u64())
+        .collect()
+}
+
+#[test]
+fn upload_status_codes_follow_the_contract() {
+    let site = Site::new();
+    let server = site.serve();
+    let kent = site.token("force-kent", "uploader,analyst");
+    let kent_file = parquet("force_performance", &["kent"], 0.01);
+    let (status, body) = upload(
+        &server,
+        &kent,
+        "force_performance",
+        "append",
+        kent_file.clone(),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["dataset"], "force_performance");
+    assert_eq!(body["version"], 0);
+    assert_eq!(body["rows"], 336);
+    assert_eq!(body["periods"].as_array().map(Vec::len), Some(28));
+    assert_eq!(body["sha256"].as_str().map(str::len), Some(64));
+    let (status, again) = upload(
+        &server,
+        &kent,
+        "force_performance",
+        "append",
+        kent_file.clone(),
+    );
+    assert_eq!(
+        (
+            status,
+            again["duplicate"].as_bool(),
+            again["version"].as_u64()
+        ),
+        (200, Some(true), Some(0)),
+        "{again}"
+    );
+
+    let (status, body) = upload(
+        &server,
+        &kent,
+        "force_performance",
+        "append",
+        parquet("force_performance", &["essex"], 0.01),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "validation_failed");
+    let first = &body["error"]["details"]["violations"][0];
+    assert_eq!(
+        (
+            first["row"].as_u64(),
+            first["column"].as_str(),
+            first["rule"].as_str()
+        ),
+        (Some(1), Some("pfa_code"), Some("row_scope"))
+    );
+    assert_eq!(body["error"]["details"]["violation_count"], 336);
+    assert_eq!(
+        versions(&server, &kent, "force_performance"),
+        vec![0],
+        "nothing committed"
+    );
+
+    // (what, token, dataset, mode, body, expected status)
+    type Case<'a> = (&'a str, String, &'a str, &'a str, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
+        (
+            "analyst without uploader role",
+            site.token("force-kent", "analyst"),
+            "force_performance",
+            "append",
+            kent_file.clone(),
+            403,
+        ),
+        (
+            "PCC may read but not upload",
+            site.token("pcc-kent", "uploader"),
+            "force_performance",
+            "append",
+            kent_file.clone(),
+            403,
+        ),
+        (
+            "HMICFRS cannot see reoffending",
+            site.token("hmicfrs", "uploader"),
+            "reoffending_cohort",
+            "append",
+            kent_file.clone(),
+            404,
+        ),
+        (
+            "unknown dataset",
+            kent.clone(),
+            "no_such_dataset",
+            "append",
+            kent_file.clone(),
+            404,
+        ),
+        (
+            "bad mode",
+            kent.clone(),
+            "force_performance",
+            "overwrite",
+            kent_file.clone(),
+            400,
+        ),
+        (
+            "not parquet",
+            kent.clone(),
+            "force_performance",
+            "append",
+            b"pfa_code,quarter\n".to_vec(),
+            422,
+        ),
+    ];
+    for (what, token, dataset, mode, bytes, want) in cases {
+        let (status, body) = upload(&server, &token, dataset, mode, bytes);
+        assert_eq!(status, want, "{what}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {body}"
+        );
+    }
+    let (status, body) = upload(
+        &server,
+        &site.token("pcc-kent", "uploader"),
+        "force_performance",
+        "append",
+        kent_file.clone(),
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("pcc-kent") && m.contains("force_performance")),
+        "{status} {body}"
+    );
+    let (status, body) = json(
+        client()
+            .post(format!(
+                "{}/v1/datasets/force_performance/uploads",
+                server.url
+            ))
+            .bearer_auth(&kent)
+            .header("content-type", "text/csv")
+            .body(kent_file)
+            .send()
+            .expect("send"),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+
+    let (_, own) = get(&server, &kent, "/v1/datasets/force_performance");
+    assert_eq!(own["versions"][0]["partner"], "force-kent");
+    assert_eq!(own["versions"][0]["subject"], "dev@force-kent");
+    assert_eq!(own["versions"][0]["mode"], "append");
+    let (_, theirs) = get(
+        &server,
+        &site.token("hmicfrs", "inspector"),
+        "/v1/datasets/force_performance",
+    );
+    assert!(
+        theirs["versions"][0]["subject"].is_null(),
+        "another partner's staff are not named: {theirs}"
+    );
+}
+
+#[test]
+fn uploads_over_the_size_limit_get_413_with_or_without_a_length() {
+    let site = Site::new();
+    let server = site.serve_with(&[("CONCORDAT_LIMITS__MAX_UPLOAD_BYTES", "2000")]);
+    let kent = site.token("force-kent", "uploader");
+    let file = parquet("force_performance", &["kent"], 0.01);
+    assert!(file.len() > 2000);
+    let (status, body) = upload(&server, &kent, "force_performance", "append", file.clone());
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("too_large")),
+        "{body}"
+    );
+    let chunked = reqwest::blocking::Body::new(std::io::Cursor::new(file));
+    let (status, _) = json(
+        client()
+            .post(format!(
+                "{}/v1/datasets/force_performance/uploads",
+                server.url
+            ))
+            .bearer_auth(&kent)
+            .header("content-type", "application/vnd.apache.parquet")
+            .body(chunked)
+            .send()
+            .expect("send"),
+    );
+    assert_eq!(status, 413);
+    let staged = std::fs::read_dir(site.dir.path().join("data/staging"))
+        .expect("staging")
+        .count();
+    assert_eq!(staged, 0, "nothing left staged");
+}
+
+#[test]
+fn killing_the_server_during_an_upload_loses_nothing_committed() {
+    let site = Site::new();
+    let mut server = site.serve();
+    let kent = site.token("force-kent", "uploader,analyst");
+    let (status, _) = upload(
+        &server,
+        &kent,
+        "force_performance",
+        "append",
+        parquet("force_performance", &["kent"], 0.01),
+    );
+    assert_eq!(status, 201);
+    let essex = site.token("force-essex", "uploader");
+    let big = parquet("force_performance", &["essex"], 0.01);
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut tcp = std::net::TcpStream::connect(&addr).expect("connect");
+    write!(
+        tcp,
+        "POST /v1/datasets/force_performance/uploads HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {essex}\r\nContent-Type: application/vnd.apache.parquet\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    )
+    .expect("headers");
+    tcp.write_all(&big[..big.len() / 2]).expect("half the body");
+    tcp.flush().expect("flush");
+    let staging = site.dir.path().join("data/staging");
+    let mut staged = 0;
+    for _ in 0..100 {
+        staged = std::fs::read_dir(&staging)
+            .expect("staging")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("upload-"))
+            .count();
+        if staged > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(staged, 1, "the upload is in flight when the server dies");
+    server.kill();
+    drop(tcp);
+    let server = site.serve();
+    assert_eq!(
+        versions(&server, &kent, "force_performance"),
+        vec![0],
+        "the committed version is intact"
+    );
+    assert_eq!(
+        std::fs::read_dir(&staging).expect("staging").count(),
+        0,
+        "the half upload was discarded at start"
+    );
+    let (status, body) = upload(&server, &essex, "force_performance", "append", big);
+    assert_eq!((status, body["version"].as_u64()), (201, Some(1)), "{body}");
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_commit_leaves_the_last_version_intact_and_readable() {
+    let site = Site::new();
+    let kent = site.token("force-kent", "uploader,analyst");
+    {
+        let server = site.serve();
+        let (status, _) = upload(
+            &server,
+            &kent,
+            "force_performance",
+            "append",
+            parquet("force_performance", &["kent"], 0.01),
+        );
+        assert_eq!(status, 201);
+    }
+    let essex = site.token("force-essex", "uploader");
+    let essex_file = parquet("force_performance", &["essex"], 0.01);
+    let mut crashing = site.serve_with(&[("CONCORDAT_FAULT", "abort_in_commit")]);
+    let result = client()
+        .post(format!(
+            "{}/v1/datasets/force_performance/uploads",
+            crashing.url
+        ))
+        .bearer_auth(&essex)
+        .header("content-type", "application/vnd.apache.parquet")
+        .body(essex_file.clone())
+        .send();
+    assert!(result.is_err(), "the server died before answering");
+    let exit = crashing
+        .wait_exit(Duration::from_secs(10))
+        .expect("the server aborted");
+    assert!(!exit.success());
+    let log = site
+        .dir
+        .path()
+        .join("data/tables/force_performance/_delta_log");
+    let commits: Vec<String> = std::fs::read_dir(&log)
+        .expect("log")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json") && !n.starts_with('_') && !n.starts_with('.'))
+        .collect();
+    assert_eq!(
+        commits,
+        vec!["00000000000000000000.json".to_owned()],
+        "no half-written version is visible"
+    );
+    let data_files = std::fs::read_dir(site.dir.path().join("data/tables/force_performance"))
+        .expect("table")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+        .count();
+    assert!(
+        data_files >= 2,
+        "the crash came after the data files were written, before the log entry"
+    );
+    let server = site.serve();
+    assert_eq!(versions(&server, &kent, "force_performance"), vec![0]);
+    let (_, listing) = get(&server, &kent, "/v1/datasets");
+    let perf = listing["datasets"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|d| d["name"] == "force_performance")
+        .cloned()
+        .expect("listed");
+    assert_eq!(perf["latest_version"], 0);
+    let (status, body) = upload(&server, &essex, "force_performance", "append", essex_file);
+    assert_eq!(
+        (status, body["version"].as_u64()),
+        (201, Some(1)),
+        "a retry commits: {body}"
+    );
+    assert_eq!(versions(&server, &kent, "force_performance"), vec![1, 0]);
+}
+
+#[test]
+fn concurrent_uploads_over_http_all_commit_with_distinct_versions() {
+    let site = Site::new();
+    let server = site.serve();
+    let forces = [
+        "kent",
+        "essex",
+        "surrey",
+        "sussex",
+        "hampshire",
+        "dorset",
+        "wiltshire",
+        "gwent",
+    ];
+    let jobs: Vec<_> = forces
+        .iter()
+        .map(|f| {
+            (
+                site.token(&format!("force-{f}"), "uploader"),
+                parquet("force_resources", &[f], 0.01),
+            )
+        })
+        .collect();
+    let server_ref = &server;
+    let mut versions_seen: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|(token, bytes)| {
+                s.spawn(move || upload(server_ref, &token, "force_resources", "append", bytes))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let (status, body) = h.join().expect("thread");
+                assert_eq!(status, 201, "{body}");
+                body["version"].as_u64().expect("version")
+            })
+            .collect()
+    });
+    versions_seen.sort_unstable();
+    assert_eq!(versions_seen, (0..forces.len() as u64).collect::<Vec<_>>());
+    let hmicfrs = site.token("hmicfrs", "inspector");
+    let (_, ds) = get(&server, &hmicfrs, "/v1/datasets/force_resources");
+    let rows: u64 = ds["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|v| v["rows"].as_u64())
+        .sum();
+    assert_eq!(
+        rows,
+        7 * forces.len() as u64,
+        "every force's seven years are there"
+    );
+}
