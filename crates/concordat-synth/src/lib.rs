@@ -194,9 +194,7 @@ impl Synth {
             .forces()
             .iter()
             .enumerate()
-            .filter(|(_, f)| {
-                self.forces.is_empty() || self.forces.contains(&f.force_slug)
-            })
+            .filter(|(_, f)| self.forces.is_empty() || self.forces.contains(&f.force_slug))
     }
 
     fn rng(&self, dataset: &str, force: usize) -> ChaCha8Rng {
