@@ -1,0 +1,5 @@
+//! Policy-enforced SQL against synthetic data in a real store, case by case.
+
+mod cases_refusals;
+mod cases_scope;
+mod support;

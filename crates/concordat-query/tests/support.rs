@@ -1,0 +1,201 @@
+//! A store loaded with synthetic data, the shipped policies (plus test agreements), and
+//! a reference engine that applies the filters by hand.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use chrono::NaiveDate;
+use concordat_core::Schemas;
+use concordat_policy::{Policies, ScopeFilter};
+use concordat_query::{QueryError, QueryLimits, QueryService};
+use concordat_store::{Mode, Store, StoreConfig, UploadRequest};
+use concordat_synth::Synth;
+use datafusion::prelude::SessionContext;
+use parquet::arrow::ArrowWriter;
+
+/// Extra agreement for column rules: the Home Office sees court cases without pseudonyms,
+/// with offence dates coarsened to the month.
+const TEST_AGREEMENT: &str = r#"
+title = "Test: court timeliness without identifiers"
+purposes = ["inspection"]
+providers = { partners = ["cps"] }
+recipients = { partners = ["home-office"] }
+[read.court_timeliness]
+access = "record"
+scope = "all"
+hidden = ["person_id", "case_id"]
+generalise = { offence_date = "month" }
+"#;
+
+pub struct World {
+    pub _dir: tempfile::TempDir,
+    pub store: Arc<Store>,
+    pub service: QueryService,
+    pub policies: Arc<Policies>,
+}
+
+pub fn today() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2025, 6, 1).expect("date")
+}
+
+fn parquet(batches: &[RecordBatch]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, batches[0].schema(), None).expect("writer");
+    for b in batches {
+        w.write(b).expect("write");
+    }
+    w.close().expect("close");
+    out
+}
+
+async fn load(store: &Store, dataset: &str, forces: &[&str], scale: f64) {
+    let batches = Synth::new(scale, 5).only(forces).batches(dataset);
+    let bytes = parquet(&batches);
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))]);
+    let file = store.stage(body).await.expect("stage");
+    store
+        .upload(UploadRequest {
+            schema: Schemas::builtin().get(dataset).expect("schema"),
+            mode: Mode::Append,
+            partner: "loader".into(),
+            subject: "loader".into(),
+            agreements: vec![],
+            scope: ScopeFilter::All,
+            file,
+        })
+        .await
+        .expect("load");
+}
+
+pub async fn world_with(limits: QueryLimits) -> World {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policies_dir = dir.path().join("policies");
+    std::fs::create_dir_all(&policies_dir).expect("dir");
+    for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies"))
+        .expect("policies")
+    {
+        let p = e.expect("entry").path();
+        std::fs::copy(&p, policies_dir.join(p.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(
+        policies_dir.join("test-court-without-ids.toml"),
+        TEST_AGREEMENT,
+    )
+    .expect("write");
+    let policies = Arc::new(Policies::load(&policies_dir).expect("policies"));
+    let store = Arc::new(Store::open(StoreConfig::new(dir.path().join("data"))).expect("store"));
+    let three = ["kent", "essex", "surrey"];
+    load(&store, "force_performance", &three, 0.01).await;
+    load(&store, "force_resources", &three, 0.01).await;
+    load(&store, "reoffending_cohort", &["kent", "essex"], 0.02).await;
+    load(&store, "court_timeliness", &["kent", "essex"], 0.02).await;
+    let service = QueryService::new(store.clone(), policies.clone(), limits).expect("service");
+    World {
+        _dir: dir,
+        store,
+        service,
+        policies,
+    }
+}
+
+pub async fn world() -> World {
+    world_with(QueryLimits::default()).await
+}
+
+impl World {
+    pub async fn run_on(
+        &self,
+        partner: &str,
+        sql: &str,
+        purpose: &str,
+        day: NaiveDate,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
+        let partner = self
+            .policies
+            .partners()
+            .get(partner)
+            .expect("partner")
+            .clone();
+        let mut run = self.service.query(&partner, sql, purpose, day).await?;
+        let mut out = Vec::new();
+        while let Some(b) = run.batches.recv().await {
+            out.push(b?);
+        }
+        Ok(out)
+    }
+
+    pub async fn run(
+        &self,
+        partner: &str,
+        sql: &str,
+        purpose: &str,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
+        self.run_on(partner, sql, purpose, today()).await
+    }
+
+    /// The same SQL in plain DataFusion, each table replaced by a view filtered by hand.
+    pub async fn direct(&self, sql: &str, views: &[(&str, &str)]) -> Vec<RecordBatch> {
+        let ctx = SessionContext::new();
+        for (name, filter) in views {
+            let table = self.store.table(name, None).await.expect("table");
+            table
+                .update_datafusion_session(&ctx.state())
+                .expect("session");
+            ctx.register_table(
+                format!("raw_{name}").as_str(),
+                table.table_provider().await.expect("provider"),
+            )
+            .expect("register");
+            ctx.sql(&format!(
+                "CREATE VIEW {name} AS SELECT * FROM raw_{name} WHERE {filter}"
+            ))
+            .await
+            .expect("view");
+        }
+        ctx.sql(sql)
+            .await
+            .expect("direct sql")
+            .collect()
+            .await
+            .expect("direct collect")
+    }
+}
+
+/// Rows as sorted text lines, for comparing results regardless of order and batching.
+pub fn lines(batches: &[RecordBatch]) -> Vec<String> {
+    let text = arrow::util::pretty::pretty_format_batches(batches)
+        .expect("format")
+        .to_string();
+    let mut rows: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    rows.sort();
+    rows
+}
+
+pub fn count(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+pub fn single_i64(batches: &[RecordBatch]) -> i64 {
+    use arrow::array::AsArray;
+    batches[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0)
+}
+
+pub fn texts(batches: &[RecordBatch], col: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        let a =
+            arrow::compute::cast(b.column(col), &arrow::datatypes::DataType::Utf8).expect("cast");
+        let a = arrow::array::AsArray::as_string::<i32>(&a);
+        out.extend(a.iter().map(|v| v.unwrap_or("NULL").to_owned()));
+    }
+    out
+}
