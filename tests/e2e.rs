@@ -2,6 +2,7 @@
 
 mod e2e {
     pub mod fixtures;
+    pub mod query;
     pub mod serve;
     pub mod upload;
 }

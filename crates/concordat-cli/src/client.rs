@@ -60,3 +60,54 @@ pub fn expect_success(answer: &Answer, what: &str) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&answer.body).unwrap_or_default()
     )
 }
+
+/// `POST /v1/query`, writing the answer to a file or standard output as it arrives.
+pub async fn query(
+    base: &str,
+    token: &str,
+    purpose: &str,
+    format: &str,
+    sql: &str,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let accept = match format {
+        "json" => "application/json",
+        "ndjson" => "application/x-ndjson",
+        "csv" => "text/csv",
+        "arrow" => "application/vnd.apache.arrow.stream",
+        "parquet" => "application/vnd.apache.parquet",
+        other => bail!("--format {other}: use json, ndjson, csv, arrow or parquet"),
+    };
+    let url = format!("{}/v1/query", base.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(token)
+        .header("accept", accept)
+        .json(&serde_json::json!({"sql": sql, "purpose": purpose}))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    if !resp.status().is_success() {
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let answer = Answer { status, body };
+        return expect_success(&answer, "query");
+    }
+    let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin> = match out {
+        Some(p) => Box::new(
+            tokio::fs::File::create(p)
+                .await
+                .with_context(|| format!("cannot create {}", p.display()))?,
+        ),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        sink.write_all(&chunk.context("the answer was cut off")?)
+            .await?;
+    }
+    sink.flush().await?;
+    Ok(())
+}

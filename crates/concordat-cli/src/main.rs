@@ -90,6 +90,44 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Run SQL through the gateway under your agreements.
+    Query {
+        /// Gateway base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Bearer token.
+        #[arg(long, env = "CONCORDAT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Purpose the query serves (must be permitted by an agreement).
+        #[arg(long)]
+        purpose: String,
+        /// json, ndjson, csv, arrow or parquet.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Write the answer to a file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The SQL.
+        sql: String,
+    },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every link of the hash chain; report the first altered, removed or reordered event.
+    Verify {
+        /// Configuration of the gateway whose log to check.
+        #[arg(long, conflicts_with = "log")]
+        config: Option<PathBuf>,
+        /// Or the log file itself.
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -241,6 +279,42 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&answer.body)?);
             client::expect_success(&answer, &format!("upload of {}", file.display()))
         }),
+        Command::Query {
+            url,
+            token,
+            purpose,
+            format,
+            out,
+            sql,
+        } => runtime.block_on(client::query(
+            &url,
+            &token,
+            &purpose,
+            &format,
+            &sql,
+            out.as_deref(),
+        )),
+        Command::Audit {
+            command: AuditCommand::Verify { config, log },
+        } => {
+            let path = match (config, log) {
+                (_, Some(log)) => log,
+                (Some(config), None) => Config::load(&config)
+                    .map_err(|e| anyhow!("{e}"))?
+                    .data_dir
+                    .join("audit")
+                    .join("audit.log"),
+                (None, None) => bail!("name the gateway's --config or the --log file"),
+            };
+            let v = concordat_store::audit::verify(&path).map_err(|e| anyhow!("{e}"))?;
+            match v.broken {
+                None => {
+                    println!("{}: {} events, every link intact", path.display(), v.events);
+                    Ok(())
+                }
+                Some((line, why)) => bail!("{}: broken at line {line}: {why}", path.display()),
+            }
+        }
         Command::Policy {
             command: PolicyCommand::Check { dir },
         } => {

@@ -1,10 +1,18 @@
 //! The shipped policies, compiled in so `concordat demo` works from any directory.
 
 /// File name and text of every file in `policies/`.
-pub const POLICIES: [(&str, &str); 13] = [
+pub const POLICIES: [(&str, &str); 15] = [
     (
         "partners.toml",
         include_str!("../../../policies/partners.toml"),
+    ),
+    (
+        "audit-operator.toml",
+        include_str!("../../../policies/audit-operator.toml"),
+    ),
+    (
+        "audit-panels.toml",
+        include_str!("../../../policies/audit-panels.toml"),
     ),
     (
         "court-timeliness-deposit.toml",

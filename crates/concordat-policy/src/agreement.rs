@@ -76,6 +76,24 @@ pub enum ColumnRule {
     Generalised(Generalise),
 }
 
+/// Which audit events a recipient may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditScope {
+    /// Every event.
+    All,
+    /// Events of the Police and Crime Commissioner of the recipient's force area.
+    OwnPcc,
+}
+
+/// The right to read the audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditGrant {
+    /// Events covered.
+    pub scope: AuditScope,
+}
+
 /// An upload right granted to the agreement's providers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +161,8 @@ struct AgreementFile {
     upload: BTreeMap<String, DatasetUpload>,
     #[serde(default)]
     read: BTreeMap<String, DatasetRead>,
+    #[serde(default)]
+    audit: Option<AuditGrant>,
 }
 
 /// One agreement, validated.
@@ -168,6 +188,8 @@ pub struct Agreement {
     pub upload: BTreeMap<String, DatasetUpload>,
     /// Read rights of the recipients, by dataset.
     pub read: BTreeMap<String, DatasetRead>,
+    /// The recipients' right to read the audit trail.
+    pub audit: Option<AuditGrant>,
     /// The file it came from.
     #[serde(skip)]
     pub file: String,
@@ -263,13 +285,35 @@ impl Agreement {
                 }
             }
         }
-        if raw.upload.is_empty() && raw.read.is_empty() {
+        if raw.upload.is_empty() && raw.read.is_empty() && raw.audit.is_none() {
             return Err(
-                "grants nothing: add an [upload.<dataset>] or [read.<dataset>] table".into(),
+                "grants nothing: add an [upload.<dataset>], [read.<dataset>] or [audit] table"
+                    .into(),
             );
         }
-        if !raw.read.is_empty() && raw.recipients.is_empty() {
-            return Err(field("recipients", "read grants need recipients".into()));
+        if (!raw.read.is_empty() || raw.audit.is_some()) && raw.recipients.is_empty() {
+            return Err(field(
+                "recipients",
+                "read and audit grants need recipients".into(),
+            ));
+        }
+        if let Some(a) = &raw.audit
+            && a.scope == AuditScope::OwnPcc
+        {
+            for p in partners
+                .iter()
+                .filter(|p| raw.recipients.contains(&p.id, p.kind))
+            {
+                if p.pfa_code.is_none() {
+                    return Err(field(
+                        "audit.scope",
+                        format!(
+                            "partner `{}` has no force area, so own_pcc does not apply",
+                            p.id
+                        ),
+                    ));
+                }
+            }
         }
         let schemas = Schemas::builtin();
         for (dataset, up) in &raw.upload {
@@ -355,6 +399,7 @@ impl Agreement {
             recipients: raw.recipients,
             upload: raw.upload,
             read: raw.read,
+            audit: raw.audit,
             file: file.to_owned(),
         })
     }

@@ -133,6 +133,25 @@ pub struct ReadGrant {
     pub filter: ScopeFilter,
 }
 
+/// Which audit events a partner may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditView {
+    /// All events.
+    All,
+    /// Events of these partners.
+    Partners(BTreeSet<String>),
+}
+
+impl AuditView {
+    /// Whether an event of this partner is visible.
+    pub fn allows(&self, partner: Option<&str>) -> bool {
+        match self {
+            AuditView::All => true,
+            AuditView::Partners(set) => partner.is_some_and(|p| set.contains(p)),
+        }
+    }
+}
+
 /// Partners and agreements, loaded and validated together.
 #[derive(Debug, Clone)]
 pub struct Policies {
@@ -204,7 +223,8 @@ impl Policies {
             .filter(|a| a.in_force(today))
             .filter(|a| {
                 (!a.upload.is_empty() && a.providers.contains(&partner.id, partner.kind))
-                    || (!a.read.is_empty() && a.recipients.contains(&partner.id, partner.kind))
+                    || ((!a.read.is_empty() || a.audit.is_some())
+                        && a.recipients.contains(&partner.id, partner.kind))
             })
             .collect()
     }
@@ -292,6 +312,50 @@ impl Policies {
             .filter(|a| a.in_force(today) && a.recipients.contains(&partner.id, partner.kind))
             .filter_map(|a| a.read.get(dataset).map(|r| (a, r)))
             .collect()
+    }
+
+    /// The audit events the partner may read for the purpose today.
+    pub fn audit_view(
+        &self,
+        partner: &Partner,
+        purpose: &str,
+        today: NaiveDate,
+    ) -> Result<AuditView, RefusalReason> {
+        let naming: Vec<&Agreement> = self
+            .agreements
+            .iter()
+            .filter(|a| a.audit.is_some() && a.recipients.contains(&partner.id, partner.kind))
+            .collect();
+        let in_force: Vec<&&Agreement> = naming.iter().filter(|a| a.in_force(today)).collect();
+        if in_force.is_empty() {
+            return Err(not_in_force(&naming));
+        }
+        let mut view: Option<AuditView> = None;
+        for a in in_force.iter().filter(|a| a.permits_purpose(purpose)) {
+            let this = match a.audit.as_ref().map(|g| g.scope) {
+                Some(crate::AuditScope::All) => AuditView::All,
+                _ => {
+                    let slug = partner
+                        .pfa_code
+                        .as_ref()
+                        .and_then(|c| Reference::builtin().force(c.as_str()))
+                        .map(|f| format!("pcc-{}", f.force_slug));
+                    AuditView::Partners(slug.into_iter().collect())
+                }
+            };
+            view = Some(match (view, this) {
+                (Some(AuditView::All), _) | (_, AuditView::All) => AuditView::All,
+                (Some(AuditView::Partners(mut a)), AuditView::Partners(b)) => {
+                    a.extend(b);
+                    AuditView::Partners(a)
+                }
+                (None, v) => v,
+            });
+        }
+        view.ok_or_else(|| RefusalReason::PurposeNotCovered {
+            agreement: in_force[0].id.clone(),
+            purposes: in_force[0].purposes.clone(),
+        })
     }
 
     /// Datasets the partner may see today, for any purpose: read or upload.

@@ -8,9 +8,10 @@ mod agreement;
 mod decide;
 
 pub use agreement::{
-    Access, Agreement, ColumnRule, DatasetRead, DatasetUpload, Generalise, PartySet, RowScope,
+    Access, Agreement, AuditGrant, AuditScope, ColumnRule, DatasetRead, DatasetUpload, Generalise,
+    PartySet, RowScope,
 };
-pub use decide::{Policies, ReadGrant, RefusalReason, ScopeFilter, UploadGrant};
+pub use decide::{AuditView, Policies, ReadGrant, RefusalReason, ScopeFilter, UploadGrant};
 
 /// Errors raised while loading policies.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,7 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use concordat_core::{DatasetLevel, ErrorKind, Partner, Purpose, Reference, Schemas};
 use concordat_policy::{Access, ColumnRule, Policies, RefusalReason, ScopeFilter};
+use concordat_store::audit::AuditLog;
 use concordat_store::{Store, StoreError};
 use datafusion::common::DataFusionError;
 use datafusion::datasource::{MemTable, TableProvider};
@@ -186,6 +187,7 @@ impl Drop for Slot {
 /// Runs policy-enforced queries.
 pub struct QueryService {
     store: Arc<Store>,
+    audit: Option<Arc<AuditLog>>,
     policies: Arc<Policies>,
     limits: QueryLimits,
     runtime: Option<tokio::runtime::Runtime>,
@@ -208,6 +210,16 @@ impl QueryService {
         policies: Arc<Policies>,
         limits: QueryLimits,
     ) -> Result<QueryService, QueryError> {
+        Self::with_audit(store, None, policies, limits)
+    }
+
+    /// A service that also offers the audit trail as table `audit_log` to auditors.
+    pub fn with_audit(
+        store: Arc<Store>,
+        audit: Option<Arc<AuditLog>>,
+        policies: Arc<Policies>,
+        limits: QueryLimits,
+    ) -> Result<QueryService, QueryError> {
         let spill_dir = store.config().data_dir.join("spill");
         if spill_dir.exists() {
             std::fs::remove_dir_all(&spill_dir).map_err(|e| QueryError::Internal(e.to_string()))?;
@@ -222,6 +234,7 @@ impl QueryService {
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         Ok(QueryService {
             store,
+            audit,
             policies,
             limits,
             runtime: Some(runtime),
@@ -274,6 +287,7 @@ impl QueryService {
         let (tx, rx) = mpsc::channel(4);
         let ctx = Context {
             store: self.store.clone(),
+            audit: self.audit.clone(),
             policies: self.policies.clone(),
             partner: partner.clone(),
             purpose: purpose.to_owned(),
@@ -346,6 +360,7 @@ impl Drop for QueryService {
 /// Everything one query needs, moved onto the query runtime.
 struct Context {
     store: Arc<Store>,
+    audit: Option<Arc<AuditLog>>,
     policies: Arc<Policies>,
     partner: Partner,
     purpose: String,
@@ -450,6 +465,9 @@ impl Context {
         ctx: &SessionContext,
         name: &str,
     ) -> Result<Option<(Arc<dyn TableProvider>, DatasetRead, Vec<String>)>, QueryError> {
+        if name == AUDIT_TABLE {
+            return self.audit_table();
+        }
         let Some(schema) = Schemas::builtin().get(name) else {
             return Ok(None);
         };
@@ -559,6 +577,140 @@ impl Context {
             },
             used,
         )))
+    }
+}
+
+const AUDIT_TABLE: &str = "audit_log";
+
+impl Context {
+    /// The audit events the caller's audit agreements show, as a table.
+    #[allow(clippy::type_complexity)]
+    fn audit_table(
+        &self,
+    ) -> Result<Option<(Arc<dyn TableProvider>, DatasetRead, Vec<String>)>, QueryError> {
+        let Some(log) = &self.audit else {
+            return Ok(None);
+        };
+        let view = match self
+            .policies
+            .audit_view(&self.partner, &self.purpose, self.today)
+        {
+            Ok(v) => v,
+            Err(RefusalReason::NoAgreement) => return Ok(None),
+            Err(reason) => {
+                return Err(QueryError::Refused {
+                    code: "purpose_not_permitted",
+                    message: format!("{AUDIT_TABLE}: {reason}"),
+                });
+            }
+        };
+        let events = log
+            .read(0, usize::MAX, &|e| view.allows(e.body.partner.as_deref()))
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        let table = audit_batch(&events).map_err(|e| QueryError::Internal(e.to_string()))?;
+        let agreements = self
+            .policies
+            .agreements()
+            .iter()
+            .filter(|a| {
+                a.audit.is_some()
+                    && a.in_force(self.today)
+                    && a.recipients.contains(&self.partner.id, self.partner.kind)
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        Ok(Some((
+            table,
+            DatasetRead {
+                dataset: AUDIT_TABLE.into(),
+                version: None,
+            },
+            agreements,
+        )))
+    }
+}
+
+fn audit_batch(
+    events: &[concordat_store::audit::AuditEvent],
+) -> datafusion::common::Result<Arc<dyn TableProvider>> {
+    use arrow::array::{Int64Array, UInt64Array};
+    let text = |f: &dyn Fn(&concordat_store::audit::AuditEvent) -> Option<String>| -> ArrayRef {
+        Arc::new(events.iter().map(f).collect::<StringArray>())
+    };
+    let json = |v: &dyn erased_json::Json| v.text();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("seq", DataType::UInt64, false),
+        Field::new("time", DataType::Utf8, false),
+        Field::new("subject", DataType::Utf8, true),
+        Field::new("partner", DataType::Utf8, true),
+        Field::new("roles", DataType::Utf8, true),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("outcome", DataType::Utf8, false),
+        Field::new("status", DataType::Int64, false),
+        Field::new("code", DataType::Utf8, true),
+        Field::new("datasets", DataType::Utf8, true),
+        Field::new("agreements", DataType::Utf8, true),
+        Field::new("purpose", DataType::Utf8, true),
+        Field::new("sql", DataType::Utf8, true),
+        Field::new("sql_sha256", DataType::Utf8, true),
+        Field::new("rows", DataType::Int64, true),
+        Field::new("bytes", DataType::Int64, true),
+        Field::new("duration_ms", DataType::Int64, false),
+        Field::new("hash", DataType::Utf8, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(events.iter().map(|e| e.seq).collect::<UInt64Array>()),
+        text(&|e| Some(e.time.clone())),
+        text(&|e| e.body.subject.clone()),
+        text(&|e| e.body.partner.clone()),
+        text(&|e| Some(e.body.roles.join(","))),
+        text(&|e| Some(e.body.action.clone())),
+        text(&|e| Some(e.body.outcome.clone())),
+        Arc::new(
+            events
+                .iter()
+                .map(|e| i64::from(e.body.status))
+                .collect::<Int64Array>(),
+        ),
+        text(&|e| e.body.code.clone()),
+        text(&|e| Some(json(&e.body.datasets))),
+        text(&|e| Some(e.body.agreements.join(","))),
+        text(&|e| e.body.purpose.clone()),
+        text(&|e| e.body.sql.clone()),
+        text(&|e| e.body.sql_sha256.clone()),
+        Arc::new(
+            events
+                .iter()
+                .map(|e| e.body.rows.map(|r| r as i64))
+                .collect::<Int64Array>(),
+        ),
+        Arc::new(
+            events
+                .iter()
+                .map(|e| e.body.bytes.map(|r| r as i64))
+                .collect::<Int64Array>(),
+        ),
+        Arc::new(
+            events
+                .iter()
+                .map(|e| e.body.duration_ms as i64)
+                .collect::<Int64Array>(),
+        ),
+        text(&|e| Some(e.hash.clone())),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), cols)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+}
+
+mod erased_json {
+    /// Anything serialisable, as JSON text.
+    pub trait Json {
+        fn text(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn text(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
     }
 }
 

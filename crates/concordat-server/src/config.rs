@@ -31,6 +31,43 @@ pub struct Config {
     /// Storage settings.
     #[serde(default)]
     pub store: StoreSettings,
+    /// Query limits.
+    #[serde(default)]
+    pub query: QuerySettings,
+}
+
+/// Limits on SQL queries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerySettings {
+    /// Longest SQL text, bytes.
+    pub max_sql_bytes: usize,
+    /// Memory one query may use before spilling, MiB.
+    pub memory_mb: usize,
+    /// Disk one query may spill to, MiB.
+    pub spill_mb: u64,
+    /// Wall-clock limit, seconds.
+    pub timeout_seconds: u64,
+    /// Queries one partner may run at once.
+    pub per_partner: usize,
+    /// Rows a JSON answer holds at most; more are cut and `truncated` is set.
+    pub max_json_rows: usize,
+    /// Threads of the query runtime.
+    pub threads: usize,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        QuerySettings {
+            max_sql_bytes: 64 * 1024,
+            memory_mb: 512,
+            spill_mb: 4096,
+            timeout_seconds: 60,
+            per_partner: 4,
+            max_json_rows: 10_000,
+            threads: 2,
+        }
+    }
 }
 
 /// How bearer tokens are verified.

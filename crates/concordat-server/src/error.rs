@@ -69,6 +69,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The error code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -92,6 +97,22 @@ impl IntoResponse for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+    }
+}
+
+impl From<concordat_query::QueryError> for ApiError {
+    fn from(e: concordat_query::QueryError) -> Self {
+        use concordat_query::QueryError as Q;
+        let status = match &e {
+            Q::Sql(_) | Q::NotAllowed(_) | Q::Purpose(_) | Q::Execution(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Q::Refused { .. } => StatusCode::FORBIDDEN,
+            Q::SqlTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Q::Busy { .. } | Q::Timeout { .. } | Q::Memory => StatusCode::TOO_MANY_REQUESTS,
+            Q::Internal(detail) => return ApiError::internal(detail),
+        };
+        ApiError::new(status, e.code(), e.to_string())
     }
 }
 

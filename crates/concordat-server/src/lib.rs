@@ -3,9 +3,12 @@
 //! Handlers are thin: they extract the caller and the request, ask the policy and store
 //! crates, and encode the answer. This crate never decides what an agreement allows.
 
+pub mod audited;
 pub mod auth;
 pub mod config;
+pub mod encode;
 pub mod error;
+pub mod query;
 pub mod routes;
 pub mod state;
 
@@ -30,6 +33,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/datasets", get(routes::datasets))
         .route("/v1/datasets/{name}", get(routes::dataset))
         .route("/v1/datasets/{name}/uploads", post(routes::upload))
+        .route("/v1/query", post(query::query))
+        .route("/v1/audit", get(routes::audit))
         .fallback(routes::not_found)
         .layer(middleware::from_fn(
             move |req: axum::extract::Request, next: Next| {

@@ -16,9 +16,11 @@ use concordat_store::{Mode, StoreError, UploadRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::audited;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
+use concordat_store::audit::DatasetVersion;
 
 type AppResult<T> = Result<T, ApiError>;
 
@@ -253,7 +255,8 @@ pub struct UploadQuery {
     mode: Option<String>,
 }
 
-/// `POST /v1/datasets/{name}/uploads`: a Parquet body, validated and committed atomically.
+/// `POST /v1/datasets/{name}/uploads`: a Parquet body, validated and committed
+/// atomically; every outcome is audited.
 pub async fn upload(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -262,13 +265,48 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Response> {
+    let started = std::time::Instant::now();
+    let mut ev = audited::event(&caller, "upload");
+    ev.datasets = vec![DatasetVersion {
+        dataset: name.chars().take(64).collect(),
+        version: None,
+    }];
+    match upload_inner(&state, &caller, &name, q, headers, body).await {
+        Ok((response, out, mode, bytes)) => {
+            ev.outcome = "ok".into();
+            ev.status = response.status().as_u16();
+            ev.datasets = vec![DatasetVersion {
+                dataset: out.dataset.clone(),
+                version: Some(out.version),
+            }];
+            ev.rows = Some(out.rows);
+            ev.bytes = Some(bytes);
+            ev.detail = Some(
+                json!({"mode": mode.as_str(), "sha256": out.sha256, "duplicate": out.duplicate, "periods": out.periods}),
+            );
+            audited::record(&state, ev, started).await?;
+            Ok(response)
+        }
+        Err(e) => Err(audited::refused(&state, ev, started, e).await),
+    }
+}
+
+async fn upload_inner(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    name: &str,
+    q: UploadQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<(Response, concordat_store::UploadOutcome, Mode, u64)> {
+    let name = name.to_owned();
     let schema = Schemas::builtin()
         .get(&name)
         .ok_or_else(|| ApiError::unknown_dataset(&name))?;
     let today = state.today();
     let grant = match state.policies.upload_grant(&caller.partner, &name, today) {
         Ok(g) => g,
-        Err(reason) if view(&state, &caller, schema).is_none() => {
+        Err(reason) if view(state, caller, schema).is_none() => {
             tracing::debug!(%reason, "upload to invisible dataset");
             return Err(ApiError::unknown_dataset(&name));
         }
@@ -313,10 +351,11 @@ pub async fn upload(
         return Err(StoreError::TooLarge { limit }.into());
     }
     let file = state.store.stage(body.into_data_stream()).await?;
+    let bytes = file.bytes;
     state
         .metrics
         .upload_bytes
-        .fetch_add(file.bytes, Ordering::Relaxed);
+        .fetch_add(bytes, Ordering::Relaxed);
     let result = state
         .store
         .upload(UploadRequest {
@@ -335,7 +374,12 @@ pub async fn upload(
                 .metrics
                 .uploads_duplicate
                 .fetch_add(1, Ordering::Relaxed);
-            Ok((StatusCode::OK, Json(json!(out))).into_response())
+            Ok((
+                (StatusCode::OK, Json(json!(out))).into_response(),
+                out,
+                mode,
+                bytes,
+            ))
         }
         Ok(out) => {
             state
@@ -351,7 +395,12 @@ pub async fn upload(
             if let Some(o) = body.as_object_mut() {
                 o.remove("duplicate");
             }
-            Ok((StatusCode::CREATED, Json(body)).into_response())
+            Ok((
+                (StatusCode::CREATED, Json(body)).into_response(),
+                out,
+                mode,
+                bytes,
+            ))
         }
         Err(e) => {
             if matches!(e, StoreError::Validation(_)) {
@@ -363,6 +412,70 @@ pub async fn upload(
             Err(e.into())
         }
     }
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/audit`: events the caller's audit agreements show, oldest first, paged by
+/// sequence number (`after`, `limit` up to 1000).
+pub async fn audit(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> AppResult<Json<Value>> {
+    let started = std::time::Instant::now();
+    let mut ev = audited::event(&caller, "audit_read");
+    ev.purpose = Some("audit".into());
+    if !caller.has_any(&[Role::Auditor, Role::Admin]) {
+        return Err(audited::refused(
+            &state,
+            ev,
+            started,
+            ApiError::forbidden("the audit trail needs the auditor or admin role"),
+        )
+        .await);
+    }
+    let view = match state
+        .policies
+        .audit_view(&caller.partner, "audit", state.today())
+    {
+        Ok(v) => v,
+        Err(RefusalReason::NoAgreement) => {
+            let err = ApiError::forbidden(format!(
+                "no agreement lets {} read the audit trail",
+                caller.partner.id
+            ));
+            return Err(audited::refused(&state, ev, started, err).await);
+        }
+        Err(reason) => {
+            return Err(audited::refused(
+                &state,
+                ev,
+                started,
+                ApiError::forbidden(reason.to_string()),
+            )
+            .await);
+        }
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let log = state.audit.clone();
+    let after = q.after.unwrap_or(0);
+    let events = tokio::task::spawn_blocking(move || {
+        log.read(after, limit, &|e| view.allows(e.body.partner.as_deref()))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let next = events.last().map(|e| e.seq);
+    ev.outcome = "ok".into();
+    ev.status = 200;
+    ev.rows = Some(events.len() as u64);
+    audited::record(&state, ev, started).await?;
+    Ok(Json(json!({"events": events, "next_after": next})))
 }
 
 /// Any other path.

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use concordat_policy::Policies;
+use concordat_query::{QueryLimits, QueryService};
+use concordat_store::audit::AuditLog;
 use concordat_store::{Store, StoreConfig};
 
 use crate::auth::{AuthError, Caller, Verifier};
@@ -89,9 +91,13 @@ pub struct AppState {
     /// Configuration.
     pub config: Config,
     /// Partners and agreements.
-    pub policies: Policies,
+    pub policies: Arc<Policies>,
     /// Datasets.
-    pub store: Store,
+    pub store: Arc<Store>,
+    /// The audit trail.
+    pub audit: Arc<AuditLog>,
+    /// Policy-enforced SQL.
+    pub query: QueryService,
     /// Token verification.
     pub verifier: Verifier,
     /// Counters.
@@ -109,12 +115,32 @@ impl AppState {
         store_cfg.log_retention_days = config.store.log_retention_days;
         store_cfg.abort_in_commit =
             std::env::var("CONCORDAT_FAULT").is_ok_and(|v| v == "abort_in_commit");
-        let store =
-            Store::open(store_cfg).map_err(|e| format!("{}: {e:?}", config.data_dir.display()))?;
+        let store = Arc::new(
+            Store::open(store_cfg).map_err(|e| format!("{}: {e:?}", config.data_dir.display()))?,
+        );
+        let audit = Arc::new(
+            AuditLog::open(&config.data_dir.join("audit").join("audit.log"))
+                .map_err(|e| format!("audit log: {e:?}"))?,
+        );
+        let policies = Arc::new(policies);
+        let q = &config.query;
+        let limits = QueryLimits {
+            max_sql_bytes: q.max_sql_bytes,
+            memory_bytes: q.memory_mb << 20,
+            spill_bytes: q.spill_mb << 20,
+            timeout: std::time::Duration::from_secs(q.timeout_seconds),
+            per_partner: q.per_partner,
+            threads: q.threads,
+        };
+        let query =
+            QueryService::with_audit(store.clone(), Some(audit.clone()), policies.clone(), limits)
+                .map_err(|e| format!("query service: {e:?}"))?;
         Ok(Arc::new(AppState {
             config,
             policies,
             store,
+            audit,
+            query,
             verifier,
             metrics: Metrics::default(),
         }))

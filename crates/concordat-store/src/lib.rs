@@ -10,6 +10,7 @@
 //! uploader's row scope, and only then committed. Nothing is committed unless every row
 //! passes. This crate never decides who may upload: it is handed the grant.
 
+pub mod audit;
 pub mod fault;
 pub mod inspect;
 mod store;

@@ -1,0 +1,426 @@
+//! The audit trail: an append-only log of JSON lines, each event chained to the previous
+//! by SHA-256, synced to disk before the append returns, so an event is durable before
+//! the response it describes completes. A head file records the last sequence number and
+//! hash, so removing events from the end is detected as surely as altering one.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// A dataset an event touched, at a version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatasetVersion {
+    /// Dataset name.
+    pub dataset: String,
+    /// Version read or written, if any.
+    pub version: Option<u64>,
+}
+
+/// What happened, as the caller fills it in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EventBody {
+    /// Token subject, if authenticated.
+    pub subject: Option<String>,
+    /// Partner, if authenticated.
+    pub partner: Option<String>,
+    /// Roles of the token.
+    pub roles: Vec<String>,
+    /// `query`, `upload`, `extract`, `audit_read`.
+    pub action: String,
+    /// `ok`, `refused`, `failed`, `cancelled`.
+    pub outcome: String,
+    /// HTTP status answered.
+    pub status: u16,
+    /// Error code, when not ok.
+    pub code: Option<String>,
+    /// Datasets and versions read or written.
+    pub datasets: Vec<DatasetVersion>,
+    /// Agreements applied.
+    pub agreements: Vec<String>,
+    /// Declared purpose.
+    pub purpose: Option<String>,
+    /// SQL text.
+    pub sql: Option<String>,
+    /// SHA-256 of the SQL text.
+    pub sql_sha256: Option<String>,
+    /// Rows returned or written.
+    pub rows: Option<u64>,
+    /// Bytes returned or received.
+    pub bytes: Option<u64>,
+    /// Wall time, milliseconds.
+    pub duration_ms: u64,
+    /// Action-specific detail (upload mode and hash, disclosure record...).
+    pub detail: Option<serde_json::Value>,
+}
+
+/// One event of the log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEvent {
+    /// 1, 2, 3... without gaps.
+    pub seq: u64,
+    /// RFC 3339 time.
+    pub time: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub body: EventBody,
+    /// Hash of the previous event (zeros for the first).
+    pub prev_hash: String,
+    /// SHA-256 over `prev_hash` and this event with `hash` empty.
+    pub hash: String,
+}
+
+impl AuditEvent {
+    fn compute_hash(&self) -> String {
+        let mut unhashed = self.clone();
+        unhashed.hash = String::new();
+        let json = serde_json::to_string(&unhashed).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(self.prev_hash.as_bytes());
+        h.update(b"\n");
+        h.update(json.as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+struct Tail {
+    file: File,
+    seq: u64,
+    hash: String,
+}
+
+/// The log, open for appending.
+pub struct AuditLog {
+    path: PathBuf,
+    tail: Mutex<Tail>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn head_path(path: &Path) -> PathBuf {
+    path.with_extension("head")
+}
+
+impl AuditLog {
+    /// Opens (creating) the log. A torn last line, from a crash during an append that was
+    /// therefore never acknowledged, is cut off.
+    pub fn open(path: &Path) -> Result<AuditLog, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(StoreError::internal)?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(StoreError::internal)?;
+        let len = file.metadata().map_err(StoreError::internal)?.len();
+        let mut good_len = 0u64;
+        let (mut seq, mut hash) = (0u64, GENESIS.to_owned());
+        {
+            let mut reader = BufReader::new(&file);
+            reader
+                .seek(SeekFrom::Start(0))
+                .map_err(StoreError::internal)?;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = reader.read_line(&mut line).map_err(StoreError::internal)?;
+                if n == 0 || !line.ends_with('\n') {
+                    break;
+                }
+                good_len += n as u64;
+                if let Ok(ev) = serde_json::from_str::<AuditEvent>(line.trim_end()) {
+                    seq = ev.seq;
+                    hash = ev.hash;
+                }
+            }
+        }
+        if good_len < len {
+            file.set_len(good_len).map_err(StoreError::internal)?;
+            tracing::warn!(path = %path.display(), "cut a torn audit record left by a crash");
+        }
+        file.seek(SeekFrom::End(0)).map_err(StoreError::internal)?;
+        Ok(AuditLog {
+            path: path.to_owned(),
+            tail: Mutex::new(Tail { file, seq, hash }),
+        })
+    }
+
+    /// Where the log is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends an event and syncs it to disk before returning it.
+    pub fn append(&self, body: EventBody) -> Result<AuditEvent, StoreError> {
+        let mut tail = self
+            .tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut event = AuditEvent {
+            seq: tail.seq + 1,
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            body,
+            prev_hash: tail.hash.clone(),
+            hash: String::new(),
+        };
+        event.hash = event.compute_hash();
+        let mut line = serde_json::to_vec(&event).map_err(StoreError::internal)?;
+        line.push(b'\n');
+        tail.file.write_all(&line).map_err(StoreError::internal)?;
+        tail.file.sync_data().map_err(StoreError::internal)?;
+        let head = serde_json::to_vec(&Head {
+            seq: event.seq,
+            hash: event.hash.clone(),
+        })
+        .map_err(StoreError::internal)?;
+        let tmp = self.path.with_extension("head.tmp");
+        let mut f = File::create(&tmp).map_err(StoreError::internal)?;
+        f.write_all(&head).map_err(StoreError::internal)?;
+        f.sync_data().map_err(StoreError::internal)?;
+        std::fs::rename(&tmp, head_path(&self.path)).map_err(StoreError::internal)?;
+        tail.seq = event.seq;
+        tail.hash = event.hash.clone();
+        Ok(event)
+    }
+
+    /// Events with `seq > after`, up to `limit`, that `keep` accepts.
+    pub fn read(
+        &self,
+        after: u64,
+        limit: usize,
+        keep: &dyn Fn(&AuditEvent) -> bool,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let _tail = self
+            .tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let file = File::open(&self.path).map_err(StoreError::internal)?;
+        let mut out = Vec::new();
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(StoreError::internal)?;
+            let Ok(ev) = serde_json::from_str::<AuditEvent>(&line) else {
+                continue;
+            };
+            if ev.seq > after && keep(&ev) {
+                out.push(ev);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The result of checking a log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// Events read.
+    pub events: u64,
+    /// The first broken link: line number (1-based) and what is wrong.
+    pub broken: Option<(u64, String)>,
+}
+
+/// Checks every link of a log and its head: the first altered, removed or reordered
+/// event is reported.
+pub fn verify(path: &Path) -> Result<Verification, StoreError> {
+    let file =
+        File::open(path).map_err(|e| StoreError::NotFound(format!("{}: {e}", path.display())))?;
+    let (mut prev, mut seq, mut events) = (GENESIS.to_owned(), 0u64, 0u64);
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let n = i as u64 + 1;
+        let line = line.map_err(StoreError::internal)?;
+        let broken = |why: String| {
+            Ok(Verification {
+                events,
+                broken: Some((n, why)),
+            })
+        };
+        let ev: AuditEvent = match serde_json::from_str(&line) {
+            Ok(ev) => ev,
+            Err(_) => return broken("the line is not an audit event".into()),
+        };
+        if ev.seq != seq + 1 {
+            return broken(format!(
+                "sequence {} follows {seq}: events were removed or reordered",
+                ev.seq
+            ));
+        }
+        if ev.prev_hash != prev {
+            return broken(format!(
+                "event {} does not chain to the event before it: an event was removed, reordered or altered",
+                ev.seq
+            ));
+        }
+        if ev.compute_hash() != ev.hash {
+            return broken(format!("event {} was altered after it was written", ev.seq));
+        }
+        prev = ev.hash;
+        seq = ev.seq;
+        events += 1;
+    }
+    if let Ok(text) = std::fs::read(head_path(path))
+        && let Ok(head) = serde_json::from_slice::<Head>(&text)
+        && (head.seq != seq || head.hash != prev)
+    {
+        return Ok(Verification {
+            events,
+            broken: Some((
+                events + 1,
+                format!(
+                    "the log ends at event {seq} but event {} was written: events were removed from the end",
+                    head.seq
+                ),
+            )),
+        });
+    }
+    Ok(Verification {
+        events,
+        broken: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(action: &str) -> EventBody {
+        EventBody {
+            action: action.into(),
+            outcome: "ok".into(),
+            status: 200,
+            partner: Some("pcc-kent".into()),
+            ..EventBody::default()
+        }
+    }
+
+    fn log_with(n: usize) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit/audit.log");
+        let log = AuditLog::open(&path).expect("open");
+        for i in 0..n {
+            log.append(body(&format!("query{i}"))).expect("append");
+        }
+        (dir, path)
+    }
+
+    fn rewrite(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
+        let mut lines: Vec<String> = std::fs::read_to_string(path)
+            .expect("read")
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        f(&mut lines);
+        std::fs::write(path, lines.join("\n") + "\n").expect("write");
+    }
+
+    #[test]
+    fn an_intact_log_verifies_and_reopening_continues_the_chain() {
+        let (_d, path) = log_with(5);
+        assert_eq!(
+            verify(&path).expect("verify"),
+            Verification {
+                events: 5,
+                broken: None
+            }
+        );
+        let log = AuditLog::open(&path).expect("reopen");
+        assert_eq!(log.append(body("more")).expect("append").seq, 6);
+        assert_eq!(verify(&path).expect("verify").broken, None);
+        assert_eq!(
+            log.read(4, 10, &|_| true)
+                .expect("read")
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            vec![5, 6]
+        );
+    }
+
+    #[test]
+    fn altered_removed_reordered_and_truncated_events_are_reported_at_the_first_broken_line() {
+        let (_d, path) = log_with(6);
+        rewrite(&path, |l| l[2] = l[2].replace("query2", "query9"));
+        assert_eq!(
+            verify(&path).expect("v").broken.map(|b| b.0),
+            Some(3),
+            "altered"
+        );
+        let (_d, path) = log_with(6);
+        rewrite(&path, |l| {
+            l.remove(3);
+        });
+        assert_eq!(
+            verify(&path).expect("v").broken.map(|b| b.0),
+            Some(4),
+            "removed"
+        );
+        let (_d, path) = log_with(6);
+        rewrite(&path, |l| l.swap(1, 2));
+        assert_eq!(
+            verify(&path).expect("v").broken.map(|b| b.0),
+            Some(2),
+            "reordered"
+        );
+        let (_d, path) = log_with(6);
+        rewrite(&path, |l| l.truncate(4));
+        let v = verify(&path).expect("v");
+        assert!(
+            v.broken
+                .as_ref()
+                .is_some_and(|b| b.1.contains("removed from the end")),
+            "{v:?}"
+        );
+        let (_d, path) = log_with(3);
+        let mut text = std::fs::read_to_string(&path).expect("read");
+        let mut ev: AuditEvent =
+            serde_json::from_str(text.lines().nth(1).expect("line")).expect("event");
+        ev.body.rows = Some(1);
+        ev.hash = ev.compute_hash();
+        let forged = serde_json::to_string(&ev).expect("json");
+        text = text.replacen(text.lines().nth(1).expect("line"), &forged, 1);
+        std::fs::write(&path, text).expect("write");
+        assert_eq!(
+            verify(&path).expect("v").broken.map(|b| b.0),
+            Some(3),
+            "a re-hashed forgery breaks the next link"
+        );
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_at_open() {
+        let (_d, path) = log_with(2);
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(b"{\"seq\":3,\"ti").expect("torn");
+        let log = AuditLog::open(&path).expect("reopen");
+        assert_eq!(log.append(body("after")).expect("append").seq, 3);
+        assert_eq!(
+            verify(&path).expect("v"),
+            Verification {
+                events: 3,
+                broken: None
+            }
+        );
+    }
+}

@@ -1,0 +1,411 @@
+//! SQL over HTTP: every answer format read back by a real reader, the status codes, and
+//! the audit trail that records it all.
+
+use std::process::Command;
+
+use concordat_e2e::*;
+
+use super::fixtures::parquet;
+
+const KENT_SQL: &str =
+    "SELECT pfa_code, quarter, indicator, value FROM force_performance ORDER BY quarter, indicator";
+
+fn loaded(env: &[(&str, &str)]) -> (Site, Server) {
+    let site = Site::new();
+    let server = site.serve_with(env);
+    for force in ["kent", "essex"] {
+        let token = site.token(&format!("force-{force}"), "uploader");
+        let (status, body) = upload(
+            &server,
+            &token,
+            "force_performance",
+            "append",
+            parquet("force_performance", &[force], 0.01),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, _) = upload(
+        &server,
+        &site.token("probation", "uploader"),
+        "reoffending_cohort",
+        "append",
+        parquet("reoffending_cohort", &["kent", "essex"], 0.01),
+    );
+    assert_eq!(status, 201);
+    (site, server)
+}
+
+fn post_query(
+    server: &Server,
+    token: &str,
+    sql: &str,
+    purpose: &str,
+    accept: &str,
+) -> reqwest::blocking::Response {
+    client()
+        .post(format!("{}/v1/query", server.url))
+        .bearer_auth(token)
+        .header("accept", accept)
+        .json(&serde_json::json!({"sql": sql, "purpose": purpose}))
+        .send()
+        .expect("query")
+}
+
+#[test]
+fn every_format_decodes_with_a_real_reader_and_holds_only_kent_rows() {
+    let (site, server) = loaded(&[]);
+    let kent = site.token("pcc-kent", "analyst");
+    let p = "performance-scrutiny";
+
+    let (status, json_answer) = json(post_query(&server, &kent, KENT_SQL, p, "application/json"));
+    assert_eq!(status, 200, "{json_answer}");
+    assert_eq!(json_answer["row_count"], 336);
+    assert_eq!(json_answer["truncated"], false);
+    let names: Vec<&str> = json_answer["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["pfa_code", "quarter", "indicator", "value"]);
+    let rows = json_answer["rows"].as_array().expect("rows");
+    assert!(rows.iter().all(|r| r[0] == "E23000032"));
+    let json_sum: f64 = rows.iter().filter_map(|r| r[3].as_f64()).sum();
+    assert!(
+        json_answer["disclosure"]["agreements"]
+            .as_array()
+            .expect("agreements")
+            .iter()
+            .any(|a| a == "force-performance-pcc")
+    );
+
+    let text = post_query(&server, &kent, KENT_SQL, p, "application/x-ndjson")
+        .text()
+        .expect("ndjson");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 336);
+    assert!(lines.iter().all(|l| l["pfa_code"] == "E23000032"));
+
+    let resp = post_query(&server, &kent, KENT_SQL, p, "text/csv");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/csv")
+    );
+    let csv_text = resp.text().expect("csv");
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    assert_eq!(
+        reader.headers().expect("header").iter().collect::<Vec<_>>(),
+        ["pfa_code", "quarter", "indicator", "value"]
+    );
+    let records: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("record")).collect();
+    assert_eq!(records.len(), 336);
+    let csv_sum: f64 = records
+        .iter()
+        .map(|r| r[3].parse::<f64>().expect("number"))
+        .sum();
+    assert!((csv_sum - json_sum).abs() < 1e-6);
+
+    let bytes = post_query(
+        &server,
+        &kent,
+        KENT_SQL,
+        p,
+        "application/vnd.apache.arrow.stream",
+    )
+    .bytes()
+    .expect("arrow");
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None)
+            .expect("arrow stream");
+    let batches: Vec<arrow::array::RecordBatch> = reader.map(|b| b.expect("batch")).collect();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 336);
+
+    let bytes = post_query(
+        &server,
+        &kent,
+        KENT_SQL,
+        p,
+        "application/vnd.apache.parquet",
+    )
+    .bytes()
+    .expect("parquet");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let batches: Vec<arrow::array::RecordBatch> = reader.map(|b| b.expect("batch")).collect();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 336);
+    let values = batches[0]
+        .column(3)
+        .as_any()
+        .downcast_ref::<arrow::array::Float64Array>()
+        .expect("f64");
+    assert!((values.iter().flatten().sum::<f64>() - json_sum).abs() < 1e-6 || batches.len() > 1);
+
+    let (status, body) = json(post_query(&server, &kent, KENT_SQL, p, "image/png"));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (406, Some("not_acceptable"))
+    );
+    let empty = post_query(
+        &server,
+        &kent,
+        "SELECT pfa_code FROM force_performance WHERE 1 = 0",
+        p,
+        "text/csv",
+    )
+    .text()
+    .expect("csv");
+    assert_eq!(
+        empty.trim(),
+        "pfa_code",
+        "an empty CSV answer still has its header"
+    );
+}
+
+#[test]
+fn query_status_codes_follow_the_contract() {
+    let (site, server) = loaded(&[
+        ("CONCORDAT_QUERY__MAX_JSON_ROWS", "100"),
+        ("CONCORDAT_QUERY__MAX_SQL_BYTES", "1000"),
+    ]);
+    let kent = site.token("pcc-kent", "analyst");
+    let cases: Vec<(&str, String, &str, &str, u16, &str)> = vec![
+        (
+            "unknown table",
+            kent.clone(),
+            "SELECT * FROM nothing_here",
+            "performance-scrutiny",
+            400,
+            "sql",
+        ),
+        (
+            "wrong purpose",
+            kent.clone(),
+            "SELECT * FROM force_performance",
+            "inspection",
+            403,
+            "purpose_not_permitted",
+        ),
+        (
+            "aggregate only",
+            kent.clone(),
+            "SELECT count(*) FROM reoffending_cohort",
+            "reducing-reoffending",
+            403,
+            "aggregate_only",
+        ),
+        (
+            "DDL",
+            kent.clone(),
+            "DROP TABLE force_performance",
+            "performance-scrutiny",
+            400,
+            "not_allowed",
+        ),
+        (
+            "unknown purpose",
+            kent.clone(),
+            "SELECT 1",
+            "curiosity",
+            400,
+            "purpose",
+        ),
+        (
+            "role",
+            site.token("pcc-kent", "uploader"),
+            "SELECT 1",
+            "performance-scrutiny",
+            403,
+            "forbidden",
+        ),
+        (
+            "too long",
+            kent.clone(),
+            format!("SELECT 1 -- {}", "x".repeat(2000)).leak(),
+            "performance-scrutiny",
+            413,
+            "too_large",
+        ),
+    ];
+    for (what, token, sql, purpose, status, code) in cases {
+        let (got, body) = json(post_query(
+            &server,
+            &token,
+            sql,
+            purpose,
+            "application/json",
+        ));
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{what}: {body}"
+        );
+    }
+    let (status, _) = json(
+        client()
+            .post(format!("{}/v1/query", server.url))
+            .json(&serde_json::json!({"sql": "SELECT 1", "purpose": "audit"}))
+            .send()
+            .expect("send"),
+    );
+    assert_eq!(status, 401);
+    let (status, body) = json(post_query(
+        &server,
+        &kent,
+        KENT_SQL,
+        "performance-scrutiny",
+        "application/json",
+    ));
+    assert_eq!(status, 200);
+    assert_eq!(
+        (body["row_count"].as_u64(), body["truncated"].as_bool()),
+        (Some(100), Some(true)),
+        "JSON answers stop at the configured row limit"
+    );
+}
+
+#[test]
+fn the_audit_trail_records_every_flow_is_scoped_and_detects_tampering() {
+    let (site, mut server) = loaded(&[]);
+    let kent = site.token("pcc-kent", "analyst");
+    let (status, _) = json(post_query(
+        &server,
+        &kent,
+        KENT_SQL,
+        "performance-scrutiny",
+        "application/json",
+    ));
+    assert_eq!(status, 200);
+    let (status, _) = json(post_query(
+        &server,
+        &kent,
+        "SELECT * FROM force_performance",
+        "inspection",
+        "application/json",
+    ));
+    assert_eq!(status, 403);
+    let (status, _) = json(post_query(
+        &server,
+        &site.token("pcc-essex", "analyst"),
+        "SELECT count(*) FROM force_performance",
+        "performance-scrutiny",
+        "application/json",
+    ));
+    assert_eq!(status, 200);
+
+    let (status, body) = get(
+        &server,
+        &site.token("operator", "auditor"),
+        "/v1/audit?limit=1000",
+    );
+    assert_eq!(status, 200, "{body}");
+    let events = body["events"].as_array().expect("events");
+    let uploads = events
+        .iter()
+        .filter(|e| e["action"] == "upload" && e["outcome"] == "ok")
+        .count();
+    assert_eq!(uploads, 3);
+    let query = events
+        .iter()
+        .find(|e| e["action"] == "query" && e["partner"] == "pcc-kent" && e["outcome"] == "ok")
+        .expect("query event");
+    assert_eq!(query["sql"], KENT_SQL);
+    assert_eq!(query["sql_sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(query["rows"], 336);
+    assert_eq!(query["purpose"], "performance-scrutiny");
+    assert_eq!(query["datasets"][0]["dataset"], "force_performance");
+    assert_eq!(query["datasets"][0]["version"], 1);
+    assert!(
+        query["agreements"]
+            .as_array()
+            .expect("agreements")
+            .iter()
+            .any(|a| a == "force-performance-pcc")
+    );
+    let refusal = events
+        .iter()
+        .find(|e| e["action"] == "query" && e["status"] == 403)
+        .expect("refusal event");
+    assert_eq!(refusal["code"], "purpose_not_permitted");
+    let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "gapless: {seqs:?}"
+    );
+
+    let (status, panel) = get(
+        &server,
+        &site.token("panel-kent", "auditor"),
+        "/v1/audit?limit=1000",
+    );
+    assert_eq!(status, 200);
+    let partners: std::collections::BTreeSet<&str> = panel["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["partner"].as_str())
+        .collect();
+    assert_eq!(
+        partners.into_iter().collect::<Vec<_>>(),
+        ["pcc-kent"],
+        "a panel sees only its own PCC"
+    );
+    let (status, _) = get(&server, &kent, "/v1/audit");
+    assert_eq!(status, 403);
+    let (status, _) = get(&server, &site.token("pcc-kent", "auditor"), "/v1/audit");
+    assert_eq!(
+        status, 403,
+        "the auditor role alone grants nothing without an agreement"
+    );
+
+    let (status, sql) = json(post_query(
+        &server,
+        &site.token("operator", "analyst,auditor"),
+        "SELECT action, count(*) AS n FROM audit_log GROUP BY action ORDER BY action",
+        "audit",
+        "application/json",
+    ));
+    assert_eq!(status, 200, "{sql}");
+    assert!(
+        sql["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .any(|r| r[0] == "upload" && r[1] == 3)
+    );
+
+    server.kill();
+    let verify = |extra: &[&str]| {
+        Command::new(binary())
+            .args(["audit", "verify", "--config"])
+            .arg(site.config())
+            .args(extra)
+            .output()
+            .expect("verify")
+    };
+    let out = verify(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("every link intact"));
+    let log = site.dir.path().join("data/audit/audit.log");
+    let text = std::fs::read_to_string(&log).expect("log");
+    let tampered = text.replacen("\"rows\":336", "\"rows\":335", 1);
+    assert_ne!(text, tampered);
+    std::fs::write(&log, tampered).expect("write");
+    let out = verify(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken at line") && err.contains("altered"),
+        "{err}"
+    );
+}
