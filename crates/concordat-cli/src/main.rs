@@ -160,6 +160,24 @@ enum PolicyCommand {
         #[arg(long, default_value = "policies")]
         dir: PathBuf,
     },
+    /// Say which agreement and rule allow or refuse a partner reading a dataset, and why.
+    Explain {
+        /// Directory holding partners.toml and the agreements.
+        #[arg(long, default_value = "policies")]
+        dir: PathBuf,
+        /// Partner id.
+        #[arg(long)]
+        partner: String,
+        /// Dataset.
+        #[arg(long)]
+        dataset: String,
+        /// Purpose.
+        #[arg(long)]
+        purpose: String,
+        /// Day to decide for (YYYY-MM-DD); today when absent.
+        #[arg(long)]
+        on: Option<chrono::NaiveDate>,
+    },
 }
 
 fn init_logging(default: &str) {
@@ -279,6 +297,33 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&answer.body)?);
             client::expect_success(&answer, &format!("upload of {}", file.display()))
         }),
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    dir,
+                    partner,
+                    dataset,
+                    purpose,
+                    on,
+                },
+        } => {
+            let policies = Policies::load(&dir)
+                .with_context(|| format!("policies in {} are not valid", dir.display()))?;
+            let e = policies.explain(
+                &partner,
+                &dataset,
+                &purpose,
+                on.unwrap_or_else(|| chrono::Utc::now().date_naive()),
+            );
+            for line in &e.lines {
+                println!("{line}");
+            }
+            if e.allowed {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Command::Query {
             url,
             token,

@@ -6,12 +6,14 @@
 
 mod agreement;
 mod decide;
+mod explain;
 
 pub use agreement::{
     Access, Agreement, AuditGrant, AuditScope, ColumnRule, DatasetRead, DatasetUpload, Generalise,
     PartySet, RowScope,
 };
 pub use decide::{AuditView, Policies, ReadGrant, RefusalReason, ScopeFilter, UploadGrant};
+pub use explain::Explanation;
 
 /// Errors raised while loading policies.
 #[derive(Debug, thiserror::Error)]

@@ -178,3 +178,48 @@ fn invalid_agreements_name_the_file_and_field() {
         assert!(err.contains(field), "names `{field}`: {err}");
     }
 }
+
+#[test]
+fn explain_names_the_agreement_and_rule_that_allow_or_refuse() {
+    let p = shipped();
+    let on = day("2025-06-01");
+    let e = p.explain("pcc-kent", "reoffending_cohort", "reducing-reoffending", on);
+    assert!(e.allowed);
+    let text = e.lines.join("\n");
+    assert!(
+        text.contains("probation-pcc-reoffending-mou")
+            && text.contains("aggregate only")
+            && text.contains("E23000032"),
+        "{text}"
+    );
+    let e = p.explain("pcc-kent", "reoffending_cohort", "inspection", on);
+    assert!(!e.allowed);
+    assert!(
+        e.lines
+            .join("\n")
+            .contains("permits the purposes reducing-reoffending, not inspection"),
+        "{e:?}"
+    );
+    let e = p.explain(
+        "pcc-kent",
+        "reoffending_cohort",
+        "reducing-reoffending",
+        day("2028-01-01"),
+    );
+    assert!(
+        !e.allowed && e.lines.join("\n").contains("not in force"),
+        "{e:?}"
+    );
+    let e = p.explain("hmicfrs", "court_timeliness", "inspection", on);
+    assert!(!e.allowed && e.lines[0].contains("default deny"), "{e:?}");
+    let e = p.explain(
+        "force-kent",
+        "force_performance",
+        "performance-scrutiny",
+        on,
+    );
+    assert!(
+        e.allowed && e.lines.join("\n").contains("upload force_performance"),
+        "{e:?}"
+    );
+}

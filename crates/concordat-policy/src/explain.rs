@@ -1,0 +1,138 @@
+//! `policy explain`: which agreement and rule allow or refuse a partner's access to a
+//! dataset for a purpose on a day, and why, in words an information governance officer
+//! can check against the signed MoU.
+
+use chrono::NaiveDate;
+
+use crate::agreement::{Access, ColumnRule, RowScope};
+use crate::decide::{Policies, ScopeFilter};
+
+/// The verdict and its reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// Whether reading is allowed (at any access level).
+    pub allowed: bool,
+    /// One line per agreement considered, then the verdict.
+    pub lines: Vec<String>,
+}
+
+fn scope_text(scope: RowScope, filter: &ScopeFilter) -> String {
+    match (scope, filter) {
+        (RowScope::All, _) | (_, ScopeFilter::All) => "all rows".into(),
+        (s, ScopeFilter::Forces(f)) => format!(
+            "{s:?} rows: force areas {}",
+            f.iter().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+impl Policies {
+    /// Explains a read decision.
+    pub fn explain(
+        &self,
+        partner_id: &str,
+        dataset: &str,
+        purpose: &str,
+        today: NaiveDate,
+    ) -> Explanation {
+        let Some(partner) = self.partners().get(partner_id) else {
+            return Explanation {
+                allowed: false,
+                lines: vec![format!(
+                    "REFUSED: `{partner_id}` is not a partner in partners.toml"
+                )],
+            };
+        };
+        let mut lines = Vec::new();
+        let mut allowed = false;
+        for a in self.agreements() {
+            let receives = a.recipients.contains(&partner.id, partner.kind);
+            let provides = a.providers.contains(&partner.id, partner.kind);
+            let read = a.read.get(dataset).filter(|_| receives);
+            let upload = a.upload.get(dataset).filter(|_| provides);
+            if read.is_none() && upload.is_none() {
+                continue;
+            }
+            let dates = format!("in force {} to {}", a.valid_from, a.valid_until);
+            if !a.in_force(today) {
+                lines.push(format!(
+                    "agreement `{}` ({}): does not apply: not in force on {today} ({dates})",
+                    a.id, a.file
+                ));
+                continue;
+            }
+            if let Some(up) = upload {
+                let filter = ScopeFilter::resolve(up.scope, partner);
+                lines.push(format!(
+                    "agreement `{}`: lets {} upload {dataset}, {} ({dates})",
+                    a.id,
+                    partner.id,
+                    scope_text(up.scope, &filter)
+                ));
+            }
+            let Some(r) = read else { continue };
+            if !a.permits_purpose(purpose) {
+                lines.push(format!(
+                    "agreement `{}`: does not apply: it permits the purposes {}, not {purpose}",
+                    a.id,
+                    a.purposes.join(", ")
+                ));
+                continue;
+            }
+            allowed = true;
+            let filter = ScopeFilter::resolve(r.scope, partner);
+            let access = match r.access {
+                Access::Record => "record-level".to_owned(),
+                Access::Aggregate => format!(
+                    "aggregate only (groups of at least {} persons, counts rounded to {})",
+                    r.min_count, r.round_to
+                ),
+            };
+            let mut columns = Vec::new();
+            for (c, rule) in r
+                .hidden
+                .iter()
+                .map(|h| (h.clone(), ColumnRule::Hidden))
+                .chain(
+                    r.generalise
+                        .iter()
+                        .map(|(c, g)| (c.clone(), ColumnRule::Generalised(*g))),
+                )
+            {
+                columns.push(match rule {
+                    ColumnRule::Hidden => format!("{c} hidden"),
+                    ColumnRule::Generalised(g) => {
+                        format!("{c} generalised to {g:?}").to_lowercase()
+                    }
+                });
+            }
+            let columns = if columns.is_empty() {
+                "all columns".into()
+            } else {
+                columns.join(", ")
+            };
+            lines.push(format!(
+                "agreement `{}`: ALLOWS {} to read {dataset} for {purpose}: {access}, {}, {columns} ({dates}; lawful basis: {})",
+                a.id,
+                partner.id,
+                scope_text(r.scope, &filter),
+                a.lawful_basis.join("; ")
+            ));
+        }
+        if lines.is_empty() {
+            lines.push(format!("no agreement names {} as a recipient of {dataset}: the dataset does not exist for it (default deny)", partner.id));
+        }
+        lines.push(if allowed {
+            format!(
+                "ALLOWED: {} may read {dataset} for {purpose} on {today}",
+                partner.id
+            )
+        } else {
+            format!(
+                "REFUSED: no agreement in force lets {} read {dataset} for {purpose} on {today}",
+                partner.id
+            )
+        });
+        Explanation { allowed, lines }
+    }
+}
