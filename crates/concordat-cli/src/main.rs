@@ -63,6 +63,9 @@ enum Command {
         /// Only these forces (slugs, e.g. kent); all when absent.
         #[arg(long = "force")]
         forces: Vec<String>,
+        /// Only these datasets; every partner dataset when absent.
+        #[arg(long = "dataset")]
+        datasets: Vec<String>,
     },
     /// Development tokens.
     Token {
@@ -225,6 +228,7 @@ fn main() -> anyhow::Result<()> {
             scale,
             seed,
             forces,
+            datasets,
         } => {
             if !(scale > 0.0 && scale <= 100.0) {
                 bail!("--scale must be above 0 and at most 100");
@@ -238,9 +242,14 @@ fn main() -> anyhow::Result<()> {
                     bail!("--force {s}: not a force slug (see schemas/police_forces.csv)");
                 }
             }
+            for d in &datasets {
+                if !concordat_synth::DATASETS.contains(&d.as_str()) {
+                    bail!("--dataset {d}: not a partner dataset ({})", concordat_synth::DATASETS.join(", "));
+                }
+            }
             let started = std::time::Instant::now();
-            let written = Synth::new(scale, seed).only(&slugs).write_all(&out)?;
-            for (path, rows) in written {
+            let only: Vec<&str> = datasets.iter().map(String::as_str).collect();
+            for (path, rows) in Synth::new(scale, seed).only(&slugs).write_all(&out, &only)? {
                 println!("{rows:>10} rows  {}", path.display());
             }
             eprintln!("done in {:.1}s", started.elapsed().as_secs_f64());

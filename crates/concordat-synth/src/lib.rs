@@ -258,14 +258,13 @@ impl Synth {
         Ok(())
     }
 
-    /// Writes `DIR/<dataset>.parquet` for every partner dataset; returns paths and rows.
-    pub fn write_all(&self, dir: &Path) -> Result<Vec<(PathBuf, usize)>, SynthError> {
-        std::fs::create_dir_all(dir).map_err(|e| SynthError::Write {
-            path: dir.display().to_string(),
-            message: e.to_string(),
-        })?;
+    /// Writes `DIR/<dataset>.parquet` for the named partner datasets (all when empty);
+    /// returns paths and rows.
+    pub fn write_all(&self, dir: &Path, only: &[&str]) -> Result<Vec<(PathBuf, usize)>, SynthError> {
+        std::fs::create_dir_all(dir).map_err(|e| SynthError::Write { path: dir.display().to_string(), message: e.to_string() })?;
         DATASETS
             .iter()
+            .filter(|d| only.is_empty() || only.contains(d))
             .map(|d| {
                 let path = dir.join(format!("{d}.parquet"));
                 let rows = self.write(d, &path)?;
