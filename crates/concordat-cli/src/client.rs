@@ -46,19 +46,14 @@ pub async fn upload(
     Ok(Answer { status, body })
 }
 
-/// Fails with the server's error message unless the status is a success.
+/// Fails with the server's error code and message unless the status is a success.
 pub fn expect_success(answer: &Answer, what: &str) -> anyhow::Result<()> {
     if (200..300).contains(&answer.status) {
         return Ok(());
     }
-    let message = answer.body["error"]["message"]
-        .as_str()
-        .unwrap_or("no message");
-    bail!(
-        "{what}: HTTP {}: {message}\n{}",
-        answer.status,
-        serde_json::to_string_pretty(&answer.body).unwrap_or_default()
-    )
+    let code = answer.body["error"]["code"].as_str().unwrap_or("error");
+    let message = answer.body["error"]["message"].as_str().unwrap_or("no message");
+    bail!("{what}: HTTP {} {code}: {message}", answer.status)
 }
 
 /// `POST /v1/query`, writing the answer to a file or standard output as it arrives.

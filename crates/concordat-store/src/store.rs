@@ -501,6 +501,15 @@ impl Store {
             .with_session_state(Arc::new(ctx.state()))
             .with_commit_properties(properties)
             .with_table_name(&dataset)
+            // Bounded memory: Delta's writer holds a data file and a row group in memory
+            // until it flushes them, so both are kept small whatever the upload's size.
+            .with_target_file_size(std::num::NonZeroU64::new(32 << 20))
+            .with_writer_properties(
+                parquet::file::properties::WriterProperties::builder()
+                    .set_compression(parquet::basic::Compression::SNAPPY)
+                    .set_max_row_group_row_count(Some(128 * 1024))
+                    .build(),
+            )
             .with_configuration([
                 ("delta.logRetentionDuration", Some(retention.clone())),
                 ("delta.deletedFileRetentionDuration", Some(retention)),
