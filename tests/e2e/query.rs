@@ -409,3 +409,162 @@ fn the_audit_trail_records_every_flow_is_scoped_and_detects_tampering() {
         "{err}"
     );
 }
+
+#[test]
+fn the_case_table_holds_over_http() {
+    let (site, server) = loaded(&[]);
+    let kent = site.token("pcc-kent", "analyst");
+    let essex = site.token("pcc-essex", "analyst");
+    let hmicfrs = site.token("hmicfrs", "inspector");
+    let probation = site.token("probation", "analyst");
+    let (sp, insp) = ("performance-scrutiny", "inspection");
+    enum Want {
+        Rows(serde_json::Value),
+        Code(u16, &'static str),
+    }
+    use Want::*;
+    use serde_json::json as j;
+    let cases: Vec<(&str, &str, &str, Want)> = vec![
+        (
+            &kent,
+            "SELECT DISTINCT pfa_code FROM force_performance",
+            sp,
+            Rows(j!([["E23000032"]])),
+        ),
+        (
+            &essex,
+            "SELECT DISTINCT pfa_code FROM force_performance",
+            sp,
+            Rows(j!([["E23000028"]])),
+        ),
+        (
+            &kent,
+            "SELECT count(*) FROM force_performance",
+            sp,
+            Rows(j!([[336]])),
+        ),
+        (
+            &kent,
+            "SELECT count(*) FROM force_performance WHERE pfa_code = 'E23000028'",
+            sp,
+            Rows(j!([[0]])),
+        ),
+        (
+            &kent,
+            "SELECT count(*) FROM (SELECT * FROM force_performance) t",
+            sp,
+            Rows(j!([[336]])),
+        ),
+        (
+            &kent,
+            "WITH x AS (SELECT pfa_code FROM force_performance) SELECT count(DISTINCT pfa_code) FROM x",
+            sp,
+            Rows(j!([[1]])),
+        ),
+        (
+            &kent,
+            "SELECT count(*) FROM force_performance a JOIN force_performance b ON a.pfa_code = b.pfa_code AND a.quarter = b.quarter AND a.indicator = b.indicator",
+            sp,
+            Rows(j!([[336]])),
+        ),
+        (
+            &kent,
+            "SELECT pfa_code FROM force_performance UNION SELECT pfa_code FROM force_performance",
+            sp,
+            Rows(j!([["E23000032"]])),
+        ),
+        (
+            &kent,
+            "SELECT max(rn) FROM (SELECT row_number() OVER () AS rn FROM force_performance) w",
+            sp,
+            Rows(j!([[336]])),
+        ),
+        (
+            &kent,
+            "SELECT count(*) FROM force_performance WHERE CASE WHEN pfa_code <> 'E23000032' THEN 1 / (CAST(value AS BIGINT) - CAST(value AS BIGINT)) ELSE 1 END = 1",
+            sp,
+            Rows(j!([[336]])),
+        ),
+        (
+            &hmicfrs,
+            "SELECT count(DISTINCT pfa_code) FROM force_performance",
+            insp,
+            Rows(j!([[2]])),
+        ),
+        (
+            &hmicfrs,
+            "SELECT count(*) FROM police_forces",
+            insp,
+            Rows(j!([[43]])),
+        ),
+        (
+            &probation,
+            "SELECT count(DISTINCT pfa_code) FROM reoffending_cohort",
+            "reducing-reoffending",
+            Rows(j!([[2]])),
+        ),
+        (
+            &kent,
+            "SELECT * FROM force_performance",
+            insp,
+            Code(403, "purpose_not_permitted"),
+        ),
+        (&kent, "SELECT * FROM force_context", sp, Code(400, "sql")),
+        (
+            &hmicfrs,
+            "SELECT * FROM reoffending_cohort",
+            insp,
+            Code(400, "sql"),
+        ),
+        (
+            &kent,
+            "SELECT * FROM reoffending_cohort",
+            "reducing-reoffending",
+            Code(403, "aggregate_only"),
+        ),
+        (
+            &kent,
+            "EXPLAIN SELECT * FROM force_performance",
+            sp,
+            Code(400, "not_allowed"),
+        ),
+        (
+            &kent,
+            "SELECT * FROM information_schema.tables",
+            sp,
+            Code(400, "sql"),
+        ),
+        (
+            &kent,
+            "COPY (SELECT 1) TO '/tmp/x.csv'",
+            sp,
+            Code(400, "not_allowed"),
+        ),
+        (
+            &kent,
+            "SET datafusion.execution.batch_size = 1",
+            sp,
+            Code(400, "not_allowed"),
+        ),
+        (
+            &kent,
+            "SELECT * FROM generate_series(1, 10)",
+            sp,
+            Code(400, "sql"),
+        ),
+    ];
+    for (token, sql, purpose, want) in cases {
+        let (status, body) = json(post_query(&server, token, sql, purpose, "application/json"));
+        match want {
+            Rows(rows) => {
+                assert_eq!(status, 200, "{sql}: {body}");
+                assert_eq!(body["rows"], rows, "{sql}");
+            }
+            Code(s, code) => assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (s, Some(code)),
+                "{sql}: {body}"
+            ),
+        }
+    }
+}

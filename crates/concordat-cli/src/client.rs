@@ -52,7 +52,9 @@ pub fn expect_success(answer: &Answer, what: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     let code = answer.body["error"]["code"].as_str().unwrap_or("error");
-    let message = answer.body["error"]["message"].as_str().unwrap_or("no message");
+    let message = answer.body["error"]["message"]
+        .as_str()
+        .unwrap_or("no message");
     bail!("{what}: HTTP {} {code}: {message}", answer.status)
 }
 

@@ -253,12 +253,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             for d in &datasets {
                 if !concordat_synth::DATASETS.contains(&d.as_str()) {
-                    bail!("--dataset {d}: not a partner dataset ({})", concordat_synth::DATASETS.join(", "));
+                    bail!(
+                        "--dataset {d}: not a partner dataset ({})",
+                        concordat_synth::DATASETS.join(", ")
+                    );
                 }
             }
             let started = std::time::Instant::now();
             let only: Vec<&str> = datasets.iter().map(String::as_str).collect();
-            for (path, rows) in Synth::new(scale, seed).only(&slugs).write_all(&out, &only)? {
+            for (path, rows) in Synth::new(scale, seed)
+                .only(&slugs)
+                .write_all(&out, &only)?
+            {
                 println!("{rows:>10} rows  {}", path.display());
             }
             eprintln!("done in {:.1}s", started.elapsed().as_secs_f64());

@@ -260,8 +260,15 @@ impl Synth {
 
     /// Writes `DIR/<dataset>.parquet` for the named partner datasets (all when empty);
     /// returns paths and rows.
-    pub fn write_all(&self, dir: &Path, only: &[&str]) -> Result<Vec<(PathBuf, usize)>, SynthError> {
-        std::fs::create_dir_all(dir).map_err(|e| SynthError::Write { path: dir.display().to_string(), message: e.to_string() })?;
+    pub fn write_all(
+        &self,
+        dir: &Path,
+        only: &[&str],
+    ) -> Result<Vec<(PathBuf, usize)>, SynthError> {
+        std::fs::create_dir_all(dir).map_err(|e| SynthError::Write {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        })?;
         DATASETS
             .iter()
             .filter(|d| only.is_empty() || only.contains(d))
