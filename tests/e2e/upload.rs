@@ -407,3 +407,77 @@ fn concurrent_uploads_over_http_all_commit_with_distinct_versions() {
         "every force's seven years are there"
     );
 }
+
+/// One row group with one page per column: decoding must hold a whole ~38 MB page.
+fn one_huge_page() -> Vec<u8> {
+    use parquet::file::properties::WriterProperties;
+    let batches = concordat_synth::Synth::new(0.6, 3).batches("reoffending_cohort");
+    let props = WriterProperties::builder()
+        .set_dictionary_enabled(false)
+        .set_compression(parquet::basic::Compression::UNCOMPRESSED)
+        .set_data_page_size_limit(usize::MAX)
+        .set_data_page_row_count_limit(usize::MAX)
+        .set_max_row_group_row_count(Some(usize::MAX))
+        .build();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batches[0].schema(), Some(props))
+        .expect("writer");
+    for b in &batches {
+        w.write(b).expect("write");
+    }
+    w.close().expect("close");
+    out
+}
+
+#[test]
+fn decoding_runs_in_a_memory_limited_worker_so_a_file_too_big_to_check_is_refused_and_the_server_lives()
+ {
+    let file = one_huge_page();
+    let site = Site::new();
+    let probation = site.token("probation", "uploader");
+    {
+        let server = site.serve();
+        let (status, body) = upload(
+            &server,
+            &probation,
+            "reoffending_cohort",
+            "append",
+            file.clone(),
+        );
+        assert_eq!(
+            status, 201,
+            "with the default limit the file is accepted: {body}"
+        );
+    }
+    let tight = Site::new();
+    let server = tight.serve_with(&[("CONCORDAT_LIMITS__VALIDATION_MEMORY_MB", "16")]);
+    let (status, body) = upload(
+        &server,
+        &tight.token("probation", "uploader"),
+        "reoffending_cohort",
+        "append",
+        file,
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["error"]["details"]["violations"][0]["rule"], "limits",
+        "{body}"
+    );
+    let (status, body) = upload(
+        &server,
+        &tight.token("force-kent", "uploader"),
+        "force_performance",
+        "append",
+        parquet("force_performance", &["kent"], 0.01),
+    );
+    assert_eq!(
+        status, 201,
+        "the server still serves and still validates: {body}"
+    );
+    let (status, _) = get(
+        &server,
+        &tight.token("force-kent", "analyst"),
+        "/v1/datasets/reoffending_cohort",
+    );
+    assert_eq!(status, 404, "force-kent cannot see reoffending data");
+}

@@ -73,9 +73,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.listen = args.addr;
     let signer = DevSigner::from_config(&config.auth).map_err(|e| anyhow!(e))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(concordat_server::serve(config, move |a| {
-        let _ = tx.send(a);
-    }));
+    let server = tokio::spawn(concordat_server::serve(
+        config,
+        crate::worker_command(),
+        move |a| {
+            let _ = tx.send(a);
+        },
+    ));
     let bound = match rx.await {
         Ok(a) => a,
         Err(_) => {

@@ -113,6 +113,9 @@ enum Command {
         /// The SQL.
         sql: String,
     },
+    /// Validate one upload described on standard input (started by the server).
+    #[command(hide = true)]
+    ValidateWorker,
     /// The audit trail.
     Audit {
         #[command(subcommand)]
@@ -202,7 +205,19 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// This binary as the server's validation worker.
+pub fn worker_command() -> Option<(PathBuf, Vec<String>)> {
+    std::env::current_exe()
+        .ok()
+        .map(|exe| (exe, vec!["validate-worker".to_owned()]))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::ValidateWorker = cli.command {
+        // No runtime, no threads: the worker only decodes one file under its limits.
+        concordat_store::worker::serve_one(&mut std::io::stdin(), &mut std::io::stdout())?;
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -211,7 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging("info");
             let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
             runtime
-                .block_on(concordat_server::serve(cfg, |addr| {
+                .block_on(concordat_server::serve(cfg, worker_command(), |addr| {
                     println!("concordat listening on http://{addr}");
                     use std::io::Write;
                     let _ = std::io::stdout().flush();
@@ -348,6 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         }
+        Command::ValidateWorker => Ok(()),
         Command::Query {
             url,
             token,

@@ -11,7 +11,7 @@ use crate::PolicyError;
 use crate::agreement::{Agreement, DatasetRead, RowScope};
 
 /// The force areas whose rows a grant covers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScopeFilter {
     /// Every row.

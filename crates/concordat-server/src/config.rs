@@ -106,6 +106,10 @@ pub struct Limits {
     pub max_upload_bytes: u64,
     /// Uploads validated at once.
     pub concurrent_validations: usize,
+    /// Data-segment limit of the process that decodes and validates an upload, MiB.
+    pub validation_memory_mb: u64,
+    /// Wall-clock limit on validating one upload, seconds.
+    pub validation_timeout_seconds: u64,
 }
 
 impl Default for Limits {
@@ -113,6 +117,8 @@ impl Default for Limits {
         Limits {
             max_upload_bytes: 2 << 30,
             concurrent_validations: 2,
+            validation_memory_mb: 1024,
+            validation_timeout_seconds: 900,
         }
     }
 }

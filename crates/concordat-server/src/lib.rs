@@ -50,10 +50,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves until SIGINT or SIGTERM; calls `ready` with the bound address first.
-pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), String> {
+/// Serves until SIGINT or SIGTERM; calls `ready` with the bound address first. `worker`
+/// is the command that validates one upload in a child process (see `concordat_store::worker`).
+pub async fn serve(
+    config: Config,
+    worker: Option<(std::path::PathBuf, Vec<String>)>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
     let listen = config.listen;
-    let state = AppState::new(config)?;
+    let state = AppState::new(config, worker)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -1,5 +1,6 @@
 //! What every handler shares: configuration, policies, storage, the token verifier.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -105,14 +106,26 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Loads policies (failing closed on any invalid file), keys and the store.
-    pub fn new(config: Config) -> Result<Arc<AppState>, String> {
+    /// Loads policies (failing closed on any invalid file), keys and the store. With a
+    /// `worker` command, uploads are validated in child processes under memory limits.
+    pub fn new(
+        config: Config,
+        worker: Option<(PathBuf, Vec<String>)>,
+    ) -> Result<Arc<AppState>, String> {
         let policies = Policies::load(&config.policies_dir).map_err(|e| e.to_string())?;
         let verifier = Verifier::from_config(&config.auth)?;
         let mut store_cfg = StoreConfig::new(&config.data_dir);
         store_cfg.max_upload_bytes = config.limits.max_upload_bytes;
         store_cfg.concurrent_validations = config.limits.concurrent_validations;
         store_cfg.log_retention_days = config.store.log_retention_days;
+        if let Some((program, args)) = worker {
+            store_cfg.validator = concordat_store::Validator::Worker {
+                program,
+                args,
+                memory_bytes: config.limits.validation_memory_mb << 20,
+                timeout: std::time::Duration::from_secs(config.limits.validation_timeout_seconds),
+            };
+        }
         store_cfg.abort_in_commit =
             std::env::var("CONCORDAT_FAULT").is_ok_and(|v| v == "abort_in_commit");
         let store = Arc::new(

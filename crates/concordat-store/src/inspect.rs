@@ -15,7 +15,7 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use crate::violation::{Violation, Violations};
 
 /// Bounds on what an uploaded file may declare.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FileLimits {
     /// Largest footer accepted.
     pub max_footer_bytes: u64,

@@ -16,10 +16,12 @@ pub mod inspect;
 mod store;
 pub mod validate;
 pub mod violation;
+pub mod worker;
 
 pub use inspect::{FileLimits, arrow_schema};
 pub use store::{Mode, StagedFile, Store, StoreConfig, UploadOutcome, UploadRequest, VersionInfo};
 pub use violation::{Violation, Violations};
+pub use worker::Validator;
 
 use concordat_core::ErrorKind;
 

@@ -44,6 +44,8 @@ pub struct StoreConfig {
     pub log_retention_days: u32,
     /// Abort the process when a commit reaches the log (crash tests only).
     pub abort_in_commit: bool,
+    /// Where uploads are decoded and validated.
+    pub validator: crate::worker::Validator,
 }
 
 impl StoreConfig {
@@ -57,6 +59,7 @@ impl StoreConfig {
             batch_rows: 8192,
             log_retention_days: 3650,
             abort_in_commit: false,
+            validator: crate::worker::Validator::InProcess,
         }
     }
 }
@@ -370,22 +373,41 @@ impl Store {
             let agreements = req.agreements.clone();
             let limits = self.cfg.file_limits.clone();
             let batch_rows = self.cfg.batch_rows;
-            let checked = tokio::task::spawn_blocking(move || {
-                check_file(&path, &schema, &scope, &agreements, &limits, batch_rows)
-            })
-            .await;
-            match checked {
-                Ok(result) => result?,
-                // A panic inside the decoder on a hostile file: refuse the file, keep serving.
-                Err(e) if e.is_panic() => {
-                    return Err(StoreError::Validation(Violations::single(Violation {
-                        row: None,
-                        column: None,
-                        rule: "parquet".into(),
-                        message: "the file could not be decoded: it is corrupt".into(),
-                    })));
+            if let crate::worker::Validator::Worker {
+                program,
+                args,
+                memory_bytes,
+                timeout,
+            } = &self.cfg.validator
+            {
+                let request = crate::worker::WorkerRequest {
+                    path,
+                    dataset: dataset.clone(),
+                    scope,
+                    agreements,
+                    limits,
+                    batch_rows,
+                    memory_bytes: *memory_bytes,
+                };
+                crate::worker::validate_in_worker(program, args, *timeout, &request).await?
+            } else {
+                let checked = tokio::task::spawn_blocking(move || {
+                    check_file(&path, &schema, &scope, &agreements, &limits, batch_rows)
+                })
+                .await;
+                match checked {
+                    Ok(result) => result?,
+                    // A panic inside the decoder on a hostile file: refuse the file, keep serving.
+                    Err(e) if e.is_panic() => {
+                        return Err(StoreError::Validation(Violations::single(Violation {
+                            row: None,
+                            column: None,
+                            rule: "parquet".into(),
+                            message: "the file could not be decoded: it is corrupt".into(),
+                        })));
+                    }
+                    Err(e) => return Err(StoreError::internal(e)),
                 }
-                Err(e) => return Err(StoreError::internal(e)),
             }
         };
         let lock = self.lock_for(&dataset);
@@ -561,7 +583,7 @@ fn replace_predicate(
 }
 
 /// Inspects and validates a file; returns its row count and periods.
-fn check_file(
+pub(crate) fn check_file(
     path: &Path,
     schema: &DatasetSchema,
     scope: &ScopeFilter,

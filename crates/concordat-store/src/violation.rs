@@ -1,12 +1,12 @@
 //! Violations of a dataset's rules, as reported to the uploader.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How many violations a report keeps; the total is always counted.
 pub const KEPT: usize = 100;
 
 /// One broken rule. Messages describe the rule, never the offending value.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Violation {
     /// 1-based data row in the file; `None` for the file as a whole.
     pub row: Option<u64>,
@@ -19,7 +19,7 @@ pub struct Violation {
 }
 
 /// The first violations of a file and their total count.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Violations {
     /// The first [`KEPT`] violations, in file order.
     pub violations: Vec<Violation>,

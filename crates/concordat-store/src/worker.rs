@@ -1,0 +1,143 @@
+//! Validation in a child process, so that a hostile file can at worst kill its own
+//! worker, never the server. Decoding Parquet allocates what page headers declare
+//! before checking it (arrow-rs #10734); in the worker that allocation meets an
+//! `RLIMIT_DATA` bound and a wall-clock limit, and the upload is refused with 422.
+//!
+//! The protocol is one JSON request on the worker's stdin and one JSON answer on stdout.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use concordat_core::Schemas;
+use concordat_policy::ScopeFilter;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::StoreError;
+use crate::inspect::FileLimits;
+use crate::violation::{Violation, Violations};
+
+/// How uploads are validated.
+#[derive(Debug, Clone, Default)]
+pub enum Validator {
+    /// In the server process (tests, embedding).
+    #[default]
+    InProcess,
+    /// In a child process: `program args...`, with a data-segment limit and a timeout.
+    Worker {
+        /// The executable.
+        program: PathBuf,
+        /// Arguments that make it a worker.
+        args: Vec<String>,
+        /// `RLIMIT_DATA` of the worker, bytes.
+        memory_bytes: u64,
+        /// Wall-clock limit.
+        timeout: Duration,
+    },
+}
+
+/// What the worker is asked.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkerRequest {
+    /// The staged file.
+    pub path: PathBuf,
+    /// Dataset name.
+    pub dataset: String,
+    /// Rows the uploader may write.
+    pub scope: ScopeFilter,
+    /// Agreements granting the upload.
+    pub agreements: Vec<String>,
+    /// Footer limits.
+    pub limits: FileLimits,
+    /// Rows per decoded batch.
+    pub batch_rows: usize,
+    /// `RLIMIT_DATA` the worker sets on itself before reading the file.
+    pub memory_bytes: u64,
+}
+
+/// What the worker answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WorkerAnswer {
+    /// Every row passed.
+    Valid { rows: u64, periods: Vec<String> },
+    /// Rules were broken.
+    Invalid(Violations),
+    /// Something else went wrong.
+    Failed(String),
+}
+
+/// The worker's main: read a request, limit memory, validate, answer.
+pub fn serve_one(input: &mut dyn Read, output: &mut dyn Write) -> std::io::Result<()> {
+    let mut text = String::new();
+    input.read_to_string(&mut text)?;
+    let answer = match serde_json::from_str::<WorkerRequest>(&text) {
+        Err(e) => WorkerAnswer::Failed(format!("bad request: {e}")),
+        Ok(req) => {
+            rlimit::setrlimit(rlimit::Resource::DATA, req.memory_bytes, req.memory_bytes)?;
+            match Schemas::builtin().get(&req.dataset) {
+                None => WorkerAnswer::Failed(format!("unknown dataset {}", req.dataset)),
+                Some(schema) => match crate::store::check_file(
+                    &req.path,
+                    schema,
+                    &req.scope,
+                    &req.agreements,
+                    &req.limits,
+                    req.batch_rows,
+                ) {
+                    Ok((rows, periods)) => WorkerAnswer::Valid { rows, periods },
+                    Err(StoreError::Validation(v)) => WorkerAnswer::Invalid(v),
+                    Err(e) => WorkerAnswer::Failed(format!("{e:?}")),
+                },
+            }
+        }
+    };
+    serde_json::to_writer(&mut *output, &answer)?;
+    output.flush()
+}
+
+fn over_limits() -> StoreError {
+    StoreError::Validation(Violations::single(Violation {
+        row: None,
+        column: None,
+        rule: "limits".into(),
+        message: "the file could not be decoded within the validation memory and time limits: it declares pages or values too large to check".into(),
+    }))
+}
+
+/// Runs one validation in a worker process.
+pub async fn validate_in_worker(
+    program: &PathBuf,
+    args: &[String],
+    timeout: Duration,
+    request: &WorkerRequest,
+) -> Result<(u64, Vec<String>), StoreError> {
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| StoreError::Internal(format!("cannot start the validation worker: {e}")))?;
+    let body = serde_json::to_vec(request).map_err(StoreError::internal)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&body).await.map_err(StoreError::internal)?;
+    }
+    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(out) => out.map_err(StoreError::internal)?,
+        // The child is killed as it is dropped.
+        Err(_) => return Err(over_limits()),
+    };
+    if !output.status.success() {
+        tracing::warn!(status = ?output.status, "validation worker died");
+        return Err(over_limits());
+    }
+    match serde_json::from_slice::<WorkerAnswer>(&output.stdout) {
+        Ok(WorkerAnswer::Valid { rows, periods }) => Ok((rows, periods)),
+        Ok(WorkerAnswer::Invalid(v)) => Err(StoreError::Validation(v)),
+        Ok(WorkerAnswer::Failed(e)) => Err(StoreError::Internal(e)),
+        Err(_) => Err(over_limits()),
+    }
+}
