@@ -12,7 +12,6 @@ use concordat_query::{QueryError, QueryLimits, QueryService};
 use concordat_store::{Mode, Store, StoreConfig, UploadRequest};
 use concordat_synth::Synth;
 use datafusion::prelude::SessionContext;
-use parquet::arrow::ArrowWriter;
 
 /// Extra agreement for column rules: the Home Office sees court cases without pseudonyms,
 /// with offence dates coarsened to the month.
@@ -39,19 +38,9 @@ pub fn today() -> NaiveDate {
     NaiveDate::from_ymd_opt(2025, 6, 1).expect("date")
 }
 
-fn parquet(batches: &[RecordBatch]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, batches[0].schema(), None).expect("writer");
-    for b in batches {
-        w.write(b).expect("write");
-    }
-    w.close().expect("close");
-    out
-}
-
 async fn load(store: &Store, dataset: &str, forces: &[&str], scale: f64) {
     let batches = Synth::new(scale, 5).only(forces).batches(dataset);
-    let bytes = parquet(&batches);
+    let bytes = concordat_synth::parquet_bytes(&batches).expect("parquet");
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))]);
     let file = store.stage(body).await.expect("stage");
     store

@@ -9,7 +9,6 @@ use concordat_store::{
     Mode, Store, StoreConfig, StoreError, UploadOutcome, UploadRequest, Violations,
 };
 use concordat_synth::Synth;
-use parquet::arrow::ArrowWriter;
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
@@ -29,13 +28,7 @@ pub fn fixture_with(tune: impl FnOnce(&mut StoreConfig)) -> Fixture {
 }
 
 pub fn parquet_bytes(batches: &[RecordBatch]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, batches[0].schema(), None).expect("writer");
-    for b in batches {
-        w.write(b).expect("write");
-    }
-    w.close().expect("close");
-    out
+    concordat_synth::parquet_bytes(batches).expect("parquet")
 }
 
 pub fn synth(dataset: &str, forces: &[&str]) -> Vec<RecordBatch> {

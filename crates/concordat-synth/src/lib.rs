@@ -727,6 +727,23 @@ impl Synth {
     }
 }
 
+/// Batches as the bytes of one Parquet file, written with default settings, as a
+/// partner's tool would; for tests and fixtures.
+pub fn parquet_bytes(batches: &[RecordBatch]) -> Result<Vec<u8>, SynthError> {
+    let err = |e: &dyn std::fmt::Display| SynthError::Write {
+        path: "<memory>".into(),
+        message: e.to_string(),
+    };
+    let first = batches.first().ok_or_else(|| err(&"no batches"))?;
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, first.schema(), None).map_err(|e| err(&e))?;
+    for b in batches {
+        w.write(b).map_err(|e| err(&e))?;
+    }
+    w.close().map_err(|e| err(&e))?;
+    Ok(out)
+}
+
 struct RowBuilders {
     s: Vec<StringBuilder>,
     b: BooleanBuilder,
