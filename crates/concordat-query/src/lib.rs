@@ -50,6 +50,8 @@ pub struct QueryLimits {
     pub per_partner: usize,
     /// Worker threads of the query runtime.
     pub threads: usize,
+    /// Queries running at once across all partners; others wait (within their timeout).
+    pub concurrent: usize,
 }
 
 impl Default for QueryLimits {
@@ -61,6 +63,7 @@ impl Default for QueryLimits {
             timeout: Duration::from_secs(60),
             per_partner: 4,
             threads: 2,
+            concurrent: 4,
         }
     }
 }
@@ -158,6 +161,7 @@ pub struct QueryRun {
     /// Result batches; an error ends the stream.
     pub batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
     _slot: Slot,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 struct Planned {
@@ -192,6 +196,7 @@ pub struct QueryService {
     limits: QueryLimits,
     runtime: Option<tokio::runtime::Runtime>,
     active: Arc<Mutex<HashMap<String, usize>>>,
+    running: Arc<tokio::sync::Semaphore>,
     spill_dir: PathBuf,
 }
 
@@ -232,7 +237,9 @@ impl QueryService {
             .enable_all()
             .build()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
+        let running = Arc::new(tokio::sync::Semaphore::new(limits.concurrent.max(1)));
         Ok(QueryService {
+            running,
             store,
             audit,
             policies,
@@ -283,6 +290,23 @@ impl QueryService {
             return Err(QueryError::Purpose(purpose.chars().take(64).collect()));
         }
         let slot = self.slot(partner.id.as_str())?;
+        // Memory is bounded per query; the number of queries running at once bounds the whole.
+        let permit =
+            match tokio::time::timeout(self.limits.timeout, self.running.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => {
+                    return Err(QueryError::Internal(
+                        "the query service is shutting down".into(),
+                    ));
+                }
+                Err(_) => {
+                    return Err(QueryError::Timeout {
+                        seconds: self.limits.timeout.as_secs(),
+                    });
+                }
+            };
         let (planned_tx, planned_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel(4);
         let ctx = Context {
@@ -343,6 +367,7 @@ impl QueryService {
             agreements: planned.agreements,
             batches: rx,
             _slot: slot,
+            _permit: permit,
         })
     }
 }

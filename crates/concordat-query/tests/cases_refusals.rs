@@ -176,6 +176,7 @@ async fn limits_hold_with_clear_errors() {
     let w = world_with(QueryLimits {
         timeout: Duration::from_millis(300),
         per_partner: 1,
+        concurrent: 1,
         max_sql_bytes: 2000,
         ..QueryLimits::default()
     })
@@ -216,6 +217,15 @@ async fn limits_hold_with_clear_errors() {
         .await
         .expect_err("busy");
     assert_eq!(err.code(), "too_many_queries");
+    let err = w
+        .run("probation", "SELECT 1", "reducing-reoffending")
+        .await
+        .expect_err("queued past its deadline");
+    assert_eq!(
+        err.code(),
+        "timeout",
+        "one query at a time across partners: the next waits, within its deadline"
+    );
     drop(held);
     assert!(
         w.run("pcc-kent", "SELECT 1", "performance-scrutiny")

@@ -54,6 +54,8 @@ pub struct QuerySettings {
     pub max_json_rows: usize,
     /// Threads of the query runtime.
     pub threads: usize,
+    /// Queries running at once across all partners.
+    pub concurrent: usize,
 }
 
 impl Default for QuerySettings {
@@ -66,6 +68,7 @@ impl Default for QuerySettings {
             per_partner: 4,
             max_json_rows: 10_000,
             threads: 2,
+            concurrent: 4,
         }
     }
 }

@@ -144,6 +144,7 @@ impl AppState {
             timeout: std::time::Duration::from_secs(q.timeout_seconds),
             per_partner: q.per_partner,
             threads: q.threads,
+            concurrent: q.concurrent,
         };
         let query =
             QueryService::with_audit(store.clone(), Some(audit.clone()), policies.clone(), limits)
