@@ -116,6 +116,21 @@ enum Command {
     /// Validate one upload described on standard input (started by the server).
     #[command(hide = true)]
     ValidateWorker,
+    /// Delete the data files of versions older than the retention period.
+    Vacuum {
+        /// The gateway's configuration (data directory, retention).
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this dataset; every stored dataset when absent.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Days of versions to keep; the configuration's `store.log_retention_days` when absent.
+        #[arg(long)]
+        retain_days: Option<u32>,
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The audit trail.
     Audit {
         #[command(subcommand)]
@@ -364,6 +379,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::ValidateWorker => Ok(()),
+        Command::Vacuum {
+            config,
+            dataset,
+            retain_days,
+            dry_run,
+        } => {
+            let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
+            let days = retain_days.unwrap_or(cfg.store.log_retention_days);
+            if days < 1 {
+                bail!(
+                    "--retain-days must be at least 1: younger files may belong to a commit in flight"
+                );
+            }
+            let store =
+                concordat_store::Store::open(concordat_store::StoreConfig::new(&cfg.data_dir))
+                    .map_err(|e| anyhow!("{e:?}"))?;
+            let names: Vec<String> = match dataset {
+                Some(d) => vec![d],
+                None => concordat_core::Schemas::builtin()
+                    .iter()
+                    .map(|s| s.name.to_string())
+                    .collect(),
+            };
+            runtime.block_on(async {
+                for name in names {
+                    match store
+                        .vacuum(
+                            &name,
+                            std::time::Duration::from_secs(u64::from(days) * 86_400),
+                            dry_run,
+                        )
+                        .await
+                    {
+                        Ok(n) => println!(
+                            "{name}: {n} data files {}",
+                            if dry_run {
+                                "would be removed"
+                            } else {
+                                "removed"
+                            }
+                        ),
+                        Err(concordat_store::StoreError::NotFound(_)) => {}
+                        Err(e) => bail!("{name}: {e:?}"),
+                    }
+                }
+                Ok(())
+            })
+        }
         Command::Query {
             url,
             token,

@@ -131,6 +131,9 @@ impl AppState {
         let store = Arc::new(
             Store::open(store_cfg).map_err(|e| format!("{}: {e:?}", config.data_dir.display()))?,
         );
+        store
+            .discard_staged()
+            .map_err(|e| format!("{}: {e:?}", config.data_dir.display()))?;
         let audit = Arc::new(
             AuditLog::open(&config.data_dir.join("audit").join("audit.log"))
                 .map_err(|e| format!("audit log: {e:?}"))?,

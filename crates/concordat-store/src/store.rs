@@ -204,20 +204,24 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating) the data directory and removes uploads a crash left staged.
+    /// Opens (creating) the data directory.
     pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
         std::fs::create_dir_all(cfg.data_dir.join("tables")).map_err(StoreError::internal)?;
-        let staging = cfg.data_dir.join("staging");
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).map_err(StoreError::internal)?;
-        }
-        std::fs::create_dir_all(&staging).map_err(StoreError::internal)?;
+        std::fs::create_dir_all(cfg.data_dir.join("staging")).map_err(StoreError::internal)?;
         let permits = cfg.concurrent_validations.max(1);
         Ok(Store {
             cfg,
             locks: std::sync::Mutex::new(HashMap::new()),
             validations: tokio::sync::Semaphore::new(permits),
         })
+    }
+
+    /// Removes uploads a crash left staged. Only the serving process calls this, at start:
+    /// another process (a CLI command) must not touch uploads in flight.
+    pub fn discard_staged(&self) -> Result<(), StoreError> {
+        let staging = self.cfg.data_dir.join("staging");
+        std::fs::remove_dir_all(&staging).map_err(StoreError::internal)?;
+        std::fs::create_dir_all(&staging).map_err(StoreError::internal)
     }
 
     /// The configuration.
@@ -348,6 +352,29 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Deletes data files that no version newer than `retain` still uses: versions older
+    /// than that stop being readable. Runs under the dataset's commit lock. Returns the
+    /// number of files removed (or that would be, with `dry_run`).
+    pub async fn vacuum(
+        &self,
+        dataset: &str,
+        retain: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<usize, StoreError> {
+        let lock = self.lock_for(dataset);
+        let _guard = lock.lock().await;
+        let table = self.table(dataset, None).await?;
+        let retain = chrono::Duration::from_std(retain).map_err(StoreError::internal)?;
+        let (_, metrics) = table
+            .vacuum()
+            .with_retention_period(retain)
+            .with_enforce_retention_duration(false)
+            .with_dry_run(dry_run)
+            .await
+            .map_err(StoreError::internal)?;
+        Ok(metrics.files_deleted.len())
     }
 
     fn lock_for(&self, dataset: &str) -> Arc<tokio::sync::Mutex<()>> {

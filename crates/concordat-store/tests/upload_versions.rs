@@ -290,3 +290,83 @@ async fn a_second_store_on_the_same_directory_sees_commits_and_conflicts_are_ret
         Some(committed as u64 - 1)
     );
 }
+
+#[tokio::test]
+async fn retention_removes_old_versions_and_keeps_the_latest() {
+    let f = fixture();
+    let kent_rows = synth("force_performance", &["kent"]);
+    upload(
+        &f.store,
+        "force_performance",
+        Mode::Append,
+        "force-kent",
+        kent(),
+        parquet_bytes(&kent_rows),
+    )
+    .await
+    .expect("v0");
+    upload(
+        &f.store,
+        "force_performance",
+        Mode::ReplacePeriods,
+        "force-kent",
+        kent(),
+        parquet_bytes(&synth_other_seed()),
+    )
+    .await
+    .expect("v1");
+    assert_eq!(
+        count_rows(&f.store, "force_performance", Some(0), "").await,
+        336,
+        "before retention, v0 is readable"
+    );
+    let week = std::time::Duration::from_secs(7 * 86_400);
+    assert_eq!(
+        f.store
+            .vacuum("force_performance", week, false)
+            .await
+            .expect("vacuum"),
+        0,
+        "nothing is older than a week"
+    );
+    assert_eq!(
+        f.store
+            .vacuum("force_performance", std::time::Duration::ZERO, true)
+            .await
+            .expect("dry run"),
+        1
+    );
+    assert_eq!(
+        count_rows(&f.store, "force_performance", Some(0), "").await,
+        336,
+        "a dry run removes nothing"
+    );
+    assert_eq!(
+        f.store
+            .vacuum("force_performance", std::time::Duration::ZERO, false)
+            .await
+            .expect("vacuum"),
+        1
+    );
+    assert_eq!(
+        count_rows(&f.store, "force_performance", None, "").await,
+        336,
+        "the latest version is intact"
+    );
+    let table = f
+        .store
+        .table("force_performance", Some(0))
+        .await
+        .expect("the log still names v0");
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("t", table.table_provider().await.expect("provider"))
+        .expect("register");
+    let read = async { ctx.sql("SELECT sum(value) FROM t").await?.collect().await };
+    assert!(read.await.is_err(), "v0's data files are gone");
+}
+
+fn synth_other_seed() -> Vec<arrow::array::RecordBatch> {
+    concordat_synth::Synth::new(0.01, 99)
+        .only(&["kent"])
+        .batches("force_performance")
+}
