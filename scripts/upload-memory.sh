@@ -38,9 +38,22 @@ answer=$(curl -sS -X POST -H "Authorization: Bearer $token" -H "content-type: ap
   -T "$file" "$url/v1/datasets/reoffending_cohort/uploads?mode=append")
 end=$(date +%s.%N)
 peak=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+# Validation runs in a child process of the server; measure that worker on the same file.
+cat > "$work/request.json" <<JSON
+{"path":"$file","dataset":"reoffending_cohort","scope":"all","agreements":["measure"],
+ "limits":{"max_footer_bytes":16777216,"max_rows":500000000,"max_chunk_uncompressed_bytes":1073741824,
+           "max_total_uncompressed_bytes":68719476736,"max_compression_ratio":1000},
+ "batch_rows":8192,"memory_bytes":1073741824}
+JSON
+child="n/a"
+if [ -x /usr/bin/time ]; then
+  /usr/bin/time -v "$BIN" validate-worker < "$work/request.json" > /dev/null 2> "$work/time.txt"
+  child="$(awk -F: '/Maximum resident/ {printf "%d MiB", $2/1024}' "$work/time.txt"), $(awk -F': ' '/Elapsed/ {print $2}' "$work/time.txt") wall"
+fi
 rows=$(echo "$answer" | grep -o '"rows":[0-9]*' | cut -d: -f2)
 secs=$(echo "$end - $start" | bc -l)
 printf 'file            %d bytes (%.0f MiB), %s rows\n' "$bytes" "$(echo "$bytes/1048576" | bc -l)" "${rows:-?}"
 printf 'upload          %.1f s: %.1f MiB/s, %.0f rows/s (received, validated, committed)\n' "$secs" "$(echo "$bytes/1048576/$secs" | bc -l)" "$(echo "${rows:-0}/$secs" | bc -l)"
 printf 'server RSS      %d MiB before, peak %d MiB during the upload\n' "$((rss_before / 1024))" "$((peak / 1024))"
+echo "worker          peak $child (the validation child process alone, GNU time; apt-get install time)"
 echo "answer          ${answer:0:160}"
