@@ -171,3 +171,45 @@ fn the_demo_starts_loads_data_and_answers_me_with_a_printed_token() {
     assert!(demo.join("concordat.toml").exists() && demo.join("keys/jwks.json").exists());
     std::thread::sleep(Duration::from_millis(100));
 }
+
+#[test]
+fn the_dataset_schema_shows_exactly_the_columns_a_query_can_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for e in std::fs::read_dir(shipped_policies()).expect("policies") {
+        let p = e.expect("entry").path();
+        std::fs::copy(&p, dir.path().join(p.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(
+        dir.path().join("test-court-without-ids.toml"),
+        "title = \"t\"\npurposes = [\"inspection\"]\nproviders = { partners = [\"cps\"] }\nrecipients = { partners = [\"home-office\"] }\n[read.court_timeliness]\naccess = \"record\"\nscope = \"all\"\nhidden = [\"person_id\", \"case_id\"]\ngeneralise = { offence_date = \"month\" }\n",
+    )
+    .expect("agreement");
+    let site = Site::with_policies(dir.path());
+    let server = site.serve();
+    let (status, body) = get(
+        &server,
+        &site.token("home-office", "analyst"),
+        "/v1/datasets/court_timeliness",
+    );
+    assert_eq!(status, 200, "{body}");
+    let columns = body["columns"].as_array().expect("columns");
+    let names: Vec<&str> = columns.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert!(
+        !names.contains(&"person_id") && !names.contains(&"case_id"),
+        "{names:?}"
+    );
+    let offence = columns
+        .iter()
+        .find(|c| c["name"] == "offence_date")
+        .expect("offence_date");
+    assert_eq!(offence["generalised"], "month");
+    let (status, _) = get(
+        &server,
+        &site.token("home-office", "analyst"),
+        "/v1/datasets/reoffending_cohort",
+    );
+    assert_eq!(
+        status, 404,
+        "no agreement: the dataset does not exist for the Home Office"
+    );
+}

@@ -152,6 +152,49 @@ impl AuditView {
     }
 }
 
+/// What a partner sees of a dataset when several grants apply at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CombinedView {
+    /// Rows covered by any of the grants.
+    pub scope: ScopeFilter,
+    /// Per column (in the order given), the most restrictive rule of any grant: a column
+    /// hidden by one grant is hidden for all the rows, a column coarsened by one grant is
+    /// coarsened for all the rows. Combining the rows of one grant with the columns of
+    /// another would show a column for rows whose grant hides it.
+    pub rules: Vec<(String, Option<crate::ColumnRule>)>,
+    /// Agreements combined.
+    pub agreements: Vec<String>,
+}
+
+impl CombinedView {
+    /// Combines grants over the given columns. `None` when there are no grants.
+    pub fn of(grants: &[&ReadGrant], columns: &[&str]) -> Option<CombinedView> {
+        let first = grants.first()?;
+        let scope = grants
+            .iter()
+            .skip(1)
+            .fold(first.filter.clone(), |acc, g| acc.union(g.filter.clone()));
+        let rules = columns
+            .iter()
+            .map(|c| {
+                let per_grant: Vec<Option<crate::ColumnRule>> =
+                    grants.iter().map(|g| g.terms.column_rule(c)).collect();
+                let rule = if per_grant.contains(&Some(crate::ColumnRule::Hidden)) {
+                    Some(crate::ColumnRule::Hidden)
+                } else {
+                    per_grant.into_iter().flatten().next()
+                };
+                ((*c).to_owned(), rule)
+            })
+            .collect();
+        Some(CombinedView {
+            scope,
+            rules,
+            agreements: grants.iter().map(|g| g.agreement.clone()).collect(),
+        })
+    }
+}
+
 /// Partners and agreements, loaded and validated together.
 #[derive(Debug, Clone)]
 pub struct Policies {

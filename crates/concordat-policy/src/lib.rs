@@ -12,7 +12,9 @@ pub use agreement::{
     Access, Agreement, AuditGrant, AuditScope, ColumnRule, DatasetRead, DatasetUpload, Generalise,
     PartySet, RowScope,
 };
-pub use decide::{AuditView, Policies, ReadGrant, RefusalReason, ScopeFilter, UploadGrant};
+pub use decide::{
+    AuditView, CombinedView, Policies, ReadGrant, RefusalReason, ScopeFilter, UploadGrant,
+};
 pub use explain::Explanation;
 
 /// Errors raised while loading policies.

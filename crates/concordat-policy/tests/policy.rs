@@ -223,3 +223,45 @@ fn explain_names_the_agreement_and_rule_that_allow_or_refuse() {
         "{e:?}"
     );
 }
+
+#[test]
+fn combined_grants_take_the_union_of_rows_and_the_strictest_column_rules() {
+    use concordat_policy::{ColumnRule, CombinedView, DatasetRead, Generalise, ReadGrant};
+    let terms = |hidden: &[&str], month: &[&str]| DatasetRead {
+        access: Access::Record,
+        scope: concordat_policy::RowScope::All,
+        hidden: hidden.iter().map(|s| (*s).to_owned()).collect(),
+        generalise: month
+            .iter()
+            .map(|s| ((*s).to_owned(), Generalise::Month))
+            .collect(),
+        min_count: 10,
+        round_to: 5,
+    };
+    let own = ReadGrant {
+        agreement: "own".into(),
+        terms: terms(&[], &[]),
+        filter: ScopeFilter::Forces(["E23000032".to_owned()].into()),
+    };
+    let all = ReadGrant {
+        agreement: "all".into(),
+        terms: terms(&["person_id"], &["offence_date"]),
+        filter: ScopeFilter::All,
+    };
+    let v =
+        CombinedView::of(&[&own, &all], &["person_id", "offence_date", "quarter"]).expect("view");
+    assert_eq!(v.scope, ScopeFilter::All);
+    assert_eq!(
+        v.rules,
+        vec![
+            ("person_id".to_owned(), Some(ColumnRule::Hidden)),
+            (
+                "offence_date".to_owned(),
+                Some(ColumnRule::Generalised(Generalise::Month))
+            ),
+            ("quarter".to_owned(), None),
+        ],
+        "the own-area grant's fuller columns do not extend to every area's rows"
+    );
+    assert_eq!(CombinedView::of(&[], &["x"]), None);
+}

@@ -21,7 +21,7 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use concordat_core::{DatasetLevel, ErrorKind, Partner, Purpose, Reference, Schemas};
-use concordat_policy::{Access, ColumnRule, Policies, RefusalReason, ScopeFilter};
+use concordat_policy::{Access, CombinedView, Policies, RefusalReason};
 use concordat_store::audit::AuditLog;
 use concordat_store::{Store, StoreError};
 use datafusion::common::DataFusionError;
@@ -528,42 +528,16 @@ impl Context {
                 ),
             });
         }
-        let scope = record
-            .iter()
-            .fold(None::<ScopeFilter>, |acc, g| {
-                Some(match acc {
-                    None => g.filter.clone(),
-                    Some(a) => a.union(g.filter.clone()),
-                })
-            })
-            .unwrap_or(ScopeFilter::Forces(BTreeSet::new()));
-        let rules = schema
-            .columns
-            .iter()
-            .map(|c| {
-                let per_grant: Vec<Option<ColumnRule>> = record
-                    .iter()
-                    .map(|g| g.terms.column_rule(&c.name))
-                    .collect();
-                // The most permissive rule over the grants.
-                let rule = if per_grant.contains(&None) {
-                    None
-                } else {
-                    per_grant
-                        .into_iter()
-                        .flatten()
-                        .find(|r| *r != ColumnRule::Hidden)
-                        .or(Some(ColumnRule::Hidden))
-                };
-                (c.name.clone(), rule)
-            })
-            .collect();
-        let view = TableView {
-            scope,
-            force_column: schema.force_column.clone(),
-            rules,
+        let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+        let Some(combined) = CombinedView::of(&record, &columns) else {
+            return Ok(None);
         };
-        let used = record.iter().map(|g| g.agreement.clone()).collect();
+        let view = TableView {
+            scope: combined.scope,
+            force_column: schema.force_column.clone(),
+            rules: combined.rules,
+        };
+        let used = combined.agreements;
         let (inner, version): (Arc<dyn TableProvider>, Option<u64>) =
             if schema.level == DatasetLevel::Reference {
                 (

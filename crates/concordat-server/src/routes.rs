@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use concordat_core::schema::DatasetLevel;
 use concordat_core::{DatasetSchema, Role, Schemas};
-use concordat_policy::{Access, ColumnRule, RefusalReason};
+use concordat_policy::{Access, ColumnRule, CombinedView, ReadGrant, RefusalReason, ScopeFilter};
 use concordat_store::{Mode, StoreError, UploadRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -119,28 +119,32 @@ fn view<'a>(state: &AppState, caller: &Caller, schema: &'a DatasetSchema) -> Opt
         .iter()
         .flat_map(|(a, _)| a.purposes.iter().cloned())
         .collect();
+    // The same combination the query service applies: rows of any grant, the strictest
+    // column rule of any grant.
+    let grants: Vec<ReadGrant> = terms
+        .iter()
+        .map(|(a, r)| ReadGrant {
+            agreement: a.id.clone(),
+            terms: (*r).clone(),
+            filter: ScopeFilter::resolve(r.scope, &caller.partner),
+        })
+        .collect();
+    let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    let combined = CombinedView::of(&grants.iter().collect::<Vec<_>>(), &names);
     let columns = schema
         .columns
         .iter()
-        .filter_map(|c| {
-            if terms.is_empty() {
-                return Some((c, None));
-            }
-            // Most permissive rule over the agreements: visible if any shows it.
-            let rules: Vec<Option<ColumnRule>> =
-                terms.iter().map(|(_, r)| r.column_rule(&c.name)).collect();
-            if rules.iter().all(|r| r == &Some(ColumnRule::Hidden)) {
-                None
-            } else if rules.contains(&None) {
-                Some((c, None))
-            } else {
-                Some((
-                    c,
-                    rules
-                        .into_iter()
-                        .flatten()
-                        .find(|r| r != &ColumnRule::Hidden),
-                ))
+        .zip(names.iter())
+        .filter_map(|(c, name)| {
+            let rule = combined.as_ref().and_then(|v| {
+                v.rules
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .and_then(|(_, r)| r.clone())
+            });
+            match rule {
+                Some(ColumnRule::Hidden) => None,
+                other => Some((c, other)),
             }
         })
         .collect();
