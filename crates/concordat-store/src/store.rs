@@ -191,6 +191,9 @@ struct Provenance {
 /// Versioned datasets on local disk.
 pub struct Store {
     cfg: StoreConfig,
+    /// The latest snapshot of each dataset, brought up to date on each use: reading
+    /// only the log entries since, instead of the whole log, per query.
+    snapshots: tokio::sync::Mutex<HashMap<String, DeltaTable>>,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     validations: tokio::sync::Semaphore,
 }
@@ -210,6 +213,7 @@ impl Store {
         std::fs::create_dir_all(cfg.data_dir.join("staging")).map_err(StoreError::internal)?;
         let permits = cfg.concurrent_validations.max(1);
         Ok(Store {
+            snapshots: tokio::sync::Mutex::new(HashMap::new()),
             cfg,
             locks: std::sync::Mutex::new(HashMap::new()),
             validations: tokio::sync::Semaphore::new(permits),
@@ -299,23 +303,50 @@ impl Store {
         dataset: &str,
         version: Option<u64>,
     ) -> Result<DeltaTable, StoreError> {
+        let Some(v) = version else {
+            return self.latest(dataset).await;
+        };
         let mut table = self.open_table(dataset).await?;
         if table.version().is_none() {
             return Err(StoreError::NotFound(format!(
                 "dataset {dataset} has no data yet"
             )));
         }
-        if let Some(v) = version {
-            table.load_version(v).await.map_err(|_| {
-                StoreError::NotFound(format!("dataset {dataset} has no version {v}"))
-            })?;
+        table
+            .load_version(v)
+            .await
+            .map_err(|_| StoreError::NotFound(format!("dataset {dataset} has no version {v}")))?;
+        Ok(table)
+    }
+
+    async fn latest(&self, dataset: &str) -> Result<DeltaTable, StoreError> {
+        let mut cache = self.snapshots.lock().await;
+        if let Some(table) = cache.get_mut(dataset) {
+            match table.update_incremental(None).await {
+                Ok(()) => return Ok(table.clone()),
+                Err(e) => {
+                    tracing::warn!(dataset, error = %e, "cached snapshot could not be refreshed; reloading");
+                    cache.remove(dataset);
+                }
+            }
         }
+        let table = self.open_table(dataset).await?;
+        if table.version().is_none() {
+            return Err(StoreError::NotFound(format!(
+                "dataset {dataset} has no data yet"
+            )));
+        }
+        cache.insert(dataset.to_owned(), table.clone());
         Ok(table)
     }
 
     /// Latest committed version of a dataset, if it has data.
     pub async fn latest_version(&self, dataset: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.open_table(dataset).await?.version())
+        match self.latest(dataset).await {
+            Ok(table) => Ok(table.version()),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every version still in the log, newest first, with provenance.
