@@ -268,6 +268,21 @@ fn query_status_codes_follow_the_contract() {
         (Some(100), Some(true)),
         "JSON answers stop at the configured row limit"
     );
+    let metrics = client()
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("text");
+    assert!(
+        metrics.contains("concordat_queries_refused_total 7"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("concordat_queries_ok_total 1")
+            && metrics.contains("concordat_query_rows_total 100"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -186,6 +186,8 @@ Try, in another shell after pasting the exports:
   curl -s -H "Authorization: Bearer $KENT_PCC_TOKEN" {base}/v1/me
   curl -s -H "Authorization: Bearer $KENT_PCC_TOKEN" {base}/v1/datasets
   curl -s -H "Authorization: Bearer $HMICFRS_TOKEN" {base}/v1/datasets/force_performance
+  # SQL under your agreements: Kent's analyst sees Kent's rows, whatever the query
+  concordat query --url {base} --token "$KENT_PCC_TOKEN" --purpose performance-scrutiny "SELECT indicator, avg(value) AS mean, avg(baseline_value) AS baseline FROM force_performance WHERE quarter >= '2024Q1' GROUP BY indicator ORDER BY indicator"
   # Probation re-sends its file: the same bytes are a duplicate (200, no new version)
   concordat upload --url {base} --token "$PROBATION_TOKEN" --mode replace_periods reoffending_cohort {dir}/synth/reoffending_cohort.parquet
   # Kent Police may upload only Kent rows: Essex's file is refused with 422 and the rows named

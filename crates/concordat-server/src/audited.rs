@@ -43,6 +43,12 @@ pub async fn refused(
     started: Instant,
     err: ApiError,
 ) -> ApiError {
+    if body.action == "query" {
+        state
+            .metrics
+            .queries_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     body.outcome = if err.status().is_server_error() {
         "failed"
     } else {

@@ -2,6 +2,7 @@
 //! streamed, and audited before the answer completes.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -131,7 +132,8 @@ pub async fn query(
         }
         // Dropping the receiver cancels the query if it is still running.
         drop(run);
-        ev.rows = Some(encoder.rows);
+        let rows_sent = encoder.rows;
+        ev.rows = Some(rows_sent);
         let truncated = encoder.truncated;
         let tail = if failure.is_none() && sent_ok {
             encoder.finish(&disclosure).ok()
@@ -147,6 +149,10 @@ pub async fn query(
         match (&failure, sent_ok) {
             (Some(err), _) => {
                 ev.outcome = "failed".into();
+                task_state
+                    .metrics
+                    .queries_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 ev.status = err.status().as_u16();
                 ev.code = Some(err.code().to_owned());
             }
@@ -156,6 +162,14 @@ pub async fn query(
             }
             (None, true) => {
                 ev.outcome = "ok".into();
+                task_state
+                    .metrics
+                    .queries_ok
+                    .fetch_add(1, Ordering::Relaxed);
+                task_state
+                    .metrics
+                    .query_rows
+                    .fetch_add(rows_sent, Ordering::Relaxed);
                 ev.status = 200;
             }
         }

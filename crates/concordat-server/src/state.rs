@@ -30,6 +30,12 @@ pub struct Metrics {
     pub rows_committed: AtomicU64,
     /// Bytes received in uploads.
     pub upload_bytes: AtomicU64,
+    /// Queries answered in full.
+    pub queries_ok: AtomicU64,
+    /// Queries refused or failed.
+    pub queries_refused: AtomicU64,
+    /// Rows returned by queries.
+    pub query_rows: AtomicU64,
 }
 
 impl Metrics {
@@ -75,6 +81,21 @@ impl Metrics {
                 "concordat_upload_bytes_total",
                 "Bytes received in uploads.",
                 &self.upload_bytes,
+            ),
+            (
+                "concordat_queries_ok_total",
+                "Queries answered in full.",
+                &self.queries_ok,
+            ),
+            (
+                "concordat_queries_refused_total",
+                "Queries refused or failed.",
+                &self.queries_refused,
+            ),
+            (
+                "concordat_query_rows_total",
+                "Rows returned by queries.",
+                &self.query_rows,
             ),
         ] {
             out.push_str(&format!(
