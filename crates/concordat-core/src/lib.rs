@@ -5,6 +5,7 @@
 //! HTTP, storage or query engines; every other crate builds on it.
 
 pub mod error;
+pub mod msg;
 pub mod names;
 pub mod partners;
 pub mod reference;
