@@ -326,6 +326,17 @@ fn the_audit_trail_records_every_flow_is_scoped_and_detects_tampering() {
         .filter(|e| e["action"] == "upload" && e["outcome"] == "ok")
         .count();
     assert_eq!(uploads, 3);
+    let kent_upload = events
+        .iter()
+        .find(|e| e["action"] == "upload" && e["partner"] == "force-kent")
+        .expect("kent upload");
+    assert_eq!(
+        kent_upload["agreements"],
+        serde_json::json!(["force-performance-deposit"]),
+        "{kent_upload}"
+    );
+    assert_eq!(kent_upload["datasets"][0]["version"], 0);
+    assert_eq!(kent_upload["detail"]["mode"], "append");
     let query = events
         .iter()
         .find(|e| e["action"] == "query" && e["partner"] == "pcc-kent" && e["outcome"] == "ok")

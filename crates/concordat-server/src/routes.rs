@@ -277,6 +277,12 @@ pub async fn upload(
     }];
     match upload_inner(&state, &caller, &name, q, headers, body).await {
         Ok((response, out, mode, bytes)) => {
+            // The agreements that granted this upload, as the handler checked them.
+            ev.agreements = state
+                .policies
+                .upload_grant(&caller.partner, &out.dataset, state.today())
+                .map(|g| g.agreements)
+                .unwrap_or_default();
             ev.outcome = "ok".into();
             ev.status = response.status().as_u16();
             ev.datasets = vec![DatasetVersion {
