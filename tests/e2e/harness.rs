@@ -64,6 +64,13 @@ impl Site {
         Site { dir }
     }
 
+    /// A site using the shipped policies plus one more agreement file.
+    pub fn with_agreement(file_name: &str, toml: &str) -> Site {
+        let site = Site::new();
+        std::fs::write(site.dir.path().join("policies").join(file_name), toml).expect("agreement");
+        site
+    }
+
     /// The configuration file.
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("concordat.toml")
