@@ -254,11 +254,6 @@ impl Policies {
         &self.agreements
     }
 
-    /// The agreement with this id.
-    pub fn agreement(&self, id: &str) -> Option<&Agreement> {
-        self.agreements.iter().find(|a| a.id == id)
-    }
-
     /// Agreements in force today under which the partner provides or receives data.
     pub fn in_force_for(&self, partner: &Partner, today: NaiveDate) -> Vec<&Agreement> {
         self.agreements
@@ -399,20 +394,6 @@ impl Policies {
             agreement: in_force[0].id.clone(),
             purposes: in_force[0].purposes.clone(),
         })
-    }
-
-    /// Datasets the partner may see today, for any purpose: read or upload.
-    pub fn visible_datasets(&self, partner: &Partner, today: NaiveDate) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for a in self.agreements.iter().filter(|a| a.in_force(today)) {
-            if a.recipients.contains(&partner.id, partner.kind) {
-                out.extend(a.read.keys().cloned());
-            }
-            if a.providers.contains(&partner.id, partner.kind) {
-                out.extend(a.upload.keys().cloned());
-            }
-        }
-        out
     }
 }
 

@@ -13,7 +13,7 @@ pub mod guard;
 pub mod policy_table;
 pub mod session;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -248,11 +248,6 @@ impl QueryService {
             active: Arc::new(Mutex::new(HashMap::new())),
             spill_dir,
         })
-    }
-
-    /// The limits.
-    pub fn limits(&self) -> &QueryLimits {
-        &self.limits
     }
 
     fn slot(&self, partner: &str) -> Result<Slot, QueryError> {
@@ -745,23 +740,4 @@ fn reference_table() -> datafusion::common::Result<Arc<dyn TableProvider>> {
     ));
     let batch = RecordBatch::try_new(schema.clone(), cols)?;
     Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
-}
-
-/// Names of the datasets each agreement lets the partner read for a purpose today.
-pub fn readable(
-    policies: &Policies,
-    partner: &Partner,
-    purpose: &str,
-    today: chrono::NaiveDate,
-) -> BTreeMap<String, Vec<String>> {
-    let mut out = BTreeMap::new();
-    for schema in Schemas::builtin().iter() {
-        if let Ok(grants) = policies.read_grants(partner, schema.name.as_str(), purpose, today) {
-            out.insert(
-                schema.name.to_string(),
-                grants.into_iter().map(|g| g.agreement).collect(),
-            );
-        }
-    }
-    out
 }
