@@ -276,13 +276,14 @@ pub async fn upload(
         version: None,
     }];
     match upload_inner(&state, &caller, &name, q, headers, body).await {
-        Ok((response, out, mode, bytes)) => {
-            // The agreements that granted this upload, as the handler checked them.
-            ev.agreements = state
-                .policies
-                .upload_grant(&caller.partner, &out.dataset, state.today())
-                .map(|g| g.agreements)
-                .unwrap_or_default();
+        Ok(Accepted {
+            response,
+            out,
+            mode,
+            bytes,
+            agreements,
+        }) => {
+            ev.agreements = agreements;
             ev.outcome = "ok".into();
             ev.status = response.status().as_u16();
             ev.datasets = vec![DatasetVersion {
@@ -301,6 +302,16 @@ pub async fn upload(
     }
 }
 
+/// An upload that committed (or was a duplicate), with what its audit event records.
+struct Accepted {
+    response: Response,
+    out: concordat_store::UploadOutcome,
+    mode: Mode,
+    bytes: u64,
+    /// Agreements that granted the upload.
+    agreements: Vec<String>,
+}
+
 async fn upload_inner(
     state: &Arc<AppState>,
     caller: &Caller,
@@ -308,7 +319,7 @@ async fn upload_inner(
     q: UploadQuery,
     headers: HeaderMap,
     body: Body,
-) -> AppResult<(Response, concordat_store::UploadOutcome, Mode, u64)> {
+) -> AppResult<Accepted> {
     let name = name.to_owned();
     let schema = Schemas::builtin()
         .get(&name)
@@ -374,7 +385,7 @@ async fn upload_inner(
             partner: caller.partner.id.to_string(),
             subject: caller.subject.clone(),
             agreements: grant.agreements.clone(),
-            scope: grant.filter.clone(),
+            scope: grant.filter,
             file,
         })
         .await;
@@ -384,12 +395,13 @@ async fn upload_inner(
                 .metrics
                 .uploads_duplicate
                 .fetch_add(1, Ordering::Relaxed);
-            Ok((
-                (StatusCode::OK, Json(json!(out))).into_response(),
+            Ok(Accepted {
+                response: (StatusCode::OK, Json(json!(out))).into_response(),
                 out,
                 mode,
                 bytes,
-            ))
+                agreements: grant.agreements,
+            })
         }
         Ok(out) => {
             state
@@ -405,12 +417,13 @@ async fn upload_inner(
             if let Some(o) = body.as_object_mut() {
                 o.remove("duplicate");
             }
-            Ok((
-                (StatusCode::CREATED, Json(body)).into_response(),
+            Ok(Accepted {
+                response: (StatusCode::CREATED, Json(body)).into_response(),
                 out,
                 mode,
                 bytes,
-            ))
+                agreements: grant.agreements,
+            })
         }
         Err(e) => {
             if matches!(e, StoreError::Validation(_)) {
