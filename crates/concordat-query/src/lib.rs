@@ -11,6 +11,7 @@
 
 pub mod guard;
 pub mod policy_table;
+pub mod sdc;
 pub mod session;
 
 use std::collections::{BTreeSet, HashMap};
@@ -34,6 +35,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 pub use policy_table::{PolicyBoundary, PolicyTable, TableView};
+pub use sdc::{Disclosure, MARKER};
 
 /// Limits on queries.
 #[derive(Debug, Clone)]
@@ -52,6 +54,8 @@ pub struct QueryLimits {
     pub threads: usize,
     /// Queries running at once across all partners; others wait (within their timeout).
     pub concurrent: usize,
+    /// Most groups an aggregate over aggregate-only data may produce.
+    pub max_groups: usize,
 }
 
 impl Default for QueryLimits {
@@ -64,6 +68,7 @@ impl Default for QueryLimits {
             per_partner: 4,
             threads: 2,
             concurrent: 4,
+            max_groups: 100_000,
         }
     }
 }
@@ -158,6 +163,8 @@ pub struct QueryRun {
     pub datasets: Vec<DatasetRead>,
     /// Agreements applied.
     pub agreements: Vec<String>,
+    /// What disclosure control did, when the query read aggregate-only data.
+    pub disclosure: Option<Disclosure>,
     /// Result batches; an error ends the stream.
     pub batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
     _slot: Slot,
@@ -168,6 +175,7 @@ struct Planned {
     schema: SchemaRef,
     datasets: Vec<DatasetRead>,
     agreements: Vec<String>,
+    disclosure: Option<Disclosure>,
 }
 
 /// Counts a partner's running queries; released on drop.
@@ -198,6 +206,7 @@ pub struct QueryService {
     active: Arc<Mutex<HashMap<String, usize>>>,
     running: Arc<tokio::sync::Semaphore>,
     spill_dir: PathBuf,
+    ledger: Arc<sdc::ledger::Ledger>,
 }
 
 impl std::fmt::Debug for QueryService {
@@ -238,7 +247,12 @@ impl QueryService {
             .build()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         let running = Arc::new(tokio::sync::Semaphore::new(limits.concurrent.max(1)));
+        let ledger = Arc::new(
+            sdc::ledger::Ledger::open(&store.config().data_dir.join("ledger"))
+                .map_err(|e| QueryError::Internal(e.to_string()))?,
+        );
         Ok(QueryService {
+            ledger,
             running,
             store,
             audit,
@@ -313,6 +327,7 @@ impl QueryService {
             today,
             limits: self.limits.clone(),
             spill_dir: self.spill_dir.clone(),
+            ledger: self.ledger.clone(),
         };
         let sql = sql.to_owned();
         let timeout = self.limits.timeout;
@@ -360,6 +375,7 @@ impl QueryService {
             schema: planned.schema,
             datasets: planned.datasets,
             agreements: planned.agreements,
+            disclosure: planned.disclosure,
             batches: rx,
             _slot: slot,
             _permit: permit,
@@ -387,9 +403,10 @@ struct Context {
     today: chrono::NaiveDate,
     limits: QueryLimits,
     spill_dir: PathBuf,
+    ledger: Arc<sdc::ledger::Ledger>,
 }
 
-fn sql_error(e: DataFusionError) -> QueryError {
+pub(crate) fn sql_error(e: DataFusionError) -> QueryError {
     let text = e.strip_backtrace();
     let text = text
         .trim_start_matches("Error during planning: ")
@@ -400,7 +417,7 @@ fn sql_error(e: DataFusionError) -> QueryError {
 }
 
 /// Maps an error raised while evaluating data to a message that names no value.
-fn classify(e: &DataFusionError) -> QueryError {
+pub(crate) fn classify(e: &DataFusionError) -> QueryError {
     tracing::debug!(error = %e, "query execution error");
     use arrow::error::ArrowError as A;
     match e.find_root() {
@@ -439,6 +456,7 @@ impl Context {
         let mut datasets = Vec::new();
         let mut agreements = BTreeSet::new();
         let mut seen = BTreeSet::new();
+        let mut controlled = HashMap::new();
         for r in refs {
             if r.schema().is_some() || r.catalog().is_some() {
                 continue;
@@ -447,11 +465,14 @@ impl Context {
             if !seen.insert(name.clone()) {
                 continue;
             }
-            if let Some((provider, read, used)) = self.provide(&ctx, &name).await? {
-                ctx.register_table(name.as_str(), provider)
+            if let Some(provided) = self.provide(&ctx, &name).await? {
+                ctx.register_table(name.as_str(), provided.table)
                     .map_err(|e| QueryError::Internal(e.to_string()))?;
-                datasets.push(read);
-                agreements.extend(used);
+                datasets.push(provided.read);
+                agreements.extend(provided.agreements);
+                if let Some(c) = provided.controlled {
+                    controlled.insert(name.clone(), c);
+                }
             }
         }
         let state = ctx.state();
@@ -463,6 +484,24 @@ impl Context {
             .verify_plan(&plan)
             .map_err(|_| QueryError::NotAllowed("only read queries are allowed".into()))?;
         guard::check_plan(&plan).map_err(QueryError::NotAllowed)?;
+        let (plan, disclosure) = if controlled.is_empty() {
+            (plan, None)
+        } else {
+            let optimized = state.optimize(&plan).map_err(sql_error)?;
+            let ledger = self
+                .ledger
+                .partner(self.partner.id.as_str())
+                .map_err(|e| QueryError::Internal(e.to_string()))?;
+            let (plan, disclosure) = sdc::release(
+                optimized,
+                &state,
+                &controlled,
+                ledger,
+                self.limits.max_groups,
+            )
+            .await?;
+            (plan, Some(disclosure))
+        };
         let physical = state.create_physical_plan(&plan).await.map_err(sql_error)?;
         guard::check_physical(physical.as_ref()).map_err(QueryError::NotAllowed)?;
         let schema = physical.schema();
@@ -473,6 +512,7 @@ impl Context {
                 schema,
                 datasets,
                 agreements: agreements.into_iter().collect(),
+                disclosure,
             },
             stream,
         ))
@@ -484,7 +524,7 @@ impl Context {
         &self,
         ctx: &SessionContext,
         name: &str,
-    ) -> Result<Option<(Arc<dyn TableProvider>, DatasetRead, Vec<String>)>, QueryError> {
+    ) -> Result<Option<Provided>, QueryError> {
         if name == AUDIT_TABLE {
             return self.audit_table();
         }
@@ -514,23 +554,60 @@ impl Context {
             .iter()
             .filter(|g| g.terms.access == Access::Record)
             .collect();
-        if record.is_empty() {
-            let agreement = &grants[0].agreement;
-            return Err(QueryError::Refused {
-                code: "aggregate_only",
-                message: format!(
-                    "{name}: agreement `{agreement}` allows aggregate answers only, under statistical disclosure control, which this gateway does not yet provide for SQL; no record-level query is run"
-                ),
-            });
-        }
+        // Record access wins where both are granted; otherwise the aggregate grants apply.
+        let (chosen, controlled) = if record.is_empty() {
+            let aggregate: Vec<_> = grants.iter().collect();
+            let Some(person_column) = schema.person_column.clone() else {
+                return Ok(None);
+            };
+            let controlled = sdc::Controlled {
+                dataset: name.to_owned(),
+                agreements: aggregate.iter().map(|g| g.agreement.clone()).collect(),
+                min_count: aggregate
+                    .iter()
+                    .map(|g| u64::from(g.terms.min_count))
+                    .max()
+                    .unwrap_or(10),
+                round_to: aggregate
+                    .iter()
+                    .map(|g| u64::from(g.terms.round_to))
+                    .max()
+                    .unwrap_or(5),
+                person_column,
+                pseudonyms: schema
+                    .columns
+                    .iter()
+                    .filter(|c| c.pseudonym)
+                    .map(|c| c.name.clone())
+                    .collect(),
+                domains: schema
+                    .columns
+                    .iter()
+                    .filter_map(|c| Some((c.name.clone(), c.allowed.clone()?)))
+                    .collect(),
+            };
+            (aggregate, Some(controlled))
+        } else {
+            (record, None)
+        };
         let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
-        let Some(combined) = CombinedView::of(&record, &columns) else {
+        let Some(combined) = CombinedView::of(&chosen, &columns) else {
             return Ok(None);
         };
+        let mut rules = combined.rules;
+        if let Some(c) = &controlled {
+            // Under disclosure control the pseudonym is never shown, so it stays in the
+            // table as a join key and the person count even where an agreement hides it.
+            for (column, rule) in &mut rules {
+                if c.pseudonyms.contains(column) {
+                    *rule = None;
+                }
+            }
+        }
         let view = TableView {
             scope: combined.scope,
             force_column: schema.force_column.clone(),
-            rules: combined.rules,
+            rules,
         };
         let used = combined.agreements;
         let (inner, version): (Arc<dyn TableProvider>, Option<u64>) =
@@ -562,26 +639,32 @@ impl Context {
                     Err(e) => return Err(QueryError::Internal(e.to_string())),
                 }
             };
-        let provider: Arc<dyn TableProvider> = Arc::new(PolicyTable::new(inner, view));
-        Ok(Some((
-            provider,
-            DatasetRead {
+        Ok(Some(Provided {
+            table: Arc::new(PolicyTable::new(inner, view)),
+            read: DatasetRead {
                 dataset: name.to_owned(),
                 version,
             },
-            used,
-        )))
+            agreements: used,
+            controlled,
+        }))
     }
+}
+
+/// A table as one caller sees it.
+struct Provided {
+    table: Arc<dyn TableProvider>,
+    read: DatasetRead,
+    agreements: Vec<String>,
+    /// Disclosure terms, when the caller may see it as aggregates only.
+    controlled: Option<sdc::Controlled>,
 }
 
 const AUDIT_TABLE: &str = "audit_log";
 
 impl Context {
     /// The audit events the caller's audit agreements show, as a table.
-    #[allow(clippy::type_complexity)]
-    fn audit_table(
-        &self,
-    ) -> Result<Option<(Arc<dyn TableProvider>, DatasetRead, Vec<String>)>, QueryError> {
+    fn audit_table(&self) -> Result<Option<Provided>, QueryError> {
         let Some(log) = &self.audit else {
             return Ok(None);
         };
@@ -613,14 +696,15 @@ impl Context {
             })
             .map(|a| a.id.clone())
             .collect();
-        Ok(Some((
+        Ok(Some(Provided {
             table,
-            DatasetRead {
+            read: DatasetRead {
                 dataset: AUDIT_TABLE.into(),
                 version: None,
             },
             agreements,
-        )))
+            controlled: None,
+        }))
     }
 }
 

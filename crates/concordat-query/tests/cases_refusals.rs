@@ -72,7 +72,7 @@ async fn purposes_dates_and_visibility_are_enforced() {
         "an invisible dataset is exactly an unknown one"
     );
     for sql in [
-        "SELECT count(*) FROM reoffending_cohort",
+        "SELECT * FROM reoffending_cohort",
         "SELECT * FROM court_timeliness",
     ] {
         let err = w

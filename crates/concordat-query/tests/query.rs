@@ -1,5 +1,6 @@
 //! Policy-enforced SQL against synthetic data in a real store, case by case.
 
+mod cases_disclosure;
 mod cases_refusals;
 mod cases_scope;
 mod support;

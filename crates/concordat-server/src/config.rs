@@ -56,6 +56,8 @@ pub struct QuerySettings {
     pub threads: usize,
     /// Queries running at once across all partners.
     pub concurrent: usize,
+    /// Most groups an aggregate over aggregate-only data may produce.
+    pub max_groups: usize,
 }
 
 impl Default for QuerySettings {
@@ -69,6 +71,7 @@ impl Default for QuerySettings {
             max_json_rows: 10_000,
             threads: 2,
             concurrent: 4,
+            max_groups: 100_000,
         }
     }
 }

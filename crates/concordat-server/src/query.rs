@@ -105,7 +105,20 @@ pub async fn query(
                 return Err(audited::refused(&state, ev, started, ApiError::internal(e)).await);
             }
         };
-    let disclosure = json!({"access": "record", "agreements": run.agreements, "suppressed_cells": 0, "rounding": null});
+    let disclosure = match &run.disclosure {
+        Some(d) => serde_json::to_value(d).map_err(ApiError::internal)?,
+        None => json!({"access": "record", "agreements": run.agreements, "suppressed_cells": 0, "rounding": null}),
+    };
+    let disclosure_header = run.disclosure.as_ref().map(|d| {
+        format!(
+            "suppressed_cells={}; min_count={}; round_to={}; agreements={}",
+            d.suppressed_cells,
+            d.min_count,
+            d.round_to,
+            d.agreements.join(",")
+        )
+    });
+    let audit_disclosure = run.disclosure.is_some().then(|| disclosure.clone());
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let task_state = state.clone();
     tokio::spawn(async move {
@@ -144,8 +157,11 @@ pub async fn query(
             bytes += t.len() as u64;
         }
         ev.bytes = Some(bytes);
-        ev.detail =
-            Some(json!({"format": format!("{format:?}").to_lowercase(), "truncated": truncated}));
+        ev.detail = Some(json!({
+            "format": format!("{format:?}").to_lowercase(),
+            "truncated": truncated,
+            "disclosure": audit_disclosure,
+        }));
         match (&failure, sent_ok) {
             (Some(err), _) => {
                 ev.outcome = "failed".into();
@@ -190,9 +206,13 @@ pub async fn query(
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
-    Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, format.content_type())
+        .header(header::CONTENT_TYPE, format.content_type());
+    if let Some(h) = disclosure_header {
+        response = response.header("concordat-disclosure", h);
+    }
+    response
         .body(Body::from_stream(stream))
         .map_err(ApiError::internal)
 }

@@ -169,6 +169,7 @@ impl AppState {
             per_partner: q.per_partner,
             threads: q.threads,
             concurrent: q.concurrent,
+            max_groups: q.max_groups,
         };
         let query =
             QueryService::with_audit(store.clone(), Some(audit.clone()), policies.clone(), limits)
