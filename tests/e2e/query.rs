@@ -195,7 +195,7 @@ fn query_status_codes_follow_the_contract() {
         (
             "aggregate only",
             kent.clone(),
-            "SELECT count(*) FROM reoffending_cohort",
+            "SELECT person_id FROM reoffending_cohort",
             "reducing-reoffending",
             403,
             "aggregate_only",
@@ -593,4 +593,101 @@ fn the_case_table_holds_over_http() {
             ),
         }
     }
+}
+
+#[test]
+fn aggregate_answers_carry_their_disclosure_record_in_every_format_and_in_the_audit() {
+    let (site, server) = loaded(&[]);
+    let kent = site.token("pcc-kent", "analyst");
+    let sql = "SELECT age_band, count(*) AS offenders FROM reoffending_cohort WHERE sex = 'female' GROUP BY age_band ORDER BY age_band";
+    let (status, body) = json(post_query(
+        &server,
+        &kent,
+        sql,
+        "reducing-reoffending",
+        "application/json",
+    ));
+    assert_eq!(status, 200, "{body}");
+    let d = &body["disclosure"];
+    assert_eq!(d["access"], "aggregate");
+    assert_eq!(d["min_count"], 10);
+    assert_eq!(d["round_to"], 5);
+    assert_eq!(d["agreements"][0], "probation-pcc-reoffending-mou");
+    assert_eq!(d["marker_column"], "_suppressed");
+    let suppressed = d["suppressed_cells"].as_u64().expect("suppressed");
+    assert!(suppressed > 0, "{d}");
+    // Each of the ten age bands is shown; withheld ones are null and marked.
+    let rows = body["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 10, "{body}");
+    let mut marked = 0;
+    for r in rows {
+        let n = &r[1];
+        if r[2] == true {
+            marked += 1;
+            assert!(n.is_null(), "{r}");
+        } else {
+            let n = n.as_i64().expect("count");
+            assert!(n >= 10 && n % 5 == 0, "{r}");
+        }
+    }
+    assert_eq!(marked as u64, suppressed);
+
+    let csv = post_query(&server, &kent, sql, "reducing-reoffending", "text/csv");
+    assert_eq!(csv.status().as_u16(), 200);
+    let header = csv
+        .headers()
+        .get("concordat-disclosure")
+        .expect("disclosure header")
+        .to_str()
+        .expect("text")
+        .to_owned();
+    assert!(header.contains(&format!("suppressed_cells={suppressed}")), "{header}");
+    let text = csv.text().expect("csv");
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    assert_eq!(
+        reader.headers().expect("header").iter().collect::<Vec<_>>(),
+        vec!["age_band", "offenders", "_suppressed"]
+    );
+    let marked_csv = reader
+        .records()
+        .map(|r| r.expect("record"))
+        .filter(|r| &r[2] == "true")
+        .inspect(|r| assert_eq!(&r[1], "", "a withheld count is empty in CSV"))
+        .count();
+    assert_eq!(marked_csv as u64, suppressed);
+
+    let (status, audit) = get(
+        &server,
+        &site.token("operator", "auditor"),
+        "/v1/audit?limit=1000",
+    );
+    assert_eq!(status, 200);
+    let event = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .rfind(|e| e["action"] == "query" && e["outcome"] == "ok")
+        .expect("query event")
+        .clone();
+    let recorded = &event["detail"]["disclosure"];
+    assert_eq!(recorded["suppressed_cells"], suppressed, "{event}");
+    assert_eq!(recorded["agreements"][0], "probation-pcc-reoffending-mou");
+
+    // Record-level rows are still refused, with the agreement named.
+    let (status, body) = json(post_query(
+        &server,
+        &kent,
+        "SELECT age_band FROM reoffending_cohort",
+        "reducing-reoffending",
+        "application/json",
+    ));
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "aggregate_only");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("probation-pcc-reoffending-mou"),
+        "{body}"
+    );
 }
