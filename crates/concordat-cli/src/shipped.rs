@@ -1,7 +1,7 @@
 //! The shipped policies, compiled in so `concordat demo` works from any directory.
 
 /// File name and text of every file in `policies/`.
-pub const POLICIES: [(&str, &str); 15] = [
+pub const POLICIES: [(&str, &str); 16] = [
     (
         "partners.toml",
         include_str!("../../../policies/partners.toml"),
@@ -33,6 +33,10 @@ pub const POLICIES: [(&str, &str); 15] = [
     (
         "force-context-deposit.toml",
         include_str!("../../../policies/force-context-deposit.toml"),
+    ),
+    (
+        "most-similar-groups.toml",
+        include_str!("../../../policies/most-similar-groups.toml"),
     ),
     (
         "force-performance-deposit.toml",

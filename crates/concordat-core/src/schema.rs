@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::CoreError;
 use crate::names::{DatasetName, PartnerKind};
 
-const BUILTIN: [(&str, &str); 7] = [
+const BUILTIN: [(&str, &str); 8] = [
     (
         "reoffending_cohort",
         include_str!("../../../schemas/reoffending_cohort.json"),
@@ -39,6 +39,10 @@ const BUILTIN: [(&str, &str); 7] = [
     (
         "force_efficiency",
         include_str!("../../../schemas/force_efficiency.json"),
+    ),
+    (
+        "most_similar_groups",
+        include_str!("../../../schemas/most_similar_groups.json"),
     ),
 ];
 
@@ -383,8 +387,8 @@ mod tests {
                 .expect("builtin");
             assert_eq!(builtin.columns.len(), schema.columns.len());
         }
-        assert_eq!(files, 7);
-        assert_eq!(Schemas::builtin().iter().count(), 7);
+        assert_eq!(files, 8);
+        assert_eq!(Schemas::builtin().iter().count(), 8);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! pool, a capped spill directory, a deadline that cancels the work, a per-partner
 //! concurrency limit, and errors that never carry a data value.
 
+pub mod efficiency;
 pub mod guard;
 pub mod policy_table;
 pub mod sdc;

@@ -173,6 +173,10 @@ pub struct VersionInfo {
     /// Agreements that granted the upload.
     #[serde(default)]
     pub agreements: Vec<String>,
+    /// For a derived dataset: the version of each input it was built from (`null`: the
+    /// input had no data).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sources: std::collections::BTreeMap<String, Option<u64>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -186,6 +190,8 @@ struct Provenance {
     bytes: u64,
     agreements: Vec<String>,
     uploaded_at: String,
+    #[serde(default)]
+    sources: std::collections::BTreeMap<String, Option<u64>>,
 }
 
 /// Versioned datasets on local disk.
@@ -379,6 +385,10 @@ impl Store {
                 rows: prov.as_ref().map(|p| p.rows),
                 periods: prov.as_ref().map(|p| p.periods.clone()).unwrap_or_default(),
                 sha256: prov.as_ref().map(|p| p.sha256.clone()),
+                sources: prov
+                    .as_ref()
+                    .map(|p| p.sources.clone())
+                    .unwrap_or_default(),
                 agreements: prov.map(|p| p.agreements).unwrap_or_default(),
             });
         }
@@ -406,6 +416,54 @@ impl Store {
             .await
             .map_err(StoreError::internal)?;
         Ok(metrics.files_deleted.len())
+    }
+
+    /// Replaces the whole of a derived dataset with `batches`, as one new version that
+    /// records the input versions it was built from. Readers see the old rows or the new,
+    /// never a mixture.
+    pub async fn write_derived(
+        &self,
+        dataset: &str,
+        batches: Vec<arrow::array::RecordBatch>,
+        sources: std::collections::BTreeMap<String, Option<u64>>,
+    ) -> Result<u64, StoreError> {
+        let lock = self.lock_for(dataset);
+        let _guard = lock.lock().await;
+        let table = self.open_table(dataset).await?;
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let provenance = Provenance {
+            partner: "concordat".into(),
+            subject: "efficiency rebuild".into(),
+            mode: "derived".into(),
+            rows,
+            periods: Vec::new(),
+            sha256: String::new(),
+            bytes: 0,
+            agreements: Vec::new(),
+            uploaded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            sources,
+        };
+        let properties = CommitProperties::default().with_metadata([(
+            PROVENANCE_KEY.to_owned(),
+            serde_json::to_value(&provenance).map_err(StoreError::internal)?,
+        )]);
+        let retention = format!("interval {} days", self.cfg.log_retention_days);
+        let ctx = deltalake::delta_datafusion::create_session().into_inner();
+        let written = table
+            .write(batches)
+            .with_session_state(Arc::new(ctx.state()))
+            .with_save_mode(SaveMode::Overwrite)
+            .with_commit_properties(properties)
+            .with_table_name(dataset)
+            .with_configuration([
+                ("delta.logRetentionDuration", Some(retention.clone())),
+                ("delta.deletedFileRetentionDuration", Some(retention)),
+            ])
+            .await
+            .map_err(StoreError::internal)?;
+        written
+            .version()
+            .ok_or_else(|| StoreError::Internal("commit left no version".into()))
     }
 
     fn lock_for(&self, dataset: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -494,6 +552,7 @@ impl Store {
             bytes: req.file.bytes,
             agreements: req.agreements.clone(),
             uploaded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            sources: Default::default(),
         };
         let version = self.commit(table, &req, &periods, provenance).await?;
         Ok(UploadOutcome {
