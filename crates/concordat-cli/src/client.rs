@@ -67,8 +67,6 @@ pub async fn query(
     sql: &str,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    use tokio::io::AsyncWriteExt;
     let accept = match format {
         "json" => "application/json",
         "ndjson" => "application/x-ndjson",
@@ -86,11 +84,48 @@ pub async fn query(
         .send()
         .await
         .with_context(|| format!("cannot reach {url}"))?;
+    download(resp, "query", out).await
+}
+
+/// Downloads the police efficiency extract for one financial year.
+pub async fn extract_efficiency(
+    base: &str,
+    token: &str,
+    financial_year: &str,
+    format: &str,
+    purpose: Option<&str>,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let url = format!("{}/v1/extracts/efficiency", base.trim_end_matches('/'));
+    let mut query = vec![("financial_year", financial_year), ("format", format)];
+    if let Some(p) = purpose {
+        query.push(("purpose", p));
+    }
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token)
+        .query(&query)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    if let (Some(m), Some(path)) = (resp.headers().get("concordat-manifest"), out) {
+        // A CSV's manifest travels in a header; keep it beside the file.
+        let manifest = path.with_extension("manifest.json");
+        tokio::fs::write(&manifest, m.as_bytes())
+            .await
+            .with_context(|| format!("cannot write {}", manifest.display()))?;
+    }
+    download(resp, "extract", out).await
+}
+
+async fn download(resp: reqwest::Response, what: &str, out: Option<&Path>) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
     if !resp.status().is_success() {
         let status = resp.status().as_u16();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         let answer = Answer { status, body };
-        return expect_success(&answer, "query");
+        return expect_success(&answer, what);
     }
     let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin> = match out {
         Some(p) => Box::new(

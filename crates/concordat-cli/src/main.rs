@@ -113,6 +113,12 @@ enum Command {
         /// The SQL.
         sql: String,
     },
+    /// Download an extract (the police efficiency dataset for one financial year).
+    Extract {
+        /// What to extract.
+        #[command(subcommand)]
+        what: ExtractCommand,
+    },
     /// Validate one upload described on standard input (started by the server).
     #[command(hide = true)]
     ValidateWorker,
@@ -135,6 +141,32 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExtractCommand {
+    /// The police efficiency dataset for one financial year, with its manifest (inside
+    /// the file for parquet, xlsx and json; beside it as FILE.manifest.json for csv).
+    Efficiency {
+        /// Gateway base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Bearer token.
+        #[arg(long, env = "CONCORDAT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Financial year, YYYY-YY.
+        #[arg(long)]
+        financial_year: String,
+        /// csv, parquet, xlsx or json.
+        #[arg(long, default_value = "xlsx")]
+        format: String,
+        /// Purpose (default: the first your agreements permit for this dataset).
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -440,6 +472,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &purpose,
             &format,
             &sql,
+            out.as_deref(),
+        )),
+        Command::Extract {
+            what:
+                ExtractCommand::Efficiency {
+                    url,
+                    token,
+                    financial_year,
+                    format,
+                    purpose,
+                    out,
+                },
+        } => runtime.block_on(client::extract_efficiency(
+            &url,
+            &token,
+            &financial_year,
+            &format,
+            purpose.as_deref(),
             out.as_deref(),
         )),
         Command::Audit {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod encode;
 pub mod error;
+pub mod extract;
 pub mod query;
 pub mod routes;
 pub mod state;
@@ -35,6 +36,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/datasets/{name}/uploads", post(routes::upload))
         .route("/v1/query", post(query::query))
         .route("/v1/audit", get(routes::audit))
+        .route("/v1/extracts/efficiency", get(extract::efficiency))
         .fallback(routes::not_found)
         .layer(middleware::from_fn(
             move |req: axum::extract::Request, next: Next| {
@@ -59,6 +61,7 @@ pub async fn serve(
 ) -> Result<(), String> {
     let listen = config.listen;
     let state = AppState::new(config, worker)?;
+    state.spawn_efficiency_rebuilder();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

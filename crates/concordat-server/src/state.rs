@@ -36,6 +36,10 @@ pub struct Metrics {
     pub queries_refused: AtomicU64,
     /// Rows returned by queries.
     pub query_rows: AtomicU64,
+    /// New versions of `force_efficiency`.
+    pub efficiency_rebuilds: AtomicU64,
+    /// Extracts delivered.
+    pub extracts: AtomicU64,
 }
 
 impl Metrics {
@@ -97,6 +101,16 @@ impl Metrics {
                 "Rows returned by queries.",
                 &self.query_rows,
             ),
+            (
+                "concordat_efficiency_rebuilds_total",
+                "New versions of force_efficiency built after an input changed.",
+                &self.efficiency_rebuilds,
+            ),
+            (
+                "concordat_extracts_total",
+                "Efficiency extracts delivered.",
+                &self.extracts,
+            ),
         ] {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
@@ -124,6 +138,8 @@ pub struct AppState {
     pub verifier: Verifier,
     /// Counters.
     pub metrics: Metrics,
+    /// Wakes the `force_efficiency` rebuilder (after an input commits).
+    pub efficiency: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -182,6 +198,7 @@ impl AppState {
             query,
             verifier,
             metrics: Metrics::default(),
+            efficiency: Arc::new(tokio::sync::Notify::new()),
         }))
     }
 
@@ -210,5 +227,41 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         Ok(state
             .verifier
             .verify(token.trim(), state.policies.partners())?)
+    }
+}
+
+impl AppState {
+    /// The strictest `min_count` of any aggregate-only grant on record-level data: the
+    /// threshold the derived efficiency dataset applies to its record-level inputs.
+    pub fn derived_min_count(&self) -> u64 {
+        self.policies
+            .agreements()
+            .iter()
+            .flat_map(|a| a.read.values())
+            .filter(|r| r.access == concordat_policy::Access::Aggregate)
+            .map(|r| u64::from(r.min_count))
+            .max()
+            .unwrap_or(10)
+    }
+
+    /// Rebuilds `force_efficiency` whenever woken, and once at start (which catches up
+    /// after a crash between an input's commit and its rebuild). Wake-ups that arrive
+    /// during a rebuild coalesce into one more.
+    pub fn spawn_efficiency_rebuilder(self: &Arc<Self>) {
+        let state = self.clone();
+        state.efficiency.notify_one();
+        tokio::spawn(async move {
+            loop {
+                state.efficiency.notified().await;
+                match concordat_query::efficiency::rebuild(&state.store, state.derived_min_count()).await {
+                    Ok(Some(version)) => {
+                        state.metrics.efficiency_rebuilds.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(version, "force_efficiency rebuilt");
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %e, "force_efficiency rebuild failed"),
+                }
+            }
+        });
     }
 }
