@@ -672,6 +672,16 @@ pub async fn rebuild(store: &Store, min_count: u64) -> Result<Option<u64>, Build
     if versions.values().all(Option::is_none) {
         return Ok(None);
     }
+    // Years come from every input with a financial year in it.
+    let mut years: Vec<String> = years
+        .into_iter()
+        .chain(inputs.neighbourhood.keys().map(|(_, y)| y.clone()))
+        .chain(inputs.satisfaction.keys().map(|(_, y)| y.clone()))
+        .chain(inputs.court.keys().map(|(_, y)| y.clone()))
+        .chain(inputs.reoffending.keys().map(|(_, y)| y.clone()))
+        .collect();
+    years.sort();
+    years.dedup();
     let rows = compute(&inputs, &years, min_count);
     let batch = to_batch(&rows).map_err(q)?;
     let version = store.write_derived(DATASET, vec![batch], versions).await?;

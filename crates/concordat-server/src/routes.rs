@@ -239,6 +239,7 @@ pub async fn dataset(
                     "partner": ver.partner, "subject": if own { ver.subject } else { None },
                     "mode": ver.mode, "rows": ver.rows, "periods": ver.periods, "sha256": ver.sha256,
                     "agreements": ver.agreements,
+                    "sources": if ver.sources.is_empty() { None } else { Some(ver.sources) },
                 })
             })
             .collect()
