@@ -192,6 +192,10 @@ Try, in another shell after pasting the exports:
   concordat upload --url {base} --token "$PROBATION_TOKEN" --mode replace_periods reoffending_cohort {dir}/synth/reoffending_cohort.parquet
   # Kent Police may upload only Kent rows: Essex's file is refused with 422 and the rows named
   concordat upload --url {base} --token "$KENT_FORCE_TOKEN" force_performance {dir}/synth/force_performance/essex.parquet
+  # Reoffending is aggregate-only for a PCC: real SQL, small cells withheld, counts rounded
+  concordat query --url {base} --token "$KENT_PCC_TOKEN" --purpose reducing-reoffending "SELECT age_band, count(*) AS offenders, avg(CASE WHEN reoffended THEN 100.0 ELSE 0 END) AS pct_reoffending FROM reoffending_cohort WHERE cohort_quarter LIKE '2023%' GROUP BY age_band ORDER BY age_band"
+  # HMICFRS: the efficiency comparison for 2023-24 as a spreadsheet (data + notes sheets)
+  concordat extract efficiency --url {base} --token "$HMICFRS_TOKEN" --financial-year 2023-24 --format xlsx --out efficiency-2023-24.xlsx
 
 Press Ctrl-C to stop.
 "#
