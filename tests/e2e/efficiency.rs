@@ -20,11 +20,16 @@ fn built_from(server: &Server, token: &str, input: &str, version: u64) -> serde_
         let (status, body) = get(server, token, "/v1/datasets/force_efficiency");
         assert_eq!(status, 200, "{body}");
         if let Some(latest) = body["versions"].as_array().and_then(|v| v.first())
-            && latest["sources"][input].as_u64().is_some_and(|v| v >= version)
+            && latest["sources"][input]
+                .as_u64()
+                .is_some_and(|v| v >= version)
         {
             return latest.clone();
         }
-        assert!(Instant::now() < deadline, "no rebuild naming {input} v{version}: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "no rebuild naming {input} v{version}: {body}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -131,7 +136,11 @@ fn efficiency_is_rebuilt_after_each_input_and_every_extract_format_holds_the_sam
     assert_eq!(manifest["sources"]["reoffending_cohort"], reo_version);
     assert_eq!(manifest["sources"]["force_resources"], resources_version);
     assert_eq!(manifest["dataset_version"], second["version"]);
-    assert!(manifest["agreements"].as_array().is_some_and(|a| !a.is_empty()));
+    assert!(
+        manifest["agreements"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    );
     assert_eq!(manifest["disclosure"]["min_count"], 10);
     assert_eq!(manifest["metrics"].as_array().map(Vec::len), Some(9));
     let columns: Vec<&str> = doc["columns"]
@@ -194,17 +203,21 @@ fn efficiency_is_rebuilt_after_each_input_and_every_extract_format_holds_the_sam
     for rec in reader.records() {
         let rec = rec.expect("record");
         from_csv.insert(
-            (rec[col("pfa_code")].to_owned(), rec[col("metric")].to_owned()),
+            (
+                rec[col("pfa_code")].to_owned(),
+                rec[col("metric")].to_owned(),
+            ),
             rec[col("value")].parse::<f64>().ok(),
         );
     }
     same(&from_csv, &from_json, "CSV and JSON hold the same numbers");
 
     // Parquet, read with the parquet reader; the manifest in its metadata.
-    let bytes = extract(&server, &hmicfrs, "parquet").bytes().expect("parquet");
-    let builder =
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .expect("parquet file");
+    let bytes = extract(&server, &hmicfrs, "parquet")
+        .bytes()
+        .expect("parquet");
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .expect("parquet file");
     let kv = builder
         .metadata()
         .file_metadata()
@@ -236,17 +249,29 @@ fn efficiency_is_rebuilt_after_each_input_and_every_extract_format_holds_the_sam
             );
         }
     }
-    same(&from_parquet, &from_json, "Parquet and JSON hold the same numbers");
+    same(
+        &from_parquet,
+        &from_json,
+        "Parquet and JSON hold the same numbers",
+    );
 
     // Excel, read with an xlsx reader: a data sheet with numbers, a notes sheet.
     use calamine::Reader;
     let bytes = extract(&server, &hmicfrs, "xlsx").bytes().expect("xlsx");
     let mut book: calamine::Xlsx<_> =
         calamine::open_workbook_from_rs(std::io::Cursor::new(bytes.to_vec())).expect("xlsx file");
-    assert_eq!(book.sheet_names(), vec!["data".to_owned(), "notes".to_owned()]);
+    assert_eq!(
+        book.sheet_names(),
+        vec!["data".to_owned(), "notes".to_owned()]
+    );
     let data = book.worksheet_range("data").expect("data sheet");
     let mut rows = data.rows();
-    let head: Vec<String> = rows.next().expect("header").iter().map(|c| c.to_string()).collect();
+    let head: Vec<String> = rows
+        .next()
+        .expect("header")
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     let xc = |name: &str| head.iter().position(|c| c == name).expect("xlsx column");
     let mut from_xlsx = Values::new();
     for r in rows {
@@ -256,11 +281,21 @@ fn efficiency_is_rebuilt_after_each_input_and_every_extract_format_holds_the_sam
             calamine::Data::Empty => None,
             other => panic!("value cell is not a number: {other:?}"),
         };
-        from_xlsx.insert((r[xc("pfa_code")].to_string(), r[xc("metric")].to_string()), value);
+        from_xlsx.insert(
+            (r[xc("pfa_code")].to_string(), r[xc("metric")].to_string()),
+            value,
+        );
     }
-    same(&from_xlsx, &from_json, "Excel and JSON hold the same numbers");
+    same(
+        &from_xlsx,
+        &from_json,
+        "Excel and JSON hold the same numbers",
+    );
     let notes = book.worksheet_range("notes").expect("notes sheet");
-    let text: Vec<String> = notes.rows().flat_map(|r| r.iter().map(|c| c.to_string())).collect();
+    let text: Vec<String> = notes
+        .rows()
+        .flat_map(|r| r.iter().map(|c| c.to_string()))
+        .collect();
     assert!(text.iter().any(|t| t == "sources"), "{text:?}");
     assert!(text.iter().any(|t| t == "proportion_reoffending_pct"));
 
@@ -308,7 +343,11 @@ fn efficiency_is_rebuilt_after_each_input_and_every_extract_format_holds_the_sam
     assert!((essex_value - kent_msg).abs() < 1e-9, "{body}");
 
     // Audited like a query; a bad year is a clear 400; no role, 403.
-    let (status, audit) = get(&server, &site.token("operator", "auditor"), "/v1/audit?limit=1000");
+    let (status, audit) = get(
+        &server,
+        &site.token("operator", "auditor"),
+        "/v1/audit?limit=1000",
+    );
     assert_eq!(status, 200);
     let extracts: Vec<_> = audit["events"]
         .as_array()
@@ -321,7 +360,10 @@ fn efficiency_is_rebuilt_after_each_input_and_every_extract_format_holds_the_sam
     assert_eq!(extracts[0]["datasets"][0]["version"], second["version"]);
     let (status, body) = json(
         client()
-            .get(format!("{}/v1/extracts/efficiency?financial_year=2023-25&format=csv", server.url))
+            .get(format!(
+                "{}/v1/extracts/efficiency?financial_year=2023-25&format=csv",
+                server.url
+            ))
             .bearer_auth(&hmicfrs)
             .send()
             .expect("bad year"),

@@ -24,7 +24,11 @@ pub fn binary() -> PathBuf {
 
 /// The repository's `policies/`.
 pub fn shipped_policies() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+    Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+    )
+    .join("../policies")
 }
 
 /// A scratch directory with a configuration, an HS256 development secret and policies.
@@ -123,6 +127,7 @@ impl Site {
         Server {
             child,
             url: url.to_owned(),
+            log: self.dir.path().join("server.log"),
         }
     }
 
@@ -144,6 +149,8 @@ pub struct Server {
     pub child: Child,
     /// Base URL.
     pub url: String,
+    /// The server's log file.
+    pub log: PathBuf,
 }
 
 impl Server {
@@ -168,6 +175,23 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failing test shows how the server saw it.
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            // Backtrace frames left out: the messages are what tell.
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    let t = l.trim_start();
+                    !(t.starts_with("at ")
+                        || t.split(':')
+                            .next()
+                            .is_some_and(|n| n.parse::<u32>().is_ok()))
+                })
+                .collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            eprintln!("--- server log (tail) ---\n{tail}");
+        }
         self.kill();
     }
 }

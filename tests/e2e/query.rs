@@ -641,7 +641,10 @@ fn aggregate_answers_carry_their_disclosure_record_in_every_format_and_in_the_au
         .to_str()
         .expect("text")
         .to_owned();
-    assert!(header.contains(&format!("suppressed_cells={suppressed}")), "{header}");
+    assert!(
+        header.contains(&format!("suppressed_cells={suppressed}")),
+        "{header}"
+    );
     let text = csv.text().expect("csv");
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     assert_eq!(

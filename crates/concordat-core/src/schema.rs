@@ -372,7 +372,11 @@ mod tests {
 
     #[test]
     fn every_schema_file_loads_and_matches_the_builtin() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas");
+        let dir = &format!(
+            "{}/../../schemas",
+            std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+        );
         let mut files = 0;
         for entry in std::fs::read_dir(dir).expect("schemas dir") {
             let path = entry.expect("entry").path();

@@ -6,8 +6,14 @@ use chrono::NaiveDate;
 use concordat_policy::{Access, Policies, RefusalReason, ScopeFilter};
 
 fn shipped() -> Policies {
-    Policies::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies"))
-        .expect("shipped policies load")
+    Policies::load(
+        &Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+        )
+        .join("../../policies"),
+    )
+    .expect("shipped policies load")
 }
 
 fn day(s: &str) -> NaiveDate {
@@ -16,7 +22,11 @@ fn day(s: &str) -> NaiveDate {
 
 fn scratch(agreement: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/partners.toml");
+    let src = Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+    )
+    .join("../../policies/partners.toml");
     std::fs::copy(src, dir.path().join("partners.toml")).expect("copy");
     let path = dir.path().join("test-agreement.toml");
     std::fs::write(&path, agreement).expect("write");

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Float64Type};
 use concordat_core::Reference;
-use concordat_core::msg::{CHARACTERISTICS, Characteristics, DEFAULT_GROUP_SIZE, most_similar_groups};
+use concordat_core::msg::{
+    CHARACTERISTICS, Characteristics, DEFAULT_GROUP_SIZE, most_similar_groups,
+};
 use concordat_store::{Store, StoreError};
 use datafusion::prelude::SessionContext;
 
@@ -221,7 +223,11 @@ impl Inputs {
     fn figure(&self, metric: &Metric, force: &str, fy: &str, min_count: u64) -> Figure {
         let key = (force.to_owned(), fy.to_owned());
         let resources = self.resources.get(&key);
-        let need = || resources.copied().ok_or_else(|| missing("force_resources", fy));
+        let need = || {
+            resources
+                .copied()
+                .ok_or_else(|| missing("force_resources", fy))
+        };
         let ratio = |num: f64, den: f64, scale: f64, weight: f64| -> Figure {
             if den > 0.0 {
                 Ok((num / den * scale, weight))
@@ -239,7 +245,9 @@ impl Inputs {
             }
         };
         match metric.name {
-            "spend_per_head" => need().and_then(|r| ratio(r.spend, r.population, 1.0, r.population)),
+            "spend_per_head" => {
+                need().and_then(|r| ratio(r.spend, r.population, 1.0, r.population))
+            }
             "officers_per_1000_population" => {
                 need().and_then(|r| ratio(r.officers, r.population, 1000.0, r.population))
             }
@@ -276,8 +284,12 @@ impl Inputs {
                     r.population,
                 ))
             }
-            "median_days_offence_to_completion" => controlled(self.court.get(&key), "court_timeliness"),
-            "proportion_reoffending_pct" => controlled(self.reoffending.get(&key), "reoffending_cohort"),
+            "median_days_offence_to_completion" => {
+                controlled(self.court.get(&key), "court_timeliness")
+            }
+            "proportion_reoffending_pct" => {
+                controlled(self.reoffending.get(&key), "reoffending_cohort")
+            }
             _ => Err("unknown metric".into()),
         }
     }
@@ -384,7 +396,9 @@ pub fn to_batch(rows: &[Row]) -> Result<RecordBatch, arrow::error::ArrowError> {
     let schema = Arc::new(concordat_store::arrow_schema(
         concordat_core::Schemas::builtin()
             .get(DATASET)
-            .ok_or_else(|| arrow::error::ArrowError::SchemaError("no force_efficiency schema".into()))?,
+            .ok_or_else(|| {
+                arrow::error::ArrowError::SchemaError("no force_efficiency schema".into())
+            })?,
     ));
     let text = |f: &dyn Fn(&Row) -> Option<String>| -> ArrayRef {
         Arc::new(rows.iter().map(f).collect::<StringArray>())
@@ -456,7 +470,9 @@ impl Columns {
     fn num(&self, i: usize) -> Result<Vec<Option<f64>>, BuildError> {
         let a = arrow::compute::cast(self.0.column(i), &DataType::Float64).map_err(q)?;
         let a = a.as_primitive::<Float64Type>();
-        Ok((0..a.len()).map(|r| a.is_valid(r).then(|| a.value(r))).collect())
+        Ok((0..a.len())
+            .map(|r| a.is_valid(r).then(|| a.value(r)))
+            .collect())
     }
 }
 
@@ -464,7 +480,9 @@ async fn rows(ctx: &SessionContext, sql: &str) -> Result<Columns, BuildError> {
     let df = ctx.sql(sql).await.map_err(q)?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await.map_err(q)?;
-    Ok(Columns(arrow::compute::concat_batches(&schema, &batches).map_err(q)?))
+    Ok(Columns(
+        arrow::compute::concat_batches(&schema, &batches).map_err(q)?,
+    ))
 }
 
 /// Reads the inputs at their latest versions; returns them with those versions.
@@ -477,24 +495,25 @@ pub async fn read_inputs(
         let schema = concordat_core::Schemas::builtin()
             .get(name)
             .ok_or_else(|| q(format!("no schema for {name}")))?;
-        let provider: Arc<dyn datafusion::datasource::TableProvider> = match store.table(name, None).await {
-            Ok(table) => {
-                versions.insert(name.to_owned(), table.version());
-                table.update_datafusion_session(&ctx.state()).map_err(q)?;
-                table.table_provider().await.map_err(q)?
-            }
-            Err(StoreError::NotFound(_)) => {
-                versions.insert(name.to_owned(), None);
-                Arc::new(
-                    datafusion::datasource::MemTable::try_new(
-                        Arc::new(concordat_store::arrow_schema(schema)),
-                        vec![vec![]],
+        let provider: Arc<dyn datafusion::datasource::TableProvider> =
+            match store.table(name, None).await {
+                Ok(table) => {
+                    versions.insert(name.to_owned(), table.version());
+                    table.update_datafusion_session(&ctx.state()).map_err(q)?;
+                    table.table_provider().await.map_err(q)?
+                }
+                Err(StoreError::NotFound(_)) => {
+                    versions.insert(name.to_owned(), None);
+                    Arc::new(
+                        datafusion::datasource::MemTable::try_new(
+                            Arc::new(concordat_store::arrow_schema(schema)),
+                            vec![vec![]],
+                        )
+                        .map_err(q)?,
                     )
-                    .map_err(q)?,
-                )
-            }
-            Err(e) => return Err(e.into()),
-        };
+                }
+                Err(e) => return Err(e.into()),
+            };
         ctx.register_table(name, provider).map_err(q)?;
     }
     let mut inputs = Inputs::default();
@@ -534,10 +553,16 @@ pub async fn read_inputs(
     let (f, quarter, indicator, value) = (r.text(0)?, r.text(1)?, r.text(2)?, r.num(3)?);
     let mut per_quarter: HashMap<(String, String, String), f64> = HashMap::new();
     for i in 0..f.len() {
-        let Some(fy) = financial_year_of(&quarter[i]) else { continue };
+        let Some(fy) = financial_year_of(&quarter[i]) else {
+            continue;
+        };
         let Some(v) = value[i] else { continue };
         if indicator[i] == "victim_satisfaction_pct" {
-            inputs.satisfaction.entry(key(&f[i], &fy)).or_default().push(v);
+            inputs
+                .satisfaction
+                .entry(key(&f[i], &fy))
+                .or_default()
+                .push(v);
         } else {
             *per_quarter
                 .entry((f[i].clone(), fy, quarter[i].clone()))
@@ -612,7 +637,9 @@ pub async fn read_inputs(
     )
     .await?;
     let f = r.text(0)?;
-    let values: Vec<Vec<Option<f64>>> = (1..=names.len()).map(|i| r.num(i)).collect::<Result<_, _>>()?;
+    let values: Vec<Vec<Option<f64>>> = (1..=names.len())
+        .map(|i| r.num(i))
+        .collect::<Result<_, _>>()?;
     let forces: Vec<Characteristics> = (0..f.len())
         .map(|i| Characteristics {
             pfa_code: f[i].clone(),
@@ -637,7 +664,10 @@ pub async fn read_inputs(
     let mut uploaded: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for i in 0..f.len() {
         if f[i] != peer[i] {
-            uploaded.entry(f[i].clone()).or_default().push(peer[i].clone());
+            uploaded
+                .entry(f[i].clone())
+                .or_default()
+                .push(peer[i].clone());
         }
     }
     if !uploaded.is_empty() {
@@ -657,7 +687,9 @@ pub async fn read_inputs(
 }
 
 /// The input versions the latest `force_efficiency` was built from, if any.
-pub async fn built_from(store: &Store) -> Result<Option<BTreeMap<String, Option<u64>>>, BuildError> {
+pub async fn built_from(
+    store: &Store,
+) -> Result<Option<BTreeMap<String, Option<u64>>>, BuildError> {
     let versions = store.versions(DATASET).await?;
     Ok(versions.first().map(|v| v.sources.clone()))
 }
@@ -725,9 +757,30 @@ mod tests {
             },
         );
         // Surrey has not uploaded its resources for the year.
-        i.reoffending.insert(k(A), Controlled { value: 30.0, weight: 1000.0, persons: 900 });
-        i.reoffending.insert(k(B), Controlled { value: 20.0, weight: 3000.0, persons: 2500 });
-        i.reoffending.insert(k(C), Controlled { value: 50.0, weight: 8.0, persons: 8 });
+        i.reoffending.insert(
+            k(A),
+            Controlled {
+                value: 30.0,
+                weight: 1000.0,
+                persons: 900,
+            },
+        );
+        i.reoffending.insert(
+            k(B),
+            Controlled {
+                value: 20.0,
+                weight: 3000.0,
+                persons: 2500,
+            },
+        );
+        i.reoffending.insert(
+            k(C),
+            Controlled {
+                value: 50.0,
+                weight: 8.0,
+                persons: 8,
+            },
+        );
         i.groups.insert(A.into(), vec![B.into(), C.into()]);
         i.groups.insert(B.into(), vec![A.into()]);
         i.groups.insert(C.into(), vec![A.into(), B.into()]);
@@ -755,13 +808,22 @@ mod tests {
         assert!(close(spend.msg_value, 150.0));
         // National, weighted by population: (200m + 450m) / 4m = 162.5.
         assert!(close(spend.national_value, 162.5));
-        assert!(close(spend.diff_from_msg_pct, (200.0 - 150.0) / 150.0 * 100.0));
+        assert!(close(
+            spend.diff_from_msg_pct,
+            (200.0 - 150.0) / 150.0 * 100.0
+        ));
         // Lower spend is better: Essex 1st, Kent 2nd of 2; quartiles 1 and 3.
         assert_eq!(spend.rank, Some(2));
         assert_eq!(spend.quartile, Some(3));
         assert_eq!(row(&rows, B, "spend_per_head").rank, Some(1));
-        assert!(close(row(&rows, A, "officers_per_1000_population").value, 2.0));
-        assert!(close(row(&rows, A, "crimes_per_1000_population").value, 100.0));
+        assert!(close(
+            row(&rows, A, "officers_per_1000_population").value,
+            2.0
+        ));
+        assert!(close(
+            row(&rows, A, "crimes_per_1000_population").value,
+            100.0
+        ));
         assert!(close(row(&rows, A, "cost_per_crime").value, 2000.0));
         let charge = row(&rows, B, "charge_summons_rate_pct");
         assert!(close(charge.value, 10.0));
@@ -787,16 +849,32 @@ mod tests {
         let surrey = row(&rows, C, "spend_per_head");
         assert_eq!(surrey.value, None);
         assert_eq!(surrey.rank, None);
-        assert!(surrey.note.as_deref().is_some_and(|n| n.contains("missing input: force_resources")));
+        assert!(
+            surrey
+                .note
+                .as_deref()
+                .is_some_and(|n| n.contains("missing input: force_resources"))
+        );
         // Surrey's MSG still has a value from its peers.
         assert!(close(surrey.msg_value, 650.0 / 4.0));
         let reo = row(&rows, C, "proportion_reoffending_pct");
         assert_eq!(reo.value, None);
-        assert!(reo.note.as_deref().is_some_and(|n| n.starts_with("suppressed")), "{reo:?}");
+        assert!(
+            reo.note
+                .as_deref()
+                .is_some_and(|n| n.starts_with("suppressed")),
+            "{reo:?}"
+        );
         // Surrey's 50% (8 persons) is not in Kent's MSG or the national figure.
-        assert!(close(row(&rows, A, "proportion_reoffending_pct").msg_value, 20.0));
+        assert!(close(
+            row(&rows, A, "proportion_reoffending_pct").msg_value,
+            20.0
+        ));
         // A force with nothing at all: null, noted, unranked.
-        let other = rows.iter().find(|r| r.pfa_code == "E23000001" && r.metric == "cost_per_crime").expect("met");
+        let other = rows
+            .iter()
+            .find(|r| r.pfa_code == "E23000001" && r.metric == "cost_per_crime")
+            .expect("met");
         assert_eq!((other.value, other.rank), (None, None));
         assert!(other.note.is_some());
     }

@@ -384,6 +384,25 @@ impl QueryService {
     }
 }
 
+impl QueryService {
+    /// Runs a task on the query runtime (large stacks for planning, separate from the
+    /// runtime serving HTTP) and waits for it.
+    pub async fn run<F>(&self, task: F) -> Result<F::Output, QueryError>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| QueryError::Internal("the query runtime has stopped".into()))?;
+        runtime
+            .spawn(task)
+            .await
+            .map_err(|e| QueryError::Internal(e.to_string()))
+    }
+}
+
 impl Drop for QueryService {
     /// Queries still running are cancelled; nothing waits for them, so the service can be
     /// dropped from async code.

@@ -32,66 +32,271 @@ fn attacks() -> Vec<(&'static str, String, Expect)> {
     let v = |name: &'static str, sql: &str, e: Expect| (name, sql.to_owned(), e);
     vec![
         // Record-level rows, in every shape.
-        v("select star", "SELECT * FROM reoffending_cohort", Refused("record-level rows")),
-        v("projection", "SELECT age_band, sex FROM reoffending_cohort WHERE pfa_code = 'E23000032'", Refused("record-level rows")),
-        v("cte", "WITH c AS (SELECT * FROM reoffending_cohort) SELECT age_band FROM c", Refused("record-level rows")),
-        v("window without aggregate", "SELECT age_band, row_number() OVER (ORDER BY days_to_first_reoffence) FROM reoffending_cohort", Refused("record-level rows")),
-        v("join to reference", "SELECT r.age_band, f.force_name FROM reoffending_cohort r JOIN police_forces f ON r.pfa_code = f.pfa_code", Refused("record-level rows")),
-        v("union", "SELECT age_band FROM reoffending_cohort UNION ALL SELECT 'x'", Refused("record-level rows")),
-        v("limit one", "SELECT * FROM court_timeliness LIMIT 1", Refused("record-level rows")),
-        v("rows beside an aggregate", "SELECT age_band FROM reoffending_cohort WHERE reoffences > (SELECT avg(reoffences) FROM reoffending_cohort)", Refused("")),
-        v("two aggregates as a total", "SELECT age_band, count(*) FROM reoffending_cohort GROUP BY age_band UNION ALL SELECT 'all', count(*) FROM reoffending_cohort", Refused("ROLLUP")),
+        v(
+            "select star",
+            "SELECT * FROM reoffending_cohort",
+            Refused("record-level rows"),
+        ),
+        v(
+            "projection",
+            "SELECT age_band, sex FROM reoffending_cohort WHERE pfa_code = 'E23000032'",
+            Refused("record-level rows"),
+        ),
+        v(
+            "cte",
+            "WITH c AS (SELECT * FROM reoffending_cohort) SELECT age_band FROM c",
+            Refused("record-level rows"),
+        ),
+        v(
+            "window without aggregate",
+            "SELECT age_band, row_number() OVER (ORDER BY days_to_first_reoffence) FROM reoffending_cohort",
+            Refused("record-level rows"),
+        ),
+        v(
+            "join to reference",
+            "SELECT r.age_band, f.force_name FROM reoffending_cohort r JOIN police_forces f ON r.pfa_code = f.pfa_code",
+            Refused("record-level rows"),
+        ),
+        v(
+            "union",
+            "SELECT age_band FROM reoffending_cohort UNION ALL SELECT 'x'",
+            Refused("record-level rows"),
+        ),
+        v(
+            "limit one",
+            "SELECT * FROM court_timeliness LIMIT 1",
+            Refused("record-level rows"),
+        ),
+        v(
+            "rows beside an aggregate",
+            "SELECT age_band FROM reoffending_cohort WHERE reoffences > (SELECT avg(reoffences) FROM reoffending_cohort)",
+            Refused(""),
+        ),
+        v(
+            "two aggregates as a total",
+            "SELECT age_band, count(*) FROM reoffending_cohort GROUP BY age_band UNION ALL SELECT 'all', count(*) FROM reoffending_cohort",
+            Refused("ROLLUP"),
+        ),
         // Order statistics and other single-value aggregates.
-        v("max", "SELECT max(days_to_first_reoffence) FROM reoffending_cohort", Refused("MAX")),
-        v("min by group", "SELECT age_band, min(reoffences) FROM reoffending_cohort GROUP BY age_band", Refused("MIN")),
-        v("median", "SELECT median(days_to_first_reoffence) FROM reoffending_cohort", Refused("not released")),
-        v("array_agg", "SELECT array_agg(days_to_first_reoffence) FROM reoffending_cohort", Refused("not released")),
-        v("string_agg", "SELECT string_agg(age_band, ',') FROM reoffending_cohort", Refused("not released")),
-        v("first_value", "SELECT first_value(days_to_first_reoffence) FROM reoffending_cohort", Refused("not released")),
-        v("bool_or", "SELECT bool_or(reoffended) FROM reoffending_cohort", Refused("not released")),
-        v("max under a sum", "SELECT sum(m) FROM (SELECT age_band, max(days_to_first_reoffence) AS m FROM reoffending_cohort GROUP BY age_band) t", Refused("MAX")),
-        v("window max spread to every row", "SELECT avg(m) FROM (SELECT max(days_to_first_reoffence) OVER () AS m FROM reoffending_cohort) t", Refused("window")),
-        v("window rank then filter", "SELECT count(*) FROM (SELECT rank() OVER (ORDER BY days_to_first_reoffence) AS k FROM reoffending_cohort) t WHERE k = 1", Refused("window")),
-        v("limit under an aggregate", "SELECT avg(days_to_first_reoffence) FROM (SELECT days_to_first_reoffence FROM reoffending_cohort ORDER BY days_to_first_reoffence DESC LIMIT 1) t", Refused("")),
+        v(
+            "max",
+            "SELECT max(days_to_first_reoffence) FROM reoffending_cohort",
+            Refused("MAX"),
+        ),
+        v(
+            "min by group",
+            "SELECT age_band, min(reoffences) FROM reoffending_cohort GROUP BY age_band",
+            Refused("MIN"),
+        ),
+        v(
+            "median",
+            "SELECT median(days_to_first_reoffence) FROM reoffending_cohort",
+            Refused("not released"),
+        ),
+        v(
+            "array_agg",
+            "SELECT array_agg(days_to_first_reoffence) FROM reoffending_cohort",
+            Refused("not released"),
+        ),
+        v(
+            "string_agg",
+            "SELECT string_agg(age_band, ',') FROM reoffending_cohort",
+            Refused("not released"),
+        ),
+        v(
+            "first_value",
+            "SELECT first_value(days_to_first_reoffence) FROM reoffending_cohort",
+            Refused("not released"),
+        ),
+        v(
+            "bool_or",
+            "SELECT bool_or(reoffended) FROM reoffending_cohort",
+            Refused("not released"),
+        ),
+        v(
+            "max under a sum",
+            "SELECT sum(m) FROM (SELECT age_band, max(days_to_first_reoffence) AS m FROM reoffending_cohort GROUP BY age_band) t",
+            Refused("MAX"),
+        ),
+        v(
+            "window max spread to every row",
+            "SELECT avg(m) FROM (SELECT max(days_to_first_reoffence) OVER () AS m FROM reoffending_cohort) t",
+            Refused("window"),
+        ),
+        v(
+            "window rank then filter",
+            "SELECT count(*) FROM (SELECT rank() OVER (ORDER BY days_to_first_reoffence) AS k FROM reoffending_cohort) t WHERE k = 1",
+            Refused("window"),
+        ),
+        v(
+            "limit under an aggregate",
+            "SELECT avg(days_to_first_reoffence) FROM (SELECT days_to_first_reoffence FROM reoffending_cohort ORDER BY days_to_first_reoffence DESC LIMIT 1) t",
+            Refused(""),
+        ),
         // The pseudonym.
-        v("group by pseudonym", "SELECT person_id, count(*) FROM reoffending_cohort GROUP BY person_id", Refused("pseudonym")),
-        v("count distinct pseudonym", "SELECT count(DISTINCT person_id) FROM reoffending_cohort", Refused("pseudonym")),
-        v("count pseudonym", "SELECT count(person_id) FROM reoffending_cohort", Refused("pseudonym")),
-        v("filter on pseudonym", &format!("SELECT count(*) FROM reoffending_cohort WHERE person_id = '{ONE_PSEUDONYM}'"), Refused("pseudonym")),
-        v("pseudonym prefix", "SELECT count(*) FROM reoffending_cohort WHERE person_id LIKE 'a%'", Refused("pseudonym")),
-        v("pseudonym substring groups", "SELECT substr(person_id, 1, 1) AS p, count(*) FROM reoffending_cohort GROUP BY 1", Refused("pseudonym")),
-        v("pseudonym compared in a join", "SELECT count(*) FROM reoffending_cohort r JOIN court_timeliness c ON r.person_id < c.person_id", Refused("pseudonym")),
-        v("pseudonym measured", "SELECT age_band, sum(length(person_id)) FROM reoffending_cohort GROUP BY 1", Refused("pseudonym")),
-        v("pseudonym hashed", "SELECT count(*) FROM reoffending_cohort WHERE sha256(person_id) = 'x'", Refused("pseudonym")),
-        v("pseudonym renamed then filtered", &format!("SELECT count(*) FROM (SELECT person_id AS p, age_band FROM reoffending_cohort) t WHERE p = '{ONE_PSEUDONYM}'"), Refused("pseudonym")),
-        v("case id grouped", "SELECT case_id, count(*) FROM court_timeliness GROUP BY case_id", Refused("pseudonym")),
-        v("controlled tables joined on other columns", "SELECT count(*) FROM reoffending_cohort r JOIN court_timeliness c ON r.pfa_code = c.pfa_code AND r.cohort_quarter = c.quarter", Refused("pseudonyms")),
+        v(
+            "group by pseudonym",
+            "SELECT person_id, count(*) FROM reoffending_cohort GROUP BY person_id",
+            Refused("pseudonym"),
+        ),
+        v(
+            "count distinct pseudonym",
+            "SELECT count(DISTINCT person_id) FROM reoffending_cohort",
+            Refused("pseudonym"),
+        ),
+        v(
+            "count pseudonym",
+            "SELECT count(person_id) FROM reoffending_cohort",
+            Refused("pseudonym"),
+        ),
+        v(
+            "filter on pseudonym",
+            &format!("SELECT count(*) FROM reoffending_cohort WHERE person_id = '{ONE_PSEUDONYM}'"),
+            Refused("pseudonym"),
+        ),
+        v(
+            "pseudonym prefix",
+            "SELECT count(*) FROM reoffending_cohort WHERE person_id LIKE 'a%'",
+            Refused("pseudonym"),
+        ),
+        v(
+            "pseudonym substring groups",
+            "SELECT substr(person_id, 1, 1) AS p, count(*) FROM reoffending_cohort GROUP BY 1",
+            Refused("pseudonym"),
+        ),
+        v(
+            "pseudonym compared in a join",
+            "SELECT count(*) FROM reoffending_cohort r JOIN court_timeliness c ON r.person_id < c.person_id",
+            Refused("pseudonym"),
+        ),
+        v(
+            "pseudonym measured",
+            "SELECT age_band, sum(length(person_id)) FROM reoffending_cohort GROUP BY 1",
+            Refused("pseudonym"),
+        ),
+        v(
+            "pseudonym hashed",
+            "SELECT count(*) FROM reoffending_cohort WHERE sha256(person_id) = 'x'",
+            Refused("pseudonym"),
+        ),
+        v(
+            "pseudonym renamed then filtered",
+            &format!(
+                "SELECT count(*) FROM (SELECT person_id AS p, age_band FROM reoffending_cohort) t WHERE p = '{ONE_PSEUDONYM}'"
+            ),
+            Refused("pseudonym"),
+        ),
+        v(
+            "case id grouped",
+            "SELECT case_id, count(*) FROM court_timeliness GROUP BY case_id",
+            Refused("pseudonym"),
+        ),
+        v(
+            "controlled tables joined on other columns",
+            "SELECT count(*) FROM reoffending_cohort r JOIN court_timeliness c ON r.pfa_code = c.pfa_code AND r.cohort_quarter = c.quarter",
+            Refused("pseudonyms"),
+        ),
         // Errors as oracles: these must run whatever the rows hold.
-        v("division by zero when a person matches", "SELECT count(*) FROM reoffending_cohort WHERE CASE WHEN age_band = '50+' AND sex = 'female' AND days_to_first_reoffence = 17 THEN 1/0 ELSE 1 END = 1", Runs),
-        v("failing cast when a person matches", "SELECT count(*) FROM reoffending_cohort WHERE CAST(CASE WHEN days_to_first_reoffence = 17 THEN 'x' ELSE '1' END AS INT) = 1", Runs),
-        v("overflow when a person matches", "SELECT count(*) FROM reoffending_cohort WHERE CASE WHEN days_to_first_reoffence = 17 THEN reoffences * 9223372036854775807 * 100 ELSE 0 END >= 0", Runs),
-        v("failing cast in reference rows", "SELECT count(*) FROM reoffending_cohort r JOIN police_forces f ON r.pfa_code = f.pfa_code WHERE CAST(f.force_name AS INT) = 1", Runs),
-        v("regular expression that fails", "SELECT count(*) FROM reoffending_cohort WHERE regexp_like(age_band, CASE WHEN sex = 'female' THEN '(' ELSE 'a' END)", Refused("cannot be used")),
-        v("similar to", "SELECT count(*) FROM reoffending_cohort WHERE age_band SIMILAR TO '('", Refused("SIMILAR TO")),
-        v("date parse that fails", "SELECT count(*) FROM reoffending_cohort WHERE to_date(CASE WHEN sex = 'female' THEN 'bad' ELSE '2020-01-01' END) IS NOT NULL", Refused("to_date")),
-        v("arrow_cast", "SELECT count(*) FROM reoffending_cohort WHERE arrow_cast(age_band, 'Int32') = 1", Withheld),
-        v("date arithmetic overflow", "SELECT count(*) FROM court_timeliness WHERE offence_date + INTERVAL '100000 years' > DATE '2020-01-01'", Refused("dates")),
-        v("explain", "EXPLAIN SELECT count(*) FROM reoffending_cohort", NotAllowed),
+        v(
+            "division by zero when a person matches",
+            "SELECT count(*) FROM reoffending_cohort WHERE CASE WHEN age_band = '50+' AND sex = 'female' AND days_to_first_reoffence = 17 THEN 1/0 ELSE 1 END = 1",
+            Runs,
+        ),
+        v(
+            "failing cast when a person matches",
+            "SELECT count(*) FROM reoffending_cohort WHERE CAST(CASE WHEN days_to_first_reoffence = 17 THEN 'x' ELSE '1' END AS INT) = 1",
+            Runs,
+        ),
+        v(
+            "overflow when a person matches",
+            "SELECT count(*) FROM reoffending_cohort WHERE CASE WHEN days_to_first_reoffence = 17 THEN reoffences * 9223372036854775807 * 100 ELSE 0 END >= 0",
+            Runs,
+        ),
+        v(
+            "failing cast in reference rows",
+            "SELECT count(*) FROM reoffending_cohort r JOIN police_forces f ON r.pfa_code = f.pfa_code WHERE CAST(f.force_name AS INT) = 1",
+            Runs,
+        ),
+        v(
+            "regular expression that fails",
+            "SELECT count(*) FROM reoffending_cohort WHERE regexp_like(age_band, CASE WHEN sex = 'female' THEN '(' ELSE 'a' END)",
+            Refused("cannot be used"),
+        ),
+        v(
+            "similar to",
+            "SELECT count(*) FROM reoffending_cohort WHERE age_band SIMILAR TO '('",
+            Refused("SIMILAR TO"),
+        ),
+        v(
+            "date parse that fails",
+            "SELECT count(*) FROM reoffending_cohort WHERE to_date(CASE WHEN sex = 'female' THEN 'bad' ELSE '2020-01-01' END) IS NOT NULL",
+            Refused("to_date"),
+        ),
+        v(
+            "arrow_cast",
+            "SELECT count(*) FROM reoffending_cohort WHERE arrow_cast(age_band, 'Int32') = 1",
+            Withheld,
+        ),
+        v(
+            "date arithmetic overflow",
+            "SELECT count(*) FROM court_timeliness WHERE offence_date + INTERVAL '100000 years' > DATE '2020-01-01'",
+            Refused("dates"),
+        ),
+        v(
+            "explain",
+            "EXPLAIN SELECT count(*) FROM reoffending_cohort",
+            NotAllowed,
+        ),
         // Small groups and single persons.
-        v("small filter", "SELECT count(*) FROM reoffending_cohort WHERE age_band = '10-14' AND sex = 'female' AND index_disposal = 'custody_4y_plus'", Withheld),
-        v("one person's value as a group key", "SELECT days_to_first_reoffence, count(*) FROM reoffending_cohort WHERE age_band = '10-14' AND sex = 'female' GROUP BY 1", Withheld),
-        v("average of a handful", "SELECT avg(days_to_first_reoffence) FROM reoffending_cohort WHERE age_band = '50+' AND sex = 'unknown'", Withheld),
-        v("sum of a handful", "SELECT sum(reoffences) FROM reoffending_cohort WHERE index_offence_group = 'sexual' AND age_band = '10-14'", Withheld),
-        v("join that isolates a person", "SELECT count(*), avg(r.reoffences) FROM reoffending_cohort r JOIN court_timeliness c ON r.person_id = c.person_id WHERE c.offence_date = DATE '2021-03-04' AND c.court_type = 'crown'", Withheld),
-        v("filtered cell in a large group", "SELECT count(*) FILTER (WHERE days_to_first_reoffence = 17) AS n FROM reoffending_cohort", Withheld),
-        v("conditional sum per group", "SELECT age_band, sum(CASE WHEN days_to_first_reoffence = 17 THEN reoffences END) AS s FROM reoffending_cohort GROUP BY 1", Withheld),
-        v("isolated person's attribute as a key", "SELECT index_offence_group, count(*) FROM reoffending_cohort WHERE age_band = '10-14' AND sex = 'female' AND days_to_first_reoffence < 30 GROUP BY 1", Withheld),
+        v(
+            "small filter",
+            "SELECT count(*) FROM reoffending_cohort WHERE age_band = '10-14' AND sex = 'female' AND index_disposal = 'custody_4y_plus'",
+            Withheld,
+        ),
+        v(
+            "one person's value as a group key",
+            "SELECT days_to_first_reoffence, count(*) FROM reoffending_cohort WHERE age_band = '10-14' AND sex = 'female' GROUP BY 1",
+            Withheld,
+        ),
+        v(
+            "average of a handful",
+            "SELECT avg(days_to_first_reoffence) FROM reoffending_cohort WHERE age_band = '50+' AND sex = 'unknown'",
+            Withheld,
+        ),
+        v(
+            "sum of a handful",
+            "SELECT sum(reoffences) FROM reoffending_cohort WHERE index_offence_group = 'sexual' AND age_band = '10-14'",
+            Withheld,
+        ),
+        v(
+            "join that isolates a person",
+            "SELECT count(*), avg(r.reoffences) FROM reoffending_cohort r JOIN court_timeliness c ON r.person_id = c.person_id WHERE c.offence_date = DATE '2021-03-04' AND c.court_type = 'crown'",
+            Withheld,
+        ),
+        v(
+            "filtered cell in a large group",
+            "SELECT count(*) FILTER (WHERE days_to_first_reoffence = 17) AS n FROM reoffending_cohort",
+            Withheld,
+        ),
+        v(
+            "conditional sum per group",
+            "SELECT age_band, sum(CASE WHEN days_to_first_reoffence = 17 THEN reoffences END) AS s FROM reoffending_cohort GROUP BY 1",
+            Withheld,
+        ),
+        v(
+            "isolated person's attribute as a key",
+            "SELECT index_offence_group, count(*) FROM reoffending_cohort WHERE age_band = '10-14' AND sex = 'female' AND days_to_first_reoffence < 30 GROUP BY 1",
+            Withheld,
+        ),
     ]
 }
 
 fn flagged(batches: &[RecordBatch]) -> bool {
     batches.iter().all(|b| {
-        let i = b.schema().index_of(concordat_query::MARKER).expect("marker column");
+        let i = b
+            .schema()
+            .index_of(concordat_query::MARKER)
+            .expect("marker column");
         let m = b.column(i).as_boolean();
         m.null_count() == 0 && m.true_count() == m.len()
     })
@@ -120,7 +325,10 @@ async fn every_attack_is_refused_or_withheld() {
             failures.push(format!(
                 "{name}: expected {expect:?}, got {}",
                 match &got {
-                    Ok(b) => format!("rows\n{}", arrow::util::pretty::pretty_format_batches(b).expect("fmt")),
+                    Ok(b) => format!(
+                        "rows\n{}",
+                        arrow::util::pretty::pretty_format_batches(b).expect("fmt")
+                    ),
                     Err(e) => format!("{} {e}", e.code()),
                 }
             ));
@@ -128,7 +336,10 @@ async fn every_attack_is_refused_or_withheld() {
         // No refusal message ever carries a value from the data.
         if let Err(e) = &got {
             let m = e.to_string();
-            assert!(!m.contains("E23000032") || sql.contains("E23000032"), "{name}: {m}");
+            assert!(
+                !m.contains("E23000032") || sql.contains("E23000032"),
+                "{name}: {m}"
+            );
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -307,11 +518,23 @@ async fn reoffending_joined_with_court_timeliness_matches_by_hand() {
     let mut want = Vec::new();
     for i in 0..persons.len() {
         if persons[i].expect("persons") >= 10 {
-            want.push(format!("{}|{}|{}", texts(&direct, 0)[i], round5(cases[i].expect("n")), mean[i]));
+            want.push(format!(
+                "{}|{}|{}",
+                texts(&direct, 0)[i],
+                round5(cases[i].expect("n")),
+                mean[i]
+            ));
         }
     }
     let got: Vec<String> = (0..count(&got))
-        .map(|r| format!("{}|{}|{}", texts(&got, 0)[r], texts(&got, 1)[r], texts(&got, 2)[r]))
+        .map(|r| {
+            format!(
+                "{}|{}|{}",
+                texts(&got, 0)[r],
+                texts(&got, 1)[r],
+                texts(&got, 2)[r]
+            )
+        })
         .collect();
     assert!(!want.is_empty(), "the fixture joins some people");
     assert_eq!(got, want);
@@ -333,7 +556,11 @@ async fn differencing_two_answers_does_not_reveal_a_small_group() {
         "SELECT count(*) AS n FROM reoffending_cohort WHERE sex IN ('female', 'male')",
         "SELECT avg(reoffences) AS n FROM reoffending_cohort WHERE sex <> 'unknown'",
     ] {
-        let mut run = w.service.query(&partner, sql, PURPOSE, today()).await.expect(sql);
+        let mut run = w
+            .service
+            .query(&partner, sql, PURPOSE, today())
+            .await
+            .expect(sql);
         let d = run.disclosure.clone().expect("disclosure");
         let mut b = Vec::new();
         while let Some(x) = run.batches.recv().await {
@@ -350,7 +577,11 @@ async fn differencing_two_answers_does_not_reveal_a_small_group() {
     assert_eq!(ints(&again, "n"), ints(&all, "n"));
     // Another partner has its own ledger (and its own scope).
     let essex = w
-        .run("pcc-essex", "SELECT count(*) AS n FROM reoffending_cohort WHERE sex <> 'unknown'", PURPOSE)
+        .run(
+            "pcc-essex",
+            "SELECT count(*) AS n FROM reoffending_cohort WHERE sex <> 'unknown'",
+            PURPOSE,
+        )
         .await
         .expect("essex");
     assert!(ints(&essex, "n")[0].is_some());
@@ -433,16 +664,29 @@ async fn suppressed_percentages_stay_suppressed_and_having_sees_released_values_
             assert_eq!(p, "NULL", "a percentage from a withheld cell is withheld");
         }
     }
-    assert!(marker.iter().any(|m| m == "true"), "some female age bands are small");
+    assert!(
+        marker.iter().any(|m| m == "true"),
+        "some female age bands are small"
+    );
 }
 
 #[tokio::test]
 async fn record_access_is_unchanged_by_disclosure_control() {
     let w = world().await;
-    let partner = w.policies.partners().get("probation").expect("partner").clone();
+    let partner = w
+        .policies
+        .partners()
+        .get("probation")
+        .expect("partner")
+        .clone();
     let run = w
         .service
-        .query(&partner, "SELECT person_id FROM reoffending_cohort LIMIT 3", PURPOSE, today())
+        .query(
+            &partner,
+            "SELECT person_id FROM reoffending_cohort LIMIT 3",
+            PURPOSE,
+            today(),
+        )
         .await
         .expect("record access");
     assert!(run.disclosure.is_none());

@@ -61,8 +61,14 @@ pub async fn world_with(limits: QueryLimits) -> World {
     let dir = tempfile::tempdir().expect("tempdir");
     let policies_dir = dir.path().join("policies");
     std::fs::create_dir_all(&policies_dir).expect("dir");
-    for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies"))
-        .expect("policies")
+    for e in std::fs::read_dir(
+        Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+        )
+        .join("../../policies"),
+    )
+    .expect("policies")
     {
         let p = e.expect("entry").path();
         std::fs::copy(&p, policies_dir.join(p.file_name().expect("name"))).expect("copy");

@@ -113,9 +113,8 @@ async fn build(
         ApiError::bad_request("financial_year must be written YYYY-YY, e.g. 2023-24")
     })?;
     let format_text = params.get("format").map_or("csv", String::as_str);
-    let format = ExtractFormat::parse(format_text).ok_or_else(|| {
-        ApiError::bad_request("format must be csv, parquet, xlsx or json")
-    })?;
+    let format = ExtractFormat::parse(format_text)
+        .ok_or_else(|| ApiError::bad_request("format must be csv, parquet, xlsx or json"))?;
     let today = state.today();
     let purpose = match params.get("purpose") {
         Some(p) => p.clone(),
@@ -276,7 +275,12 @@ fn cell(column: &dyn Array, row: usize) -> Value {
 }
 
 fn json_file(batch: &RecordBatch, manifest: &Value) -> Result<Vec<u8>, ApiError> {
-    let columns: Vec<&String> = batch.schema_ref().fields().iter().map(|f| f.name()).collect();
+    let columns: Vec<&String> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .collect();
     let rows: Vec<Value> = (0..batch.num_rows())
         .map(|r| {
             Value::Array(
@@ -329,7 +333,8 @@ fn xlsx(batch: &RecordBatch, manifest: &Value) -> Result<Vec<u8>, ApiError> {
                 }
             }
         }
-        data.set_column_width(col, if c == 1 { 28 } else { 16 }).map_err(e)?;
+        data.set_column_width(col, if c == 1 { 28 } else { 16 })
+            .map_err(e)?;
     }
     data.set_freeze_panes(1, 0).map_err(e)?;
     let notes = book.add_worksheet();
@@ -337,7 +342,9 @@ fn xlsx(batch: &RecordBatch, manifest: &Value) -> Result<Vec<u8>, ApiError> {
     notes.set_column_width(0, 28).map_err(e)?;
     notes.set_column_width(1, 100).map_err(e)?;
     let mut row = 0u32;
-    notes.write_string_with_format(row, 0, "Manifest", &bold).map_err(e)?;
+    notes
+        .write_string_with_format(row, 0, "Manifest", &bold)
+        .map_err(e)?;
     row += 1;
     if let Some(m) = manifest.as_object() {
         for (k, v) in m {
@@ -354,8 +361,13 @@ fn xlsx(batch: &RecordBatch, manifest: &Value) -> Result<Vec<u8>, ApiError> {
         }
     }
     row += 1;
-    for (c, h) in ["Metric", "Definition", "Unit", "Better", "Weighted by"].iter().enumerate() {
-        notes.write_string_with_format(row, c as u16, *h, &bold).map_err(e)?;
+    for (c, h) in ["Metric", "Definition", "Unit", "Better", "Weighted by"]
+        .iter()
+        .enumerate()
+    {
+        notes
+            .write_string_with_format(row, c as u16, *h, &bold)
+            .map_err(e)?;
     }
     row += 1;
     for m in METRICS {
@@ -363,7 +375,15 @@ fn xlsx(batch: &RecordBatch, manifest: &Value) -> Result<Vec<u8>, ApiError> {
         notes.write_string(row, 1, m.definition).map_err(e)?;
         notes.write_string(row, 2, m.unit).map_err(e)?;
         notes
-            .write_string(row, 3, if m.higher_is_better { "higher" } else { "lower" })
+            .write_string(
+                row,
+                3,
+                if m.higher_is_better {
+                    "higher"
+                } else {
+                    "lower"
+                },
+            )
             .map_err(e)?;
         notes.write_string(row, 4, m.weighted_by).map_err(e)?;
         row += 1;

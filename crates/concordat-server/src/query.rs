@@ -107,7 +107,9 @@ pub async fn query(
         };
     let disclosure = match &run.disclosure {
         Some(d) => serde_json::to_value(d).map_err(ApiError::internal)?,
-        None => json!({"access": "record", "agreements": run.agreements, "suppressed_cells": 0, "rounding": null}),
+        None => {
+            json!({"access": "record", "agreements": run.agreements, "suppressed_cells": 0, "rounding": null})
+        }
     };
     let disclosure_header = run.disclosure.as_ref().map(|d| {
         format!(

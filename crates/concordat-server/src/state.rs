@@ -253,12 +253,25 @@ impl AppState {
         tokio::spawn(async move {
             loop {
                 state.efficiency.notified().await;
-                match concordat_query::efficiency::rebuild(&state.store, state.derived_min_count()).await {
-                    Ok(Some(version)) => {
-                        state.metrics.efficiency_rebuilds.fetch_add(1, Ordering::Relaxed);
+                let store = state.store.clone();
+                let min_count = state.derived_min_count();
+                let built =
+                    state
+                        .query
+                        .run(async move {
+                            concordat_query::efficiency::rebuild(&store, min_count).await
+                        })
+                        .await;
+                match built {
+                    Ok(Ok(Some(version))) => {
+                        state
+                            .metrics
+                            .efficiency_rebuilds
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::info!(version, "force_efficiency rebuilt");
                     }
-                    Ok(None) => {}
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "force_efficiency rebuild failed"),
                     Err(e) => tracing::error!(error = %e, "force_efficiency rebuild failed"),
                 }
             }

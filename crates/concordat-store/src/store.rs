@@ -366,14 +366,20 @@ impl Store {
             .try_collect()
             .await
             .map_err(StoreError::internal)?;
+        // History is newest first and may already hold commits made after the snapshot
+        // was loaded; with the whole log kept, entry i is version len - 1 - i.
+        let top = latest.max(infos.len().saturating_sub(1) as u64);
         let mut out = Vec::with_capacity(infos.len());
         for (i, info) in infos.into_iter().enumerate() {
+            let Some(version) = top.checked_sub(i as u64) else {
+                break;
+            };
             let prov: Option<Provenance> = info
                 .info
                 .get(PROVENANCE_KEY)
                 .and_then(|v| serde_json::from_value(v.clone()).ok());
             out.push(VersionInfo {
-                version: latest - i as u64,
+                version,
                 committed_at: info
                     .timestamp
                     .and_then(chrono::DateTime::from_timestamp_millis)
@@ -385,10 +391,7 @@ impl Store {
                 rows: prov.as_ref().map(|p| p.rows),
                 periods: prov.as_ref().map(|p| p.periods.clone()).unwrap_or_default(),
                 sha256: prov.as_ref().map(|p| p.sha256.clone()),
-                sources: prov
-                    .as_ref()
-                    .map(|p| p.sources.clone())
-                    .unwrap_or_default(),
+                sources: prov.as_ref().map(|p| p.sources.clone()).unwrap_or_default(),
                 agreements: prov.map(|p| p.agreements).unwrap_or_default(),
             });
         }

@@ -50,7 +50,13 @@ impl Ledger {
         }
         let safe: String = partner
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let loaded = Arc::new(Mutex::new(PartnerLedger::load(
             self.dir.join(format!("{safe}.ledger")),
@@ -161,7 +167,10 @@ mod tests {
         p.record([persons(0..500)]).expect("record");
         assert!(p.conflicts(&persons(0..497), 10), "3 persons fewer");
         assert!(p.conflicts(&persons(0..509), 10), "9 persons more");
-        assert!(!p.conflicts(&persons(0..510), 10), "10 persons more is allowed");
+        assert!(
+            !p.conflicts(&persons(0..510), 10),
+            "10 persons more is allowed"
+        );
         assert!(!p.conflicts(&persons(0..500), 10), "the same persons again");
         assert!(!p.conflicts(&persons(1000..1500), 10), "other persons");
     }

@@ -326,7 +326,12 @@ async fn run_release(
                 }
                 GroupingSet::GroupingSets(sets) => GroupingSet::GroupingSets(
                     sets.iter()
-                        .map(|es| es.iter().cloned().map(checked).collect::<Result<Vec<_>, _>>())
+                        .map(|es| {
+                            es.iter()
+                                .cloned()
+                                .map(checked)
+                                .collect::<Result<Vec<_>, _>>()
+                        })
                         .collect::<Result<_, _>>()?,
                 ),
             }),
@@ -447,8 +452,8 @@ async fn run_release(
         .map_err(|e| QueryError::Internal(e.to_string()))?;
     let group_width = agg.schema.fields().len() - agg.aggr_expr.len();
     // With ROLLUP, CUBE or GROUPING SETS the grouping id follows the group expressions.
-    let grouping = matches!(agg.group_expr.as_slice(), [Expr::GroupingSet(_)])
-        .then(|| group_width - 1);
+    let grouping =
+        matches!(agg.group_expr.as_slice(), [Expr::GroupingSet(_)]).then(|| group_width - 1);
     let physical = state
         .create_physical_plan(&LogicalPlan::Aggregate(phase1))
         .await
@@ -540,16 +545,21 @@ async fn run_release(
         .iter()
         .enumerate()
         .map(|(i, (q, f))| {
-            Expr::Column(Column::new_unqualified(format!("c{i}"))).alias_qualified(q.cloned(), f.name())
+            Expr::Column(Column::new_unqualified(format!("c{i}")))
+                .alias_qualified(q.cloned(), f.name())
         })
         .collect();
     if marker {
         exprs.push(col(MARKER));
     }
-    let replacement = LogicalPlanBuilder::scan("concordat_released", provider_as_source(Arc::new(table)), None)
-        .and_then(|b| b.project(exprs))
-        .and_then(LogicalPlanBuilder::build)
-        .map_err(|e| QueryError::Internal(e.to_string()))?;
+    let replacement = LogicalPlanBuilder::scan(
+        "concordat_released",
+        provider_as_source(Arc::new(table)),
+        None,
+    )
+    .and_then(|b| b.project(exprs))
+    .and_then(LogicalPlanBuilder::build)
+    .map_err(|e| QueryError::Internal(e.to_string()))?;
     Ok((replacement, disclosure))
 }
 
@@ -604,7 +614,10 @@ struct Rewriter<'a> {
 }
 
 fn internal(e: datafusion::common::DataFusionError) -> String {
-    format!("the query could not be rewritten for disclosure control ({})", e.strip_backtrace())
+    format!(
+        "the query could not be rewritten for disclosure control ({})",
+        e.strip_backtrace()
+    )
 }
 
 fn present(schema: &DFSchema, names: &[String]) -> Vec<String> {
@@ -734,7 +747,9 @@ impl Rewriter<'_> {
                 };
                 let (keep_left, keep_right) = match j.join_type {
                     JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => (true, false),
-                    JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => (false, true),
+                    JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+                        (false, true)
+                    }
                     _ => (true, true),
                 };
                 let mut ids = HashSet::new();
@@ -966,7 +981,7 @@ impl Release<'_> {
                 };
                 if accepted.iter().any(near) || ledger.conflicts(p, self.min_count) {
                     *s = Some(Reason::Differencing);
-                } else if !accepted.iter().any(|q| *q == p) {
+                } else if !accepted.contains(&p) {
                     accepted.push(p);
                 }
             }
@@ -1007,7 +1022,10 @@ impl Release<'_> {
             if round {
                 let ints = masked.as_primitive::<Int64Type>();
                 let r = self.round_to as i64;
-                let rounded: Int64Array = ints.iter().map(|v| v.map(|v| round_half_up(v, r))).collect();
+                let rounded: Int64Array = ints
+                    .iter()
+                    .map(|v| v.map(|v| round_half_up(v, r)))
+                    .collect();
                 rounded_cells += rounded.len() - rounded.null_count();
                 rounded_kinds.push(cell.name.clone());
                 columns.push(Arc::new(rounded));
@@ -1067,7 +1085,8 @@ impl Release<'_> {
             withheld_groups = rows - keep.len();
             if withheld_groups > 0 {
                 for column in columns.iter_mut() {
-                    *column = arrow::compute::take(column.as_ref(), &keep, None).map_err(internal)?;
+                    *column =
+                        arrow::compute::take(column.as_ref(), &keep, None).map_err(internal)?;
                 }
                 marker = arrow::compute::take(marker.as_ref(), &keep, None).map_err(internal)?;
             }
@@ -1100,6 +1119,8 @@ impl Release<'_> {
     /// Withholds further cells until, in every total and the cells it adds up (along one
     /// grouping column), no withheld cell is the only one: otherwise subtracting the
     /// released cells from the total gives it back.
+    // Cells are indexed [row][column] and a family walks rows for one column at a time.
+    #[allow(clippy::needless_range_loop)]
     fn secondary(
         &self,
         gid: usize,

@@ -18,7 +18,11 @@ use datafusion::logical_expr::{
 /// Cells in a sketch: three sub-tables, each person in one cell of each.
 const SUB: usize = 20;
 const CELLS: usize = 3 * SUB;
-const SEEDS: [u64; 3] = [0x9e37_79b9_7f4a_7c15, 0xbf58_476d_1ce4_e5b9, 0x94d0_49bb_1331_11eb];
+const SEEDS: [u64; 3] = [
+    0x9e37_79b9_7f4a_7c15,
+    0xbf58_476d_1ce4_e5b9,
+    0x94d0_49bb_1331_11eb,
+];
 const CHECK_SEED: u64 = 0x2545_f491_4f6c_dd1d;
 /// Serialised size: the count, then per cell (count, key sum, check sum).
 pub const SKETCH_BYTES: usize = 8 + CELLS * 24;
@@ -232,15 +236,27 @@ impl Accumulator for PersonsAccumulator {
             return exec_err!("concordat_persons takes one argument");
         };
         match values.data_type() {
-            DataType::Utf8 => self
-                .keys
-                .extend(values.as_string::<i32>().iter().flatten().map(|s| key_of(s.as_bytes()))),
-            DataType::LargeUtf8 => self
-                .keys
-                .extend(values.as_string::<i64>().iter().flatten().map(|s| key_of(s.as_bytes()))),
-            DataType::Utf8View => self
-                .keys
-                .extend(values.as_string_view().iter().flatten().map(|s| key_of(s.as_bytes()))),
+            DataType::Utf8 => self.keys.extend(
+                values
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(|s| key_of(s.as_bytes())),
+            ),
+            DataType::LargeUtf8 => self.keys.extend(
+                values
+                    .as_string::<i64>()
+                    .iter()
+                    .flatten()
+                    .map(|s| key_of(s.as_bytes())),
+            ),
+            DataType::Utf8View => self.keys.extend(
+                values
+                    .as_string_view()
+                    .iter()
+                    .flatten()
+                    .map(|s| key_of(s.as_bytes())),
+            ),
             _ => return exec_err!("concordat_persons takes a string"),
         }
         Ok(())
@@ -283,7 +299,9 @@ mod tests {
     use super::*;
 
     fn keys(range: std::ops::Range<u64>) -> Vec<u64> {
-        range.map(|i| key_of(format!("{i:064x}").as_bytes())).collect()
+        range
+            .map(|i| key_of(format!("{i:064x}").as_bytes()))
+            .collect()
     }
 
     #[test]

@@ -95,9 +95,7 @@ pub fn total(expr: Expr, schema: &DFSchema) -> Result<Expr, String> {
                     }
                     for other in f.args.iter().skip(1) {
                         if !matches!(other, Expr::Literal(..)) {
-                            return plan_refusal(&format!(
-                                "{name}() with a computed precision"
-                            ));
+                            return plan_refusal(&format!("{name}() with a computed precision"));
                         }
                     }
                     Expr::ScalarFunction(f)
@@ -165,7 +163,9 @@ fn plan_refusal<T>(what: &str) -> datafusion::common::Result<T> {
 
 fn arithmetic(left: Expr, op: Operator, right: Expr, schema: &DFSchema) -> Result<Expr, String> {
     use Operator::*;
-    let binary = |l: Expr, o: Operator, r: Expr| Expr::BinaryExpr(BinaryExpr::new(Box::new(l), o, Box::new(r)));
+    let binary = |l: Expr, o: Operator, r: Expr| {
+        Expr::BinaryExpr(BinaryExpr::new(Box::new(l), o, Box::new(r)))
+    };
     match op {
         Eq | NotEq | Lt | LtEq | Gt | GtEq | And | Or | IsDistinctFrom | IsNotDistinctFrom
         | LikeMatch | ILikeMatch | NotLikeMatch | NotILikeMatch | StringConcat => {

@@ -26,11 +26,11 @@ fn keys(algorithms: &[&str]) -> Keys {
         dev_key_id: Some(kid),
         leeway_seconds: 0,
     };
-    let partners = Partners::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../policies/partners.toml"
-    )))
-    .expect("partners");
+    let root = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    let partners =
+        Partners::load(&std::path::Path::new(&root).join("../../policies/partners.toml"))
+            .expect("partners");
     Keys {
         _dir: dir,
         cfg,
