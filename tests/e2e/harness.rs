@@ -6,8 +6,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `concordat` binary built alongside the tests (or `CONCORDAT_BIN`).
+static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Uses this `concordat` binary from now on (for programs other than the tests).
+pub fn set_binary(path: &Path) {
+    let _ = BINARY.set(path.to_path_buf());
+}
+
+/// The `concordat` binary built alongside the tests (or `CONCORDAT_BIN`, or [`set_binary`]).
 pub fn binary() -> PathBuf {
+    if let Some(p) = BINARY.get() {
+        return p.clone();
+    }
     if let Ok(p) = std::env::var("CONCORDAT_BIN") {
         return PathBuf::from(p);
     }
@@ -24,11 +34,28 @@ pub fn binary() -> PathBuf {
 
 /// The repository's `policies/`.
 pub fn shipped_policies() -> PathBuf {
-    Path::new(
-        &std::env::var("CARGO_MANIFEST_DIR")
-            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
-    )
-    .join("../policies")
+    repository().join("policies")
+}
+
+/// The repository root: found from the running package's directory (set by cargo at run
+/// time), the directory this crate was built in, or the current directory upwards.
+pub fn repository() -> PathBuf {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(dir) = std::env::var("CARGO_MANIFEST_DIR") {
+        candidates.extend(Path::new(&dir).ancestors().map(Path::to_path_buf));
+    }
+    candidates.extend(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(Path::to_path_buf),
+    );
+    if let Ok(cwd) = std::env::current_dir() {
+        candidates.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    candidates
+        .into_iter()
+        .find(|d| d.join("policies/partners.toml").is_file() && d.join("schemas").is_dir())
+        .expect("the repository (with policies/ and schemas/) above this directory")
 }
 
 /// A scratch directory with a configuration, an HS256 development secret and policies.

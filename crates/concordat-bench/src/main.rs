@@ -1,0 +1,869 @@
+//! `concordat-bench`: how fast the gateway answers analysts, and what its safety costs.
+//!
+//! On synthetic data at a chosen scale it
+//! 1. times a validated upload against only decoding the same Parquet file, and reads
+//!    the server's peak memory (a separate `concordat serve` process);
+//! 2. runs a fixed set of analyst queries three ways, interleaved: through the gateway
+//!    over HTTP with agreements enforced, with DataFusion in this process on the same
+//!    Parquet files and no policy, and with DuckDB on the same files when the `duckdb`
+//!    Python package is installed; it prints the median of several runs of each and the
+//!    ratios, with their geometric means;
+//! 3. runs N concurrent analysts (one PCC each) on a small-query mix for a fixed time and
+//!    prints throughput, latency percentiles and errors.
+//!
+//! Build it in release: `cargo run --release -p concordat-bench -- --scale 5`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::Parser;
+use concordat_e2e::{Server, Site};
+use datafusion::prelude::SessionContext;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "concordat-bench",
+    about = "Benchmarks the gateway against DataFusion and DuckDB"
+)]
+struct Args {
+    /// Synthetic data scale (1 = about a million rows each of reoffending and court data).
+    #[arg(long, default_value_t = 5.0)]
+    scale: f64,
+    /// Seed of the synthetic data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the synthetic files are kept (reused when the scale and seed match).
+    #[arg(long, default_value = "target/bench-data")]
+    data: PathBuf,
+    /// Timed runs of each query on each engine (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Concurrent analysts, comma-separated.
+    #[arg(long, default_value = "16,64", value_delimiter = ',')]
+    clients: Vec<usize>,
+    /// Seconds each concurrency level runs.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Also upload a reoffending file synthesised at this scale and report the server's
+    /// peak memory (scale 19 is about 1.25 GB).
+    #[arg(long)]
+    big_upload_scale: Option<f64>,
+    /// The `concordat` binary (default: beside this one).
+    #[arg(long, env = "CONCORDAT_BIN")]
+    concordat: Option<PathBuf>,
+    /// Skip DuckDB even when it is installed.
+    #[arg(long)]
+    no_duckdb: bool,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// One analyst query: who asks it, for what, and the SQL (the same text for all engines).
+struct BenchQuery {
+    name: &'static str,
+    partner: &'static str,
+    role: &'static str,
+    purpose: &'static str,
+    sql: &'static str,
+}
+
+fn queries() -> Vec<BenchQuery> {
+    let q = |name, partner, role, purpose, sql| BenchQuery {
+        name,
+        partner,
+        role,
+        purpose,
+        sql,
+    };
+    vec![
+        q(
+            "reoffending rate by force and quarter",
+            "probation",
+            "analyst",
+            "reducing-reoffending",
+            "SELECT pfa_code, cohort_quarter, count(*) AS offenders, avg(CASE WHEN reoffended THEN 1.0 ELSE 0.0 END) AS rate FROM reoffending_cohort GROUP BY pfa_code, cohort_quarter ORDER BY pfa_code, cohort_quarter",
+        ),
+        q(
+            "reoffending by age band and disposal, one force",
+            "probation",
+            "analyst",
+            "reducing-reoffending",
+            "SELECT age_band, index_disposal, count(*) AS offenders, avg(CASE WHEN reoffended THEN 1.0 ELSE 0.0 END) AS rate FROM reoffending_cohort WHERE pfa_code = 'E23000032' GROUP BY age_band, index_disposal ORDER BY age_band, index_disposal",
+        ),
+        q(
+            "reoffences per offender by offence group",
+            "probation",
+            "analyst",
+            "reducing-reoffending",
+            "SELECT index_offence_group, sum(reoffences) * 1.0 / count(*) AS per_offender FROM reoffending_cohort GROUP BY index_offence_group ORDER BY index_offence_group",
+        ),
+        q(
+            "adult and juvenile rate by year",
+            "probation",
+            "analyst",
+            "reducing-reoffending",
+            "SELECT adult_juvenile, substr(cohort_quarter, 1, 4) AS year, avg(CASE WHEN reoffended THEN 1.0 ELSE 0.0 END) AS rate FROM reoffending_cohort GROUP BY adult_juvenile, substr(cohort_quarter, 1, 4) ORDER BY 1, 2",
+        ),
+        q(
+            "days to first reoffence by previous offences",
+            "probation",
+            "analyst",
+            "reducing-reoffending",
+            "SELECT previous_offences_band, avg(days_to_first_reoffence) AS mean_days, count(*) AS reoffenders FROM reoffending_cohort WHERE reoffended GROUP BY previous_offences_band ORDER BY 1",
+        ),
+        q(
+            "court median days by offence group",
+            "cps",
+            "analyst",
+            "performance-scrutiny",
+            "SELECT offence_group, median((date_part('epoch', completion_date) - date_part('epoch', offence_date)) / 86400) AS median_days, count(*) AS cases FROM court_timeliness WHERE completion_date IS NOT NULL GROUP BY offence_group ORDER BY offence_group",
+        ),
+        q(
+            "charge to first listing by court type and quarter",
+            "cps",
+            "analyst",
+            "performance-scrutiny",
+            "SELECT court_type, quarter, avg((date_part('epoch', first_listing_date) - date_part('epoch', charge_date)) / 86400) AS mean_days FROM court_timeliness GROUP BY court_type, quarter ORDER BY court_type, quarter",
+        ),
+        q(
+            "conviction rate by force",
+            "cps",
+            "analyst",
+            "performance-scrutiny",
+            "SELECT pfa_code, avg(CASE WHEN outcome = 'convicted' THEN 1.0 ELSE 0.0 END) AS conviction_rate, count(*) AS completed FROM court_timeliness WHERE outcome <> 'outstanding' GROUP BY pfa_code ORDER BY pfa_code",
+        ),
+        q(
+            "reoffending of defendants by court type (join on pseudonym)",
+            "probation",
+            "analyst",
+            "reducing-reoffending",
+            "SELECT c.court_type, count(*) AS pairs, avg(CASE WHEN r.reoffended THEN 1.0 ELSE 0.0 END) AS rate FROM reoffending_cohort r JOIN court_timeliness c ON r.person_id = c.person_id GROUP BY c.court_type ORDER BY c.court_type",
+        ),
+        q(
+            "court duration by reoffending (join on pseudonym)",
+            "probation",
+            "analyst",
+            "reducing-reoffending",
+            "SELECT r.reoffended, avg((date_part('epoch', c.completion_date) - date_part('epoch', c.offence_date)) / 86400) AS mean_days FROM court_timeliness c JOIN reoffending_cohort r ON c.person_id = r.person_id WHERE c.completion_date IS NOT NULL GROUP BY r.reoffended ORDER BY r.reoffended",
+        ),
+        q(
+            "force performance against baseline",
+            "hmicfrs",
+            "inspector",
+            "inspection",
+            "SELECT indicator, avg(value) AS mean, avg(baseline_value) AS baseline, avg(value) / avg(baseline_value) AS against_baseline FROM force_performance WHERE quarter >= '2024Q1' GROUP BY indicator ORDER BY indicator",
+        ),
+        q(
+            "neighbourhood crime by force",
+            "hmicfrs",
+            "inspector",
+            "inspection",
+            "SELECT pfa_code, sum(value) AS offences FROM force_performance WHERE measure = 'neighbourhood_crime' GROUP BY pfa_code ORDER BY offences DESC",
+        ),
+        q(
+            "spend per head by year",
+            "hmicfrs",
+            "inspector",
+            "inspection",
+            "SELECT financial_year, sum(net_revenue_expenditure_gbp) / sum(population) AS spend_per_head FROM force_resources GROUP BY financial_year ORDER BY financial_year",
+        ),
+        q(
+            "efficiency ranking",
+            "hmicfrs",
+            "inspector",
+            "inspection",
+            "SELECT pfa_code, force_name, value, msg_value, rank FROM force_efficiency WHERE financial_year = '2023-24' AND metric = 'cost_per_crime' ORDER BY rank",
+        ),
+    ]
+}
+
+/// The small-query mix of a PCC analyst, for the concurrency run.
+const MIX: [(&str, &str); 3] = [
+    (
+        "performance-scrutiny",
+        "SELECT indicator, avg(value) AS mean FROM force_performance WHERE quarter >= '2024Q1' GROUP BY indicator",
+    ),
+    (
+        "efficiency-comparison",
+        "SELECT pfa_code, value, rank FROM force_efficiency WHERE financial_year = '2023-24' AND metric = 'spend_per_head' ORDER BY rank LIMIT 10",
+    ),
+    (
+        "reducing-reoffending",
+        "SELECT age_band, count(*) AS n, avg(CASE WHEN reoffended THEN 1.0 ELSE 0.0 END) AS rate FROM reoffending_cohort WHERE cohort_quarter >= '2024Q1' GROUP BY age_band",
+    ),
+];
+
+/// Probation may read court cases record by record, for the benchmark's join queries.
+const BENCH_AGREEMENT: &str = r#"
+title = "Benchmark: probation research access to court timeliness"
+lawful_basis = ["Offender Management Act 2007 s.14"]
+purposes = ["reducing-reoffending"]
+providers = { partners = ["cps", "hmcts"] }
+recipients = { partners = ["probation"] }
+
+[read.court_timeliness]
+access = "record"
+scope = "all"
+"#;
+
+const RECORD_DATASETS: [&str; 5] = [
+    "reoffending_cohort",
+    "court_timeliness",
+    "force_performance",
+    "force_resources",
+    "force_context",
+];
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+fn concordat_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    let bin = match &args.concordat {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow!("no directory for this executable"))?
+            .join("concordat"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release -p concordat-cli) or pass --concordat",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Synthesises the files (once per scale and seed): whole datasets for the baselines, and
+/// each force's own rows for its uploads.
+fn prepare(args: &Args) -> anyhow::Result<PathBuf> {
+    let dir = args
+        .data
+        .join(format!("scale-{}-seed-{}", args.scale, args.seed));
+    let done = dir.join(".complete");
+    if done.exists() {
+        eprintln!("reusing synthetic data in {}", dir.display());
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let started = Instant::now();
+    let synth = concordat_synth::Synth::new(args.scale, args.seed);
+    for ds in RECORD_DATASETS {
+        synth.write(ds, &dir.join(format!("{ds}.parquet")))?;
+    }
+    for force in concordat_core::Reference::builtin().forces() {
+        for ds in ["force_performance", "force_resources"] {
+            let path = dir.join(ds).join(format!("{}.parquet", force.force_slug));
+            std::fs::create_dir_all(path.parent().unwrap_or(&dir))?;
+            synth
+                .clone()
+                .only(&[force.force_slug.as_str()])
+                .write(ds, &path)?;
+        }
+    }
+    std::fs::write(&done, "")?;
+    eprintln!(
+        "synthesised scale {} in {:.1}s into {}",
+        args.scale,
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(dir)
+}
+
+struct Gateway {
+    site: Site,
+    server: Server,
+    client: reqwest::Client,
+    tokens: BTreeMap<String, String>,
+}
+
+impl Gateway {
+    fn token(&mut self, partner: &str, role: &str) -> String {
+        let key = format!("{partner}/{role}");
+        if let Some(t) = self.tokens.get(&key) {
+            return t.clone();
+        }
+        let t = self.site.token(partner, role);
+        self.tokens.insert(key, t.clone());
+        t
+    }
+
+    async fn upload(
+        &mut self,
+        partner: &str,
+        dataset: &str,
+        path: &Path,
+    ) -> anyhow::Result<(u64, u64)> {
+        let token = self.token(partner, "uploader");
+        let bytes = tokio::fs::read(path).await?;
+        let resp = self
+            .client
+            .post(format!(
+                "{}/v1/datasets/{dataset}/uploads?mode=replace_periods",
+                self.server.url
+            ))
+            .bearer_auth(token)
+            .header("content-type", "application/vnd.apache.parquet")
+            .body(bytes)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("{partner} uploading {dataset}: {status} {body}");
+        }
+        Ok((
+            body["version"].as_u64().unwrap_or(0),
+            body["rows"].as_u64().unwrap_or(0),
+        ))
+    }
+
+    /// Runs one query; returns its wall time and rows.
+    async fn query(
+        client: &reqwest::Client,
+        url: &str,
+        token: &str,
+        purpose: &str,
+        sql: &str,
+    ) -> anyhow::Result<(Duration, usize)> {
+        let started = Instant::now();
+        let resp = client
+            .post(format!("{url}/v1/query"))
+            .bearer_auth(token)
+            .header("accept", "application/vnd.apache.arrow.stream")
+            .json(&serde_json::json!({"sql": sql, "purpose": purpose}))
+            .send()
+            .await?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        let elapsed = started.elapsed();
+        if !status.is_success() {
+            bail!("{status}: {}", String::from_utf8_lossy(&body));
+        }
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)?;
+        let mut rows = 0;
+        for b in reader {
+            rows += b?.num_rows();
+        }
+        Ok((elapsed, rows))
+    }
+}
+
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn decode_only(path: &Path) -> anyhow::Result<(Duration, usize)> {
+    let started = Instant::now();
+    let file = std::fs::File::open(path)?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
+        .with_batch_size(8192)
+        .build()?;
+    let mut rows = 0;
+    for b in reader {
+        rows += b?.num_rows();
+    }
+    Ok((started.elapsed(), rows))
+}
+
+/// A DuckDB process that runs one query per line and answers with its time.
+struct DuckDb {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+const DUCKDB_WORKER: &str = r#"
+import json, sys, time
+import duckdb
+con = duckdb.connect()
+con.execute("SET threads TO 2")
+for name, path in json.loads(sys.argv[1]).items():
+    con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+print(json.dumps({"ready": duckdb.__version__}), flush=True)
+for line in sys.stdin:
+    sql = json.loads(line)["sql"]
+    t = time.perf_counter()
+    try:
+        rows = len(con.execute(sql).fetchall())
+        print(json.dumps({"ms": (time.perf_counter() - t) * 1000, "rows": rows}), flush=True)
+    except Exception as e:
+        print(json.dumps({"error": str(e)}), flush=True)
+"#;
+
+impl DuckDb {
+    fn start(tables: &BTreeMap<String, PathBuf>) -> Option<(DuckDb, String)> {
+        let map: BTreeMap<&String, String> = tables
+            .iter()
+            .map(|(k, v)| (k, v.display().to_string()))
+            .collect();
+        let mut child = Command::new("python3")
+            .args(["-c", DUCKDB_WORKER])
+            .arg(serde_json::to_string(&map).ok()?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let stdin = child.stdin.take()?;
+        let mut stdout = BufReader::new(child.stdout.take()?);
+        let mut line = String::new();
+        stdout.read_line(&mut line).ok()?;
+        let ready: serde_json::Value = serde_json::from_str(&line).ok()?;
+        let version = ready["ready"].as_str()?.to_owned();
+        Some((
+            DuckDb {
+                child,
+                stdin,
+                stdout,
+            },
+            version,
+        ))
+    }
+
+    fn run(&mut self, sql: &str) -> anyhow::Result<(Duration, usize)> {
+        writeln!(self.stdin, "{}", serde_json::json!({"sql": sql}))?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        if let Some(e) = v["error"].as_str() {
+            bail!("duckdb: {e}");
+        }
+        let ms = v["ms"].as_f64().ok_or_else(|| anyhow!("duckdb: no time"))?;
+        Ok((
+            Duration::from_secs_f64(ms / 1000.0),
+            v["rows"].as_u64().unwrap_or(0) as usize,
+        ))
+    }
+}
+
+impl Drop for DuckDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn geomean(v: &[f64]) -> f64 {
+    let logs: Vec<f64> = v
+        .iter()
+        .filter(|x| x.is_finite() && **x > 0.0)
+        .map(|x| x.ln())
+        .collect();
+    if logs.is_empty() {
+        return f64::NAN;
+    }
+    (logs.iter().sum::<f64>() / logs.len() as f64).exp()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let bin = concordat_binary(&args)?;
+    concordat_e2e::set_binary(&bin);
+    let data = prepare(&args)?;
+    let mut report = serde_json::Map::new();
+    report.insert("scale".into(), serde_json::json!(args.scale));
+
+    let site = Site::with_agreement("bench-probation-court.toml", BENCH_AGREEMENT);
+    let server = site.serve_with(&[
+        ("CONCORDAT_LIMITS__MAX_UPLOAD_BYTES", "4000000000"),
+        ("CONCORDAT_QUERY__MAX_JSON_ROWS", "1000000"),
+        ("CONCORDAT_QUERY__TIMEOUT_SECONDS", "300"),
+    ]);
+    let pid = server.child.id();
+    let idle = peak_rss_mib(pid);
+    let mut gw = Gateway {
+        site,
+        server,
+        client: reqwest::Client::new(),
+        tokens: BTreeMap::new(),
+    };
+
+    // 1. Ingest: a validated upload against decoding the same file.
+    let reo = data.join("reoffending_cohort.parquet");
+    let reo_bytes = std::fs::metadata(&reo)?.len() as f64;
+    let (decode_time, decode_rows) = decode_only(&reo)?;
+    let started = Instant::now();
+    let (_, up_rows) = gw.upload("probation", "reoffending_cohort", &reo).await?;
+    let upload_time = started.elapsed();
+    let mib = reo_bytes / (1 << 20) as f64;
+    let ingest = serde_json::json!({
+        "file_mib": mib,
+        "rows": up_rows,
+        "decode_seconds": decode_time.as_secs_f64(),
+        "decode_rows_per_s": decode_rows as f64 / decode_time.as_secs_f64(),
+        "decode_mib_per_s": mib / decode_time.as_secs_f64(),
+        "upload_seconds": upload_time.as_secs_f64(),
+        "upload_rows_per_s": up_rows as f64 / upload_time.as_secs_f64(),
+        "upload_mib_per_s": mib / upload_time.as_secs_f64(),
+        "upload_over_decode": decode_time.as_secs_f64() / upload_time.as_secs_f64(),
+        "server_idle_mib": idle,
+        "server_peak_mib": peak_rss_mib(pid),
+    });
+    println!("\n## Ingest (reoffending_cohort, {mib:.0} MiB, {up_rows} rows)\n");
+    println!("| | seconds | rows/s | MiB/s |\n| --- | ---: | ---: | ---: |");
+    println!(
+        "| decode only (parquet-rs, this process) | {:.2} | {:.0} | {:.1} |",
+        decode_time.as_secs_f64(),
+        decode_rows as f64 / decode_time.as_secs_f64(),
+        mib / decode_time.as_secs_f64()
+    );
+    println!(
+        "| validated upload over HTTP (committed) | {:.2} | {:.0} | {:.1} |",
+        upload_time.as_secs_f64(),
+        up_rows as f64 / upload_time.as_secs_f64(),
+        mib / upload_time.as_secs_f64()
+    );
+    println!(
+        "\nUpload throughput is {:.0}% of decode-only. Server peak RSS so far: {:.0} MiB (idle {:.0} MiB).",
+        100.0 * decode_time.as_secs_f64() / upload_time.as_secs_f64(),
+        peak_rss_mib(pid).unwrap_or(f64::NAN),
+        idle.unwrap_or(f64::NAN)
+    );
+    report.insert("ingest".into(), ingest);
+    if let Some(big) = args.big_upload_scale {
+        let path = args.data.join(format!("big-reoffending-{big}.parquet"));
+        if !path.exists() {
+            concordat_synth::Synth::new(big, args.seed + 1).write("reoffending_cohort", &path)?;
+        }
+        let bytes = std::fs::metadata(&path)?.len() as f64 / (1 << 20) as f64;
+        let started = Instant::now();
+        let (_, rows) = gw.upload("probation", "reoffending_cohort", &path).await?;
+        let secs = started.elapsed().as_secs_f64();
+        let peak = peak_rss_mib(pid);
+        println!(
+            "\nBig upload: {bytes:.0} MiB, {rows} rows in {secs:.1}s ({:.1} MiB/s); server peak RSS {:.0} MiB.",
+            bytes / secs,
+            peak.unwrap_or(f64::NAN)
+        );
+        report.insert(
+            "big_upload".into(),
+            serde_json::json!({"mib": bytes, "rows": rows, "seconds": secs, "server_peak_mib": peak}),
+        );
+        // Back to the benchmark's own cohort file, so the engines read the same rows.
+        gw.upload("probation", "reoffending_cohort", &reo)
+            .await
+            .ok();
+    }
+
+    // The other inputs, each from its provider.
+    let mut resources_version = 0;
+    gw.upload(
+        "cps",
+        "court_timeliness",
+        &data.join("court_timeliness.parquet"),
+    )
+    .await?;
+    gw.upload(
+        "home-office",
+        "force_context",
+        &data.join("force_context.parquet"),
+    )
+    .await?;
+    for force in concordat_core::Reference::builtin().forces() {
+        let partner = format!("force-{}", force.force_slug);
+        gw.upload(
+            &partner,
+            "force_performance",
+            &data
+                .join("force_performance")
+                .join(format!("{}.parquet", force.force_slug)),
+        )
+        .await?;
+        resources_version = gw
+            .upload(
+                &partner,
+                "force_resources",
+                &data
+                    .join("force_resources")
+                    .join(format!("{}.parquet", force.force_slug)),
+            )
+            .await?
+            .0;
+    }
+    // Wait for the efficiency dataset built from the last resources upload.
+    let inspector = gw.token("hmicfrs", "inspector");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let v: serde_json::Value = gw
+            .client
+            .get(format!("{}/v1/datasets/force_efficiency", gw.server.url))
+            .bearer_auth(&inspector)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let built = v["versions"][0]["sources"]["force_resources"].as_u64();
+        if built.is_some_and(|b| b >= resources_version) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("force_efficiency was not rebuilt");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let extract = gw
+        .client
+        .get(format!(
+            "{}/v1/extracts/efficiency?financial_year=2023-24&format=parquet",
+            gw.server.url
+        ))
+        .bearer_auth(&inspector)
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    let efficiency = data.join("force_efficiency-2023-24.parquet");
+    std::fs::write(&efficiency, &extract)?;
+
+    // 2. Queries, three ways.
+    let mut tables: BTreeMap<String, PathBuf> = RECORD_DATASETS
+        .iter()
+        .map(|d| ((*d).to_owned(), data.join(format!("{d}.parquet"))))
+        .collect();
+    tables.insert("force_efficiency".into(), efficiency);
+    let ctx = SessionContext::new();
+    for (name, path) in &tables {
+        ctx.register_parquet(
+            name.as_str(),
+            path.to_str().context("path")?,
+            Default::default(),
+        )
+        .await?;
+    }
+    let mut duck = if args.no_duckdb {
+        None
+    } else {
+        DuckDb::start(&tables)
+    };
+    match &duck {
+        Some((_, v)) => eprintln!("DuckDB {v} found"),
+        None => {
+            eprintln!("DuckDB not available (pip install duckdb); comparing with DataFusion only")
+        }
+    }
+    let qs = queries();
+    let mut times: Vec<[Vec<f64>; 3]> = qs.iter().map(|_| [vec![], vec![], vec![]]).collect();
+    let mut rows: Vec<[usize; 3]> = vec![[0; 3]; qs.len()];
+    for round in 0..=args.runs {
+        for (i, q) in qs.iter().enumerate() {
+            let token = gw.token(q.partner, q.role);
+            // Rotate the order so no engine always runs first (warm caches).
+            for k in 0..3 {
+                let engine = (k + round + i) % 3;
+                let measured: Option<(Duration, usize)> = match engine {
+                    0 => Some(
+                        Gateway::query(&gw.client, &gw.server.url, &token, q.purpose, q.sql)
+                            .await
+                            .with_context(|| format!("gateway: {}", q.name))?,
+                    ),
+                    1 => {
+                        let started = Instant::now();
+                        let batches = ctx.sql(q.sql).await?.collect().await?;
+                        Some((
+                            started.elapsed(),
+                            batches.iter().map(|b| b.num_rows()).sum(),
+                        ))
+                    }
+                    _ => match &mut duck {
+                        Some((d, _)) => Some(
+                            d.run(q.sql)
+                                .with_context(|| format!("duckdb: {}", q.name))?,
+                        ),
+                        None => None,
+                    },
+                };
+                if let Some((t, n)) = measured {
+                    rows[i][engine] = n;
+                    if round > 0 {
+                        times[i][engine].push(t.as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "\n## Queries (median of {} runs, milliseconds)\n",
+        args.runs
+    );
+    println!("| # | query | rows | gateway (a) | DataFusion (b) | DuckDB (c) | a/b | a/c |");
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let (mut ab, mut ac) = (Vec::new(), Vec::new());
+    let mut per_query = Vec::new();
+    for (i, q) in qs.iter().enumerate() {
+        let [a, b, c] = [0, 1, 2].map(|e| median(times[i][e].clone()));
+        let (rab, rac) = (a / b, a / c);
+        ab.push(rab);
+        if c.is_finite() {
+            ac.push(rac);
+        }
+        if rows[i][0] != rows[i][1] {
+            eprintln!(
+                "warning: {}: gateway returned {} rows, DataFusion {}",
+                q.name, rows[i][0], rows[i][1]
+            );
+        }
+        let cell = |x: f64| {
+            if x.is_finite() {
+                format!("{x:.1}")
+            } else {
+                "-".into()
+            }
+        };
+        let ratio = |x: f64| {
+            if x.is_finite() {
+                format!("{x:.2}")
+            } else {
+                "-".into()
+            }
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            i + 1,
+            q.name,
+            rows[i][0],
+            cell(a),
+            cell(b),
+            cell(c),
+            ratio(rab),
+            ratio(rac)
+        );
+        per_query.push(serde_json::json!({"query": q.name, "rows": rows[i][0], "gateway_ms": a, "datafusion_ms": b, "duckdb_ms": if c.is_finite() { Some(c) } else { None }}));
+    }
+    let (gab, gac) = (geomean(&ab), geomean(&ac));
+    println!(
+        "\nGeometric mean: gateway/DataFusion {gab:.2}{}",
+        if gac.is_finite() {
+            format!(", gateway/DuckDB {gac:.2}")
+        } else {
+            String::new()
+        }
+    );
+    report.insert("queries".into(), serde_json::json!(per_query));
+    report.insert(
+        "geomean_gateway_over_datafusion".into(),
+        serde_json::json!(gab),
+    );
+    report.insert(
+        "geomean_gateway_over_duckdb".into(),
+        serde_json::json!(if gac.is_finite() { Some(gac) } else { None }),
+    );
+    drop(duck);
+
+    // 3. Concurrent analysts.
+    let forces: Vec<String> = concordat_core::Reference::builtin()
+        .forces()
+        .iter()
+        .map(|f| f.force_slug.clone())
+        .collect();
+    let mut pcc_tokens = Vec::new();
+    for slug in &forces {
+        pcc_tokens.push(gw.token(&format!("pcc-{slug}"), "analyst"));
+    }
+    println!(
+        "\n## Concurrent analysts ({}s each, one PCC per analyst, small-query mix)\n",
+        args.seconds
+    );
+    println!(
+        "| analysts | queries | queries/s | p50 ms | p95 ms | p99 ms | errors |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let mut levels = Vec::new();
+    for &n in &args.clients {
+        let until = Instant::now() + Duration::from_secs(args.seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..n {
+            let client = gw.client.clone();
+            let url = gw.server.url.clone();
+            let token = pcc_tokens[c % pcc_tokens.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = Vec::new();
+                let mut k = c;
+                while Instant::now() < until {
+                    let (purpose, sql) = MIX[k % MIX.len()];
+                    k += 1;
+                    let t = Instant::now();
+                    match Gateway::query(&client, &url, &token, purpose, sql).await {
+                        Ok(_) => lat.push(t.elapsed().as_secs_f64() * 1000.0),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                (lat, errors)
+            }));
+        }
+        let mut lat = Vec::new();
+        let mut errors = Vec::new();
+        for t in tasks {
+            let (l, e) = t.await?;
+            lat.extend(l);
+            errors.extend(e);
+        }
+        let wall = started.elapsed().as_secs_f64();
+        lat.sort_by(f64::total_cmp);
+        let (p50, p95, p99) = (
+            percentile(&lat, 50.0),
+            percentile(&lat, 95.0),
+            percentile(&lat, 99.0),
+        );
+        println!(
+            "| {n} | {} | {:.1} | {p50:.0} | {p95:.0} | {p99:.0} | {} |",
+            lat.len(),
+            lat.len() as f64 / wall,
+            errors.len()
+        );
+        if let Some(e) = errors.first() {
+            eprintln!("first error at {n} analysts: {e}");
+        }
+        levels.push(serde_json::json!({"analysts": n, "queries": lat.len(), "qps": lat.len() as f64 / wall, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "errors": errors.len()}));
+    }
+    report.insert("concurrency".into(), serde_json::json!(levels));
+    report.insert(
+        "server_peak_mib".into(),
+        serde_json::json!(peak_rss_mib(pid)),
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&serde_json::Value::Object(report))?,
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! A smoke run of the benchmark: tiny data, one run, a second of concurrency. It proves
+//! the bench works end to end (upload, rebuild, every query on the gateway and on
+//! DataFusion, concurrent analysts with no errors); the numbers live in BENCHMARKS.md.
+
+use std::process::Command;
+
+#[test]
+fn the_benchmark_runs_end_to_end_at_a_tiny_scale() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_concordat-bench"));
+    let concordat = exe.parent().expect("target dir").join("concordat");
+    let json = dir.path().join("bench.json");
+    let out = Command::new(exe)
+        .args([
+            "--scale",
+            "0.02",
+            "--runs",
+            "1",
+            "--clients",
+            "4",
+            "--seconds",
+            "1",
+            "--no-duckdb",
+        ])
+        .arg("--data")
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .arg("--concordat")
+        .arg(&concordat)
+        .output()
+        .expect("run the bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parse");
+    let queries = report["queries"].as_array().expect("queries");
+    assert!(queries.len() >= 12, "{report}");
+    for q in queries {
+        assert!(q["gateway_ms"].as_f64().is_some_and(|t| t > 0.0), "{q}");
+        assert!(q["datafusion_ms"].as_f64().is_some_and(|t| t > 0.0), "{q}");
+    }
+    assert!(
+        report["geomean_gateway_over_datafusion"]
+            .as_f64()
+            .is_some_and(f64::is_finite)
+    );
+    assert!(
+        report["ingest"]["upload_rows_per_s"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0)
+    );
+    let level = &report["concurrency"][0];
+    assert_eq!(level["errors"], 0, "{report}");
+    assert!(level["queries"].as_u64().is_some_and(|n| n > 0));
+    assert!(stdout.contains("Geometric mean"), "{stdout}");
+}
