@@ -505,6 +505,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ("CONCORDAT_LIMITS__MAX_UPLOAD_BYTES", "4000000000"),
         ("CONCORDAT_QUERY__MAX_JSON_ROWS", "1000000"),
         ("CONCORDAT_QUERY__TIMEOUT_SECONDS", "300"),
+        // The in-process baseline has no memory limit; the joins of two 5-million-row
+        // tables build hash tables of a few GB, past the gateway's default of 512 MB.
+        ("CONCORDAT_QUERY__MEMORY_MB", "8192"),
     ]);
     let pid = server.child.id();
     let idle = peak_rss_mib(pid);

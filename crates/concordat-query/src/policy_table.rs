@@ -78,6 +78,48 @@ impl PolicyTable {
             .and_then(|(_, r)| r.clone())
     }
 
+    /// Whether a caller predicate can only prune: comparisons of a visible column, as
+    /// stored, with literals of its own type, combined with AND. Such a predicate cannot
+    /// raise an error on any value, so evaluating it against statistics of rows outside
+    /// the caller's scope tells nothing.
+    fn prunable(&self, e: &Expr) -> bool {
+        use datafusion::logical_expr::{BinaryExpr, Operator};
+        let column = |e: &Expr| -> Option<DataType> {
+            let Expr::Column(c) = e else { return None };
+            if c.relation.is_some() && self.schema.field_with_name(&c.name).is_err() {
+                return None;
+            }
+            let field = self.schema.field_with_name(&c.name).ok()?;
+            match self.rule(&c.name) {
+                None => Some(field.data_type().clone()),
+                Some(_) => None,
+            }
+        };
+        let literal_of =
+            |e: &Expr, t: &DataType| matches!(e, Expr::Literal(v, _) if &v.data_type() == t);
+        match e {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+                Operator::And => self.prunable(left) && self.prunable(right),
+                Operator::Eq
+                | Operator::NotEq
+                | Operator::Lt
+                | Operator::LtEq
+                | Operator::Gt
+                | Operator::GtEq => match (column(left), column(right)) {
+                    (Some(t), None) => literal_of(right, &t),
+                    (None, Some(t)) => literal_of(left, &t),
+                    _ => false,
+                },
+                _ => false,
+            },
+            Expr::InList(list) => {
+                column(&list.expr).is_some_and(|t| list.list.iter().all(|v| literal_of(v, &t)))
+            }
+            Expr::IsNull(inner) | Expr::IsNotNull(inner) => column(inner).is_some(),
+            _ => false,
+        }
+    }
+
     /// The row-scope predicate, over the inner schema.
     fn scope_predicate(&self) -> Option<Expr> {
         match (&self.view.scope, &self.view.force_column) {
@@ -102,22 +144,31 @@ impl TableProvider for PolicyTable {
         TableType::Base
     }
 
-    /// Caller predicates are never pushed below the policy.
+    /// Caller predicates are never evaluated below the policy. Those that cannot fail on
+    /// any value (a visible, uncoarsened column compared with a literal) are offered to the
+    /// stored table for pruning files and row groups by their statistics, and still
+    /// applied in full above the boundary.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![
-            TableProviderFilterPushDown::Unsupported;
-            filters.len()
-        ])
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.prunable(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
     }
 
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let wanted: Vec<usize> = match projection {
@@ -136,7 +187,9 @@ impl TableProvider for PolicyTable {
         read.sort_unstable();
         let scope = self.scope_predicate();
         // Our own predicate may go down for pruning; it is applied again exactly below.
-        let pushed: Vec<Expr> = scope.iter().cloned().collect();
+        // So may the caller's infallible comparisons, which prune but are applied above.
+        let mut pushed: Vec<Expr> = scope.iter().cloned().collect();
+        pushed.extend(filters.iter().filter(|f| self.prunable(f)).cloned());
         let scan = self.inner.scan(state, Some(&read), &pushed, None).await?;
         let scan_schema = scan.schema();
         let df_schema = DFSchema::try_from(scan_schema.as_ref().clone())?;

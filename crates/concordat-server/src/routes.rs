@@ -414,9 +414,7 @@ async fn upload_inner(
                 .rows_committed
                 .fetch_add(out.rows, Ordering::Relaxed);
             tracing::info!(dataset = %out.dataset, version = out.version, rows = out.rows, partner = %caller.partner.id, "upload committed");
-            if concordat_query::efficiency::INPUTS.contains(&out.dataset.as_str()) {
-                state.efficiency.notify_one();
-            }
+            state.after_commit(&out.dataset);
             let mut body = json!(out);
             if let Some(o) = body.as_object_mut() {
                 o.remove("duplicate");

@@ -244,6 +244,34 @@ impl AppState {
             .unwrap_or(10)
     }
 
+    /// Work after a committed upload, off the request: compact the dataset's small files
+    /// once there are enough of them, then wake the efficiency rebuilder if the dataset is
+    /// one of its inputs.
+    pub fn after_commit(self: &Arc<Self>, dataset: &str) {
+        const COMPACT_AT_FILES: usize = 16;
+        let state = self.clone();
+        let dataset = dataset.to_owned();
+        tokio::spawn(async move {
+            let store = state.store.clone();
+            let name = dataset.clone();
+            let compacted = state
+                .query
+                .run(async move { store.compact(&name, COMPACT_AT_FILES).await })
+                .await;
+            match compacted {
+                Ok(Ok(Some((version, files)))) => {
+                    tracing::info!(dataset, version, files, "small files compacted");
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(dataset, error = %e, "compaction failed"),
+                Err(e) => tracing::warn!(dataset, error = %e, "compaction failed"),
+            }
+            if concordat_query::efficiency::INPUTS.contains(&dataset.as_str()) {
+                state.efficiency.notify_one();
+            }
+        });
+    }
+
     /// Rebuilds `force_efficiency` whenever woken, and once at start (which catches up
     /// after a crash between an input's commit and its rebuild). Wake-ups that arrive
     /// during a rebuild coalesce into one more.

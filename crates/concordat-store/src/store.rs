@@ -469,6 +469,42 @@ impl Store {
             .ok_or_else(|| StoreError::Internal("commit left no version".into()))
     }
 
+    /// Rewrites a dataset's small data files into few large ones (Delta `OPTIMIZE`, no
+    /// data change) once it holds at least `min_files` files: datasets uploaded force by
+    /// force otherwise keep one file per upload, and each query would open them all.
+    /// Returns the new version and the files replaced, or `None` when nothing was done.
+    pub async fn compact(
+        &self,
+        dataset: &str,
+        min_files: usize,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let lock = self.lock_for(dataset);
+        let _guard = lock.lock().await;
+        let table = self.open_table(dataset).await?;
+        if table.version().is_none() {
+            return Ok(None);
+        }
+        let files = table
+            .snapshot()
+            .map_err(StoreError::internal)?
+            .log_data()
+            .num_files();
+        if files < min_files {
+            return Ok(None);
+        }
+        let (table, metrics) = table
+            .optimize()
+            .with_target_size(
+                std::num::NonZeroU64::new(64 << 20).unwrap_or(std::num::NonZeroU64::MIN),
+            )
+            .await
+            .map_err(StoreError::internal)?;
+        if metrics.num_files_removed == 0 {
+            return Ok(None);
+        }
+        Ok(table.version().map(|v| (v, metrics.num_files_removed)))
+    }
+
     fn lock_for(&self, dataset: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self
             .locks

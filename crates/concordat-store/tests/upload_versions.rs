@@ -370,3 +370,64 @@ fn synth_other_seed() -> Vec<arrow::array::RecordBatch> {
         .only(&["kent"])
         .batches("force_performance")
 }
+
+#[tokio::test]
+async fn compaction_merges_one_file_per_force_into_one_without_changing_a_row() {
+    let f = fixture();
+    let forces = ["kent", "essex", "surrey", "sussex", "hampshire"];
+    let mut total = 0;
+    for force in forces {
+        let out = upload(
+            &f.store,
+            "force_performance",
+            Mode::Append,
+            &format!("force-{force}"),
+            ScopeFilter::All,
+            parquet_bytes(&synth("force_performance", &[force])),
+        )
+        .await
+        .expect("upload");
+        total += out.rows as usize;
+    }
+    let files = |t: &deltalake::DeltaTable| t.snapshot().expect("snapshot").log_data().num_files();
+    let before = f
+        .store
+        .table("force_performance", None)
+        .await
+        .expect("table");
+    assert_eq!(files(&before), 5);
+    assert_eq!(
+        f.store
+            .compact("force_performance", 6)
+            .await
+            .expect("compact"),
+        None,
+        "under the threshold nothing happens"
+    );
+    let (version, removed) = f
+        .store
+        .compact("force_performance", 5)
+        .await
+        .expect("compact")
+        .expect("compacted");
+    assert_eq!((version, removed), (5, 5));
+    let after = f
+        .store
+        .table("force_performance", None)
+        .await
+        .expect("table");
+    assert_eq!(files(&after), 1);
+    assert_eq!(
+        count_rows(&f.store, "force_performance", None, "").await,
+        total
+    );
+    // The uploads' provenance is still there, and the compaction is its own version.
+    let versions = f
+        .store
+        .versions("force_performance")
+        .await
+        .expect("versions");
+    assert_eq!(versions.len(), 6);
+    assert_eq!(versions[0].operation.as_deref(), Some("OPTIMIZE"));
+    assert_eq!(versions[1].partner.as_deref(), Some("force-hampshire"));
+}

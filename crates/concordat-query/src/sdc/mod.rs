@@ -620,6 +620,17 @@ fn internal(e: datafusion::common::DataFusionError) -> String {
     )
 }
 
+/// The (qualified) columns of a schema at these positions.
+fn columns_at(schema: &DFSchema, positions: impl IntoIterator<Item = usize>) -> HashSet<Column> {
+    positions
+        .into_iter()
+        .map(|i| {
+            let (q, f) = schema.qualified_field(i);
+            Column::new(q.cloned(), f.name())
+        })
+        .collect()
+}
+
 fn present(schema: &DFSchema, names: &[String]) -> Vec<String> {
     names
         .iter()
@@ -663,13 +674,7 @@ impl Rewriter<'_> {
                 }
                 let projection =
                     Projection::try_new(exprs, Arc::new(input.plan)).map_err(internal)?;
-                let ids = id_positions
-                    .into_iter()
-                    .map(|i| {
-                        let (q, f) = projection.schema.qualified_field(i);
-                        Column::new(q.cloned(), f.name())
-                    })
-                    .collect();
+                let ids = columns_at(&projection.schema, id_positions);
                 Ok(Out {
                     plan: LogicalPlan::Projection(projection),
                     ids,
@@ -692,15 +697,11 @@ impl Rewriter<'_> {
                 let in_schema = input.plan.schema().clone();
                 let alias = SubqueryAlias::try_new(Arc::new(input.plan), s.alias.clone())
                     .map_err(internal)?;
-                let ids = input
+                let positions = input
                     .ids
                     .iter()
-                    .filter_map(|c| in_schema.index_of_column(c).ok())
-                    .map(|i| {
-                        let (q, f) = alias.schema.qualified_field(i);
-                        Column::new(q.cloned(), f.name())
-                    })
-                    .collect();
+                    .filter_map(|c| in_schema.index_of_column(c).ok());
+                let ids = columns_at(&alias.schema, positions);
                 Ok(Out {
                     plan: LogicalPlan::SubqueryAlias(alias),
                     ids,
@@ -833,7 +834,8 @@ impl Rewriter<'_> {
                 controlled: false,
             });
         };
-        if scan.fetch.is_some() || !scan.filters.is_empty() {
+        // Filters pushed into the scan only prune (they are applied again above it).
+        if scan.fetch.is_some() {
             return Err("LIMIT over controlled rows is not available below the aggregate".into());
         }
         let source_schema = scan.source.schema();
@@ -852,6 +854,7 @@ impl Rewriter<'_> {
             scan.source.clone(),
         )
         .with_projection(Some(projection))
+        .with_filters(scan.filters.clone())
         .build()
         .map_err(internal)?;
         let name = format!("{PERSON_PREFIX}{}", self.next);
