@@ -208,6 +208,7 @@ pub struct QueryService {
     running: Arc<tokio::sync::Semaphore>,
     spill_dir: PathBuf,
     ledger: Arc<sdc::ledger::Ledger>,
+    footers: session::FooterCache,
 }
 
 impl std::fmt::Debug for QueryService {
@@ -252,7 +253,10 @@ impl QueryService {
             sdc::ledger::Ledger::open(&store.config().data_dir.join("ledger"))
                 .map_err(|e| QueryError::Internal(e.to_string()))?,
         );
+        let footers =
+            session::footer_cache(64 << 20).map_err(|e| QueryError::Internal(e.to_string()))?;
         Ok(QueryService {
+            footers,
             ledger,
             running,
             store,
@@ -329,6 +333,7 @@ impl QueryService {
             limits: self.limits.clone(),
             spill_dir: self.spill_dir.clone(),
             ledger: self.ledger.clone(),
+            footers: self.footers.clone(),
         };
         let sql = sql.to_owned();
         let timeout = self.limits.timeout;
@@ -424,6 +429,7 @@ struct Context {
     limits: QueryLimits,
     spill_dir: PathBuf,
     ledger: Arc<sdc::ledger::Ledger>,
+    footers: session::FooterCache,
 }
 
 pub(crate) fn sql_error(e: DataFusionError) -> QueryError {
@@ -460,11 +466,13 @@ pub(crate) fn classify(e: &DataFusionError) -> QueryError {
 
 impl Context {
     async fn start(&self, sql: &str) -> Result<(Planned, SendableRecordBatchStream), QueryError> {
+        let t0 = std::time::Instant::now();
         let ctx = session::locked_session(
             self.limits.memory_bytes,
             &self.spill_dir,
             self.limits.spill_bytes,
             self.limits.threads,
+            &self.footers,
         )
         .map_err(|e| QueryError::Internal(e.to_string()))?;
         let state = ctx.state();
@@ -495,6 +503,7 @@ impl Context {
                 }
             }
         }
+        let t_tables = t0.elapsed();
         let state = ctx.state();
         let plan = state.statement_to_plan(stmt).await.map_err(sql_error)?;
         SQLOptions::new()
@@ -522,8 +531,15 @@ impl Context {
             .await?;
             (plan, Some(disclosure))
         };
+        let t_logical = t0.elapsed();
         let physical = state.create_physical_plan(&plan).await.map_err(sql_error)?;
         guard::check_physical(physical.as_ref()).map_err(QueryError::NotAllowed)?;
+        tracing::debug!(
+            tables_ms = t_tables.as_secs_f64() * 1000.0,
+            logical_ms = t_logical.as_secs_f64() * 1000.0,
+            physical_ms = t0.elapsed().as_secs_f64() * 1000.0,
+            "query planned"
+        );
         let schema = physical.schema();
         let stream = datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())
             .map_err(|e| classify(&e))?;

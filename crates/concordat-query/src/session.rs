@@ -51,12 +51,25 @@ impl ObjectStoreRegistry for RestrictedRegistry {
     }
 }
 
+/// Parquet footers read by earlier queries, shared by every session: stored data files
+/// never change (a new version writes new files), so a footer read once stays right.
+pub type FooterCache = Arc<datafusion::execution::cache::cache_manager::FileMetadataCache>;
+
+/// A footer cache holding up to `bytes` of metadata.
+pub fn footer_cache(bytes: usize) -> Result<FooterCache> {
+    use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
+    let manager =
+        CacheManager::try_new(&CacheManagerConfig::default().with_metadata_cache_limit(bytes))?;
+    Ok(manager.get_file_metadata_cache())
+}
+
 /// Builds a session with the limits of one query.
 pub fn locked_session(
     memory_bytes: usize,
     spill_dir: &Path,
     spill_bytes: u64,
     target_partitions: usize,
+    footers: &FooterCache,
 ) -> Result<SessionContext> {
     let mut config = SessionConfig::new()
         .with_information_schema(false)
@@ -70,6 +83,10 @@ pub fn locked_session(
         .with_memory_pool(Arc::new(GreedyMemoryPool::new(memory_bytes)))
         .with_disk_manager_builder(disk)
         .with_object_store_registry(Arc::new(RestrictedRegistry::default()))
+        .with_cache_manager(
+            datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+                .with_file_metadata_cache(Some(footers.clone())),
+        )
         .build_arc()?;
     let state = SessionStateBuilder::new()
         .with_config(config)

@@ -515,6 +515,7 @@ impl Store {
 
     /// Validates the staged file and, if every row passes, commits it as a new version.
     pub async fn upload(&self, req: UploadRequest<'_>) -> Result<UploadOutcome, StoreError> {
+        let started = std::time::Instant::now();
         let dataset = req.schema.name.to_string();
         let (rows, periods) = {
             let _permit = self
@@ -565,6 +566,7 @@ impl Store {
                 }
             }
         };
+        let validated = started.elapsed();
         let lock = self.lock_for(&dataset);
         let _guard = lock.lock().await;
         let table = self.open_table(&dataset).await?;
@@ -594,6 +596,14 @@ impl Store {
             sources: Default::default(),
         };
         let version = self.commit(table, &req, &periods, provenance).await?;
+        tracing::info!(
+            dataset,
+            version,
+            rows,
+            validate_ms = validated.as_millis() as u64,
+            write_ms = (started.elapsed() - validated).as_millis() as u64,
+            "upload validated and written"
+        );
         Ok(UploadOutcome {
             dataset,
             version,
@@ -626,7 +636,8 @@ impl Store {
             let prov = info.info.get(PROVENANCE_KEY)?;
             (prov.get("sha256")?.as_str()? == sha256
                 && prov.get("mode")?.as_str()? == mode.as_str())
-            .then_some(latest - i as u64)
+            .then_some(latest.checked_sub(i as u64))
+            .flatten()
         }))
     }
 

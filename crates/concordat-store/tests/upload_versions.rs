@@ -431,3 +431,73 @@ async fn compaction_merges_one_file_per_force_into_one_without_changing_a_row() 
     assert_eq!(versions[0].operation.as_deref(), Some("OPTIMIZE"));
     assert_eq!(versions[1].partner.as_deref(), Some("force-hampshire"));
 }
+
+#[tokio::test]
+#[ignore = "timing probe"]
+async fn probe_table_access_cost() {
+    let f = fixture();
+    for force in concordat_core::Reference::builtin()
+        .forces()
+        .iter()
+        .take(43)
+    {
+        upload(
+            &f.store,
+            "force_performance",
+            Mode::Append,
+            "x",
+            ScopeFilter::All,
+            parquet_bytes(&synth("force_performance", &[force.force_slug.as_str()])),
+        )
+        .await
+        .expect("upload");
+    }
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let table = f
+            .store
+            .table("force_performance", None)
+            .await
+            .expect("table");
+        let a = t.elapsed();
+        let provider = table.table_provider().await.expect("provider");
+        let b = t.elapsed();
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("t", provider).expect("register");
+        let _ = ctx
+            .sql("SELECT count(*) FROM t")
+            .await
+            .expect("sql")
+            .collect()
+            .await
+            .expect("collect");
+        let c = t.elapsed();
+        println!("table {a:?} provider {b:?} query {c:?}");
+    }
+    f.store
+        .compact("force_performance", 2)
+        .await
+        .expect("compact");
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let table = f
+            .store
+            .table("force_performance", None)
+            .await
+            .expect("table");
+        let a = t.elapsed();
+        let provider = table.table_provider().await.expect("provider");
+        let b = t.elapsed();
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("t", provider).expect("register");
+        let _ = ctx
+            .sql("SELECT count(*) FROM t")
+            .await
+            .expect("sql")
+            .collect()
+            .await
+            .expect("collect");
+        let c = t.elapsed();
+        println!("compacted: table {a:?} provider {b:?} query {c:?}");
+    }
+}
