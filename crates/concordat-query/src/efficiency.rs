@@ -485,11 +485,52 @@ async fn rows(ctx: &SessionContext, sql: &str) -> Result<Columns, BuildError> {
     ))
 }
 
+/// Distinct persons per (force, financial year), by grouping on the pseudonym first so
+/// that the work can spill to disk (a distinct-count accumulator cannot).
+async fn distinct_persons(
+    ctx: &SessionContext,
+    table: &str,
+    quarter: &str,
+    filter: &str,
+) -> Result<HashMap<(String, String), u64>, BuildError> {
+    let r = rows(
+        ctx,
+        &format!(
+            "SELECT pfa_code, fy, count(*) FROM (SELECT pfa_code, {fy} AS fy, person_id FROM {table} WHERE {filter} GROUP BY 1, 2, 3) GROUP BY 1, 2",
+            fy = fy_sql(quarter)
+        ),
+    )
+    .await?;
+    let (f, y, n) = (r.text(0)?, r.text(1)?, r.num(2)?);
+    Ok((0..f.len())
+        .map(|i| ((f[i].clone(), y[i].clone()), n[i].unwrap_or(0.0) as u64))
+        .collect())
+}
+
 /// Reads the inputs at their latest versions; returns them with those versions.
 pub async fn read_inputs(
     store: &Store,
 ) -> Result<(Inputs, Vec<String>, BTreeMap<String, Option<u64>>), BuildError> {
-    let ctx = SessionContext::new();
+    // Bounded memory: counting distinct persons over tens of millions of rows spills to
+    // disk instead of holding every pseudonym.
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(
+            datafusion::execution::memory_pool::GreedyMemoryPool::new(256 << 20),
+        ))
+        .with_disk_manager_builder(
+            datafusion::execution::disk_manager::DiskManagerBuilder::default().with_mode(
+                datafusion::execution::disk_manager::DiskManagerMode::Directories(vec![
+                    store.config().data_dir.join("spill-efficiency"),
+                ]),
+            ),
+        )
+        .build_arc()
+        .map_err(q)?;
+    std::fs::create_dir_all(store.config().data_dir.join("spill-efficiency")).map_err(q)?;
+    let ctx = SessionContext::new_with_config_rt(
+        datafusion::prelude::SessionConfig::new().with_target_partitions(2),
+        runtime,
+    );
     let mut versions = BTreeMap::new();
     for name in INPUTS {
         let schema = concordat_core::Schemas::builtin()
@@ -578,13 +619,27 @@ pub async fn read_inputs(
     let r = rows(
         &ctx,
         &format!(
-            "SELECT pfa_code, {fy} AS fy, median(CAST(completion_date AS BIGINT) - CAST(offence_date AS BIGINT)), count(*), count(DISTINCT person_id) \
-             FROM court_timeliness WHERE completion_date IS NOT NULL GROUP BY 1, 2",
+            "SELECT pfa_code, {fy} AS fy, median(CAST(completion_date AS BIGINT) - CAST(offence_date AS BIGINT)), count(*) \
+             FROM court_timeliness WHERE completion_date IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
             fy = fy_sql("quarter")
         ),
     )
     .await?;
-    let (f, y, days, cases, persons) = (r.text(0)?, r.text(1)?, r.num(2)?, r.num(3)?, r.num(4)?);
+    let (f, y, days, cases) = (r.text(0)?, r.text(1)?, r.num(2)?, r.num(3)?);
+    let persons = distinct_persons(
+        &ctx,
+        "court_timeliness",
+        "quarter",
+        "completion_date IS NOT NULL",
+    )
+    .await?;
+    let persons: Vec<Option<f64>> = (0..f.len())
+        .map(|i| {
+            persons
+                .get(&(f[i].clone(), y[i].clone()))
+                .map(|p| *p as f64)
+        })
+        .collect();
     for i in 0..f.len() {
         if let Some(d) = days[i] {
             inputs.court.insert(
@@ -601,14 +656,21 @@ pub async fn read_inputs(
     let r = rows(
         &ctx,
         &format!(
-            "SELECT pfa_code, {fy} AS fy, count(*), sum(CASE WHEN reoffended THEN 1 ELSE 0 END), count(DISTINCT person_id) \
+            "SELECT pfa_code, {fy} AS fy, count(*), sum(CASE WHEN reoffended THEN 1 ELSE 0 END) \
              FROM reoffending_cohort GROUP BY 1, 2",
             fy = fy_sql("cohort_quarter")
         ),
     )
     .await?;
-    let (f, y, offenders, reoffenders, persons) =
-        (r.text(0)?, r.text(1)?, r.num(2)?, r.num(3)?, r.num(4)?);
+    let (f, y, offenders, reoffenders) = (r.text(0)?, r.text(1)?, r.num(2)?, r.num(3)?);
+    let persons = distinct_persons(&ctx, "reoffending_cohort", "cohort_quarter", "TRUE").await?;
+    let persons: Vec<Option<f64>> = (0..f.len())
+        .map(|i| {
+            persons
+                .get(&(f[i].clone(), y[i].clone()))
+                .map(|p| *p as f64)
+        })
+        .collect();
     for i in 0..f.len() {
         let n = offenders[i].unwrap_or(0.0);
         if n > 0.0 {

@@ -194,6 +194,9 @@ struct Provenance {
     sources: std::collections::BTreeMap<String, Option<u64>>,
 }
 
+/// Data files smaller than this are merged by [`Store::compact`].
+const SMALL_FILE_BYTES: u64 = 8 << 20;
+
 /// Versioned datasets on local disk.
 pub struct Store {
     cfg: StoreConfig,
@@ -469,7 +472,7 @@ impl Store {
             .ok_or_else(|| StoreError::Internal("commit left no version".into()))
     }
 
-    /// Rewrites a dataset's small data files into few large ones (Delta `OPTIMIZE`, no
+    /// Rewrites a dataset's small data files (under 8 MiB) into few larger ones (Delta `OPTIMIZE`, no
     /// data change) once it holds at least `min_files` files: datasets uploaded force by
     /// force otherwise keep one file per upload, and each query would open them all.
     /// Returns the new version and the files replaced, or `None` when nothing was done.
@@ -484,19 +487,25 @@ impl Store {
         if table.version().is_none() {
             return Ok(None);
         }
-        let files = table
+        let small = table
             .snapshot()
             .map_err(StoreError::internal)?
             .log_data()
-            .num_files();
-        if files < min_files {
+            .iter()
+            .filter(|f| f.size() < SMALL_FILE_BYTES as i64)
+            .count();
+        if small < min_files {
             return Ok(None);
         }
+        // Only small files are merged (into files of up to 8 MiB): the 32 MiB files of a
+        // large upload are left alone, so compaction never rewrites, or holds in memory,
+        // a large dataset.
         let (table, metrics) = table
             .optimize()
             .with_target_size(
-                std::num::NonZeroU64::new(64 << 20).unwrap_or(std::num::NonZeroU64::MIN),
+                std::num::NonZeroU64::new(SMALL_FILE_BYTES).unwrap_or(std::num::NonZeroU64::MIN),
             )
+            .with_max_concurrent_tasks(1)
             .await
             .map_err(StoreError::internal)?;
         if metrics.num_files_removed == 0 {
