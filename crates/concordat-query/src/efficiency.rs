@@ -633,13 +633,6 @@ pub async fn read_inputs(
         "completion_date IS NOT NULL",
     )
     .await?;
-    let persons: Vec<Option<f64>> = (0..f.len())
-        .map(|i| {
-            persons
-                .get(&(f[i].clone(), y[i].clone()))
-                .map(|p| *p as f64)
-        })
-        .collect();
     for i in 0..f.len() {
         if let Some(d) = days[i] {
             inputs.court.insert(
@@ -647,7 +640,7 @@ pub async fn read_inputs(
                 Controlled {
                     value: d,
                     weight: cases[i].unwrap_or(0.0),
-                    persons: persons[i].unwrap_or(0.0) as u64,
+                    persons: persons.get(&key(&f[i], &y[i])).copied().unwrap_or(0),
                 },
             );
         }
@@ -664,13 +657,6 @@ pub async fn read_inputs(
     .await?;
     let (f, y, offenders, reoffenders) = (r.text(0)?, r.text(1)?, r.num(2)?, r.num(3)?);
     let persons = distinct_persons(&ctx, "reoffending_cohort", "cohort_quarter", "TRUE").await?;
-    let persons: Vec<Option<f64>> = (0..f.len())
-        .map(|i| {
-            persons
-                .get(&(f[i].clone(), y[i].clone()))
-                .map(|p| *p as f64)
-        })
-        .collect();
     for i in 0..f.len() {
         let n = offenders[i].unwrap_or(0.0);
         if n > 0.0 {
@@ -679,7 +665,7 @@ pub async fn read_inputs(
                 Controlled {
                     value: reoffenders[i].unwrap_or(0.0) / n * 100.0,
                     weight: n,
-                    persons: persons[i].unwrap_or(0.0) as u64,
+                    persons: persons.get(&key(&f[i], &y[i])).copied().unwrap_or(0),
                 },
             );
         }
