@@ -86,9 +86,6 @@ impl PolicyTable {
         use datafusion::logical_expr::{BinaryExpr, Operator};
         let column = |e: &Expr| -> Option<DataType> {
             let Expr::Column(c) = e else { return None };
-            if c.relation.is_some() && self.schema.field_with_name(&c.name).is_err() {
-                return None;
-            }
             let field = self.schema.field_with_name(&c.name).ok()?;
             match self.rule(&c.name) {
                 None => Some(field.data_type().clone()),
