@@ -5,15 +5,19 @@
 //! rank (1 = best) and quartile. Inputs are the latest versions of `force_resources`,
 //! `force_performance`, `court_timeliness`, `reoffending_cohort`, `force_context` (from
 //! which MSGs are derived) and `most_similar_groups` (an uploaded MSG table that
-//! overrides the derivation). Figures drawn from record-level data pass disclosure
-//! control: a force-year with fewer than `min_count` distinct persons behind it has no
-//! value, and says why. A missing input gives a null with a note and is left out of the
+//! overrides the derivation). Figures drawn from record-level data pass the same release
+//! as any aggregate query ([`crate::sdc`]: cell key perturbation, flattening, rounding,
+//! the threshold on perturbed persons), so no route gives a figure another perturbs; a
+//! force-year the release withholds has no value, and says why. A missing input gives a null with a note and is left out of the
 //! comparators, never counted as zero. The whole dataset is rewritten as one new version
 //! that records the input versions it was built from.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::sdc::cellkey::RecordKey;
+use crate::sdc::contributions::{Gatherer, Group, Part};
+use crate::sdc::rules::{self, Terms};
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Float64Type};
 use concordat_core::Reference;
@@ -485,31 +489,56 @@ async fn rows(ctx: &SessionContext, sql: &str) -> Result<Columns, BuildError> {
     ))
 }
 
-/// Distinct persons per (force, financial year), by grouping on the pseudonym first so
-/// that the work can spill to disk (a distinct-count accumulator cannot).
-async fn distinct_persons(
+/// How record-level inputs are released: the same terms and record keys as any query.
+#[derive(Debug, Clone, Copy)]
+pub struct Release<'a> {
+    /// The strictest terms of any aggregate-only agreement.
+    pub terms: Terms,
+    /// The gateway's record-key secret.
+    pub key: &'a RecordKey,
+}
+
+/// Runs a per-(force, year, person) query (force, year, person, then one contribution
+/// per part) and gathers each (force, year)'s persons and contributions.
+async fn released(
     ctx: &SessionContext,
-    table: &str,
-    quarter: &str,
-    filter: &str,
-) -> Result<HashMap<(String, String), u64>, BuildError> {
-    let r = rows(
-        ctx,
-        &format!(
-            "SELECT pfa_code, fy, count(*) FROM (SELECT pfa_code, {fy} AS fy, person_id FROM {table} WHERE {filter} GROUP BY 1, 2, 3) GROUP BY 1, 2",
-            fy = fy_sql(quarter)
-        ),
+    sql: &str,
+    parts: &[Part],
+    release: Release<'_>,
+) -> Result<HashMap<(String, String), Group>, BuildError> {
+    let df = ctx.sql(sql).await.map_err(q)?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let mut gatherer = Gatherer::new(
+        &schema,
+        vec![0, 1],
+        2,
+        parts.iter().enumerate().map(|(i, p)| (3 + i, *p)).collect(),
+        release.terms.min_count as usize,
+        usize::MAX,
     )
-    .await?;
-    let (f, y, n) = (r.text(0)?, r.text(1)?, r.num(2)?);
-    Ok((0..f.len())
-        .map(|i| ((f[i].clone(), y[i].clone()), n[i].unwrap_or(0.0) as u64))
+    .map_err(q)?;
+    let mut stream = df.execute_stream().await.map_err(q)?;
+    while let Some(b) = futures::StreamExt::next(&mut stream).await {
+        gatherer.push(&b.map_err(q)?, release.key).map_err(q)?;
+    }
+    let (keys, groups) = gatherer.finish().map_err(q)?;
+    let text = |i: usize| -> Result<Vec<String>, BuildError> {
+        let a = arrow::compute::cast(&keys[i], &DataType::Utf8).map_err(q)?;
+        let a = a.as_string::<i32>();
+        Ok((0..a.len()).map(|r| a.value(r).to_owned()).collect())
+    };
+    let (f, y) = (text(0)?, text(1)?);
+    Ok(groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, g)| ((f[i].clone(), y[i].clone()), g))
         .collect())
 }
 
 /// Reads the inputs at their latest versions; returns them with those versions.
 pub async fn read_inputs(
     store: &Store,
+    release: Release<'_>,
 ) -> Result<(Inputs, Vec<String>, BTreeMap<String, Option<u64>>), BuildError> {
     // Bounded memory: counting distinct persons over tens of millions of rows spills to
     // disk instead of holding every pseudonym.
@@ -616,59 +645,82 @@ pub async fn read_inputs(
         e.1 += 1;
     }
 
+    // Court timeliness: the median stands only where the cases' defendants pass the same
+    // release an analyst's count of them would (perturbed persons at least min_count),
+    // and it is weighted by the released count of cases.
     let r = rows(
         &ctx,
         &format!(
-            "SELECT pfa_code, {fy} AS fy, median(CAST(completion_date AS BIGINT) - CAST(offence_date AS BIGINT)), count(*) \
+            "SELECT pfa_code, {fy} AS fy, median(CAST(completion_date AS BIGINT) - CAST(offence_date AS BIGINT)) \
              FROM court_timeliness WHERE completion_date IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
             fy = fy_sql("quarter")
         ),
     )
     .await?;
-    let (f, y, days, cases) = (r.text(0)?, r.text(1)?, r.num(2)?, r.num(3)?);
-    let persons = distinct_persons(
+    let (f, y, days) = (r.text(0)?, r.text(1)?, r.num(2)?);
+    let cases = released(
         &ctx,
-        "court_timeliness",
-        "quarter",
-        "completion_date IS NOT NULL",
+        &format!(
+            "SELECT pfa_code, {fy} AS fy, person_id, count(1) FROM court_timeliness \
+             WHERE completion_date IS NOT NULL GROUP BY 1, 2, 3",
+            fy = fy_sql("quarter")
+        ),
+        &[Part::Count],
+        release,
     )
     .await?;
     for i in 0..f.len() {
         if let Some(d) = days[i] {
+            let k = key(&f[i], &y[i]);
+            let (weight, persons) = match cases.get(&k) {
+                Some(g) => match rules::value(&g.parts[0], true, release.terms) {
+                    Some(n) => (n, rules::perturbed_persons(&g.parts[0]).max(0) as u64),
+                    None => (0.0, 0),
+                },
+                None => (0.0, 0),
+            };
             inputs.court.insert(
-                key(&f[i], &y[i]),
+                k,
                 Controlled {
                     value: d,
-                    weight: cases[i].unwrap_or(0.0),
-                    persons: persons.get(&key(&f[i], &y[i])).copied().unwrap_or(0),
+                    weight,
+                    persons,
                 },
             );
         }
     }
 
-    let r = rows(
+    // Proven reoffending: offenders and reoffenders released exactly as an analyst's
+    // `count(*)` and `sum(CASE WHEN reoffended THEN 1 ELSE 0 END)` over the same persons
+    // would be, so every route gives the same figure.
+    let groups = released(
         &ctx,
         &format!(
-            "SELECT pfa_code, {fy} AS fy, count(*), sum(CASE WHEN reoffended THEN 1 ELSE 0 END) \
-             FROM reoffending_cohort GROUP BY 1, 2",
+            "SELECT pfa_code, {fy} AS fy, person_id, count(1), \
+             sum(TRY_CAST(CASE WHEN reoffended THEN 1 ELSE 0 END AS DOUBLE)) \
+             FROM reoffending_cohort GROUP BY 1, 2, 3",
             fy = fy_sql("cohort_quarter")
         ),
+        &[Part::Count, Part::Sum],
+        release,
     )
     .await?;
-    let (f, y, offenders, reoffenders) = (r.text(0)?, r.text(1)?, r.num(2)?, r.num(3)?);
-    let persons = distinct_persons(&ctx, "reoffending_cohort", "cohort_quarter", "TRUE").await?;
-    for i in 0..f.len() {
-        let n = offenders[i].unwrap_or(0.0);
-        if n > 0.0 {
-            inputs.reoffending.insert(
-                key(&f[i], &y[i]),
-                Controlled {
-                    value: reoffenders[i].unwrap_or(0.0) / n * 100.0,
-                    weight: n,
-                    persons: persons.get(&key(&f[i], &y[i])).copied().unwrap_or(0),
-                },
-            );
-        }
+    for (k, g) in groups {
+        let offenders = rules::value(&g.parts[0], true, release.terms);
+        let reoffenders = rules::value(&g.parts[1], false, release.terms);
+        let figure = match (offenders, reoffenders) {
+            (Some(n), Some(r)) if n > 0.0 => Controlled {
+                value: r / n * 100.0,
+                weight: n,
+                persons: rules::perturbed_persons(&g.parts[0]).max(0) as u64,
+            },
+            _ => Controlled {
+                value: 0.0,
+                weight: offenders.unwrap_or(0.0),
+                persons: 0,
+            },
+        };
+        inputs.reoffending.insert(k, figure);
     }
 
     let names: Vec<&str> = CHARACTERISTICS.iter().map(|(n, _)| *n).collect();
@@ -744,7 +796,8 @@ pub async fn built_from(
 
 /// Rebuilds `force_efficiency` if an input has changed since the last build. Returns the
 /// new version, or `None` when it was already up to date (or there is nothing to build).
-pub async fn rebuild(store: &Store, min_count: u64) -> Result<Option<u64>, BuildError> {
+pub async fn rebuild(store: &Store, release: Release<'_>) -> Result<Option<u64>, BuildError> {
+    let min_count = release.terms.min_count;
     // Compare versions before reading any rows: at start, and after a commit that a
     // coalesced rebuild already covered, the inputs are not scanned at all.
     let mut current = BTreeMap::new();
@@ -755,7 +808,7 @@ pub async fn rebuild(store: &Store, min_count: u64) -> Result<Option<u64>, Build
     {
         return Ok(None);
     }
-    let (inputs, years, versions) = read_inputs(store).await?;
+    let (inputs, years, versions) = read_inputs(store, release).await?;
     // Years come from every input with a financial year in it.
     let mut years: Vec<String> = years
         .into_iter()

@@ -207,7 +207,7 @@ pub struct QueryService {
     active: Arc<Mutex<HashMap<String, usize>>>,
     running: Arc<tokio::sync::Semaphore>,
     spill_dir: PathBuf,
-    ledger: Arc<sdc::ledger::Ledger>,
+    record_key: Arc<sdc::cellkey::RecordKey>,
     footers: session::FooterCache,
 }
 
@@ -249,15 +249,11 @@ impl QueryService {
             .build()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         let running = Arc::new(tokio::sync::Semaphore::new(limits.concurrent.max(1)));
-        let ledger = Arc::new(
-            sdc::ledger::Ledger::open(&store.config().data_dir.join("ledger"))
-                .map_err(|e| QueryError::Internal(e.to_string()))?,
-        );
         let footers =
             session::footer_cache(64 << 20).map_err(|e| QueryError::Internal(e.to_string()))?;
         Ok(QueryService {
             footers,
-            ledger,
+            record_key: Arc::new(sdc::cellkey::RecordKey::random()),
             running,
             store,
             audit,
@@ -267,6 +263,13 @@ impl QueryService {
             active: Arc::new(Mutex::new(HashMap::new())),
             spill_dir,
         })
+    }
+
+    /// Uses this secret for the record keys of disclosure control (by default a secret
+    /// drawn when the service starts, which does not survive a restart).
+    pub fn with_record_key(mut self, key: sdc::cellkey::RecordKey) -> QueryService {
+        self.record_key = Arc::new(key);
+        self
     }
 
     fn slot(&self, partner: &str) -> Result<Slot, QueryError> {
@@ -332,7 +335,7 @@ impl QueryService {
             today,
             limits: self.limits.clone(),
             spill_dir: self.spill_dir.clone(),
-            ledger: self.ledger.clone(),
+            record_key: self.record_key.clone(),
             footers: self.footers.clone(),
         };
         let sql = sql.to_owned();
@@ -428,7 +431,7 @@ struct Context {
     today: chrono::NaiveDate,
     limits: QueryLimits,
     spill_dir: PathBuf,
-    ledger: Arc<sdc::ledger::Ledger>,
+    record_key: Arc<sdc::cellkey::RecordKey>,
     footers: session::FooterCache,
 }
 
@@ -517,15 +520,11 @@ impl Context {
             (plan, None)
         } else {
             let optimized = state.optimize(&plan).map_err(sql_error)?;
-            let ledger = self
-                .ledger
-                .partner(self.partner.id.as_str())
-                .map_err(|e| QueryError::Internal(e.to_string()))?;
             let (plan, disclosure) = sdc::release(
                 optimized,
                 &state,
                 &controlled,
-                ledger,
+                &self.record_key,
                 self.limits.max_groups,
             )
             .await?;

@@ -58,6 +58,11 @@ pub struct QuerySettings {
     pub concurrent: usize,
     /// Most groups an aggregate over aggregate-only data may produce.
     pub max_groups: usize,
+    /// The secret behind the record keys of disclosure control (cell key method): at
+    /// least 32 bytes, created on first start if absent. Keep it apart from the data and
+    /// identical on every replica; whoever holds it and the answers could undo the
+    /// perturbation, and changing it changes every perturbed figure.
+    pub record_key_file: PathBuf,
 }
 
 impl Default for QuerySettings {
@@ -72,6 +77,7 @@ impl Default for QuerySettings {
             threads: 2,
             concurrent: 4,
             max_groups: 100_000,
+            record_key_file: PathBuf::from("keys/record-key.secret"),
         }
     }
 }
@@ -211,6 +217,7 @@ impl Config {
         };
         fix(&mut self.data_dir);
         fix(&mut self.policies_dir);
+        fix(&mut self.query.record_key_file);
         for p in [
             &mut self.auth.jwks_file,
             &mut self.auth.dev_secret_file,

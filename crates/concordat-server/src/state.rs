@@ -140,6 +140,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Wakes the `force_efficiency` rebuilder (after an input commits).
     pub efficiency: Arc<tokio::sync::Notify>,
+    /// The secret behind disclosure control's record keys.
+    pub record_key: Arc<concordat_query::sdc::cellkey::RecordKey>,
 }
 
 impl AppState {
@@ -187,9 +189,13 @@ impl AppState {
             concurrent: q.concurrent,
             max_groups: q.max_groups,
         };
+        let record_key =
+            concordat_query::sdc::cellkey::RecordKey::load_or_create(&q.record_key_file)
+                .map_err(|e| e.to_string())?;
         let query =
             QueryService::with_audit(store.clone(), Some(audit.clone()), policies.clone(), limits)
-                .map_err(|e| format!("query service: {e:?}"))?;
+                .map_err(|e| format!("query service: {e:?}"))?
+                .with_record_key(record_key.clone());
         Ok(Arc::new(AppState {
             config,
             policies,
@@ -197,6 +203,7 @@ impl AppState {
             audit,
             query,
             verifier,
+            record_key: Arc::new(record_key),
             metrics: Metrics::default(),
             efficiency: Arc::new(tokio::sync::Notify::new()),
         }))
@@ -234,14 +241,29 @@ impl AppState {
     /// The strictest `min_count` of any aggregate-only grant on record-level data: the
     /// threshold the derived efficiency dataset applies to its record-level inputs.
     pub fn derived_min_count(&self) -> u64 {
-        self.policies
-            .agreements()
-            .iter()
-            .flat_map(|a| a.read.values())
-            .filter(|r| r.access == concordat_policy::Access::Aggregate)
-            .map(|r| u64::from(r.min_count))
-            .max()
-            .unwrap_or(10)
+        self.derived_terms().min_count
+    }
+
+    /// The strictest disclosure terms of any aggregate-only grant: those the derived
+    /// efficiency dataset's record-level inputs are released under.
+    pub fn derived_terms(&self) -> concordat_query::sdc::rules::Terms {
+        let aggregate = || {
+            self.policies
+                .agreements()
+                .iter()
+                .flat_map(|a| a.read.values())
+                .filter(|r| r.access == concordat_policy::Access::Aggregate)
+        };
+        concordat_query::sdc::rules::Terms {
+            min_count: aggregate()
+                .map(|r| u64::from(r.min_count))
+                .max()
+                .unwrap_or(10),
+            round_to: aggregate()
+                .map(|r| u64::from(r.round_to))
+                .max()
+                .unwrap_or(5),
+        }
     }
 
     /// Work after a committed upload, off the request: compact the dataset's small files
@@ -282,14 +304,15 @@ impl AppState {
             loop {
                 state.efficiency.notified().await;
                 let store = state.store.clone();
-                let min_count = state.derived_min_count();
-                let built =
-                    state
-                        .query
-                        .run(async move {
-                            concordat_query::efficiency::rebuild(&store, min_count).await
-                        })
-                        .await;
+                let terms = state.derived_terms();
+                let key = state.record_key.clone();
+                let built = state
+                    .query
+                    .run(async move {
+                        let release = concordat_query::efficiency::Release { terms, key: &key };
+                        concordat_query::efficiency::rebuild(&store, release).await
+                    })
+                    .await;
                 match built {
                     Ok(Ok(Some(version))) => {
                         state

@@ -4,8 +4,10 @@
 //! answer: `CASE WHEN <a handful of conditions> THEN 1/0 END` fails exactly when a
 //! matching person exists. So every expression evaluated below the released aggregate is
 //! rewritten to be total (defined for every value) or refused: casts become `TRY_CAST`
-//! (null when a value does not convert), arithmetic runs in floating point and divides
-//! by `NULLIF(divisor, 0)`, and only functions that cannot fail are allowed.
+//! (null when a value does not convert), arithmetic runs in floating point, divides by
+//! `NULLIF(divisor, 0)` and comes back to the type SQL gives it (`TRY_CAST`: a result out
+//! of range is null, never an error and never a wrapped value; integer division stays
+//! integer division, truncated), and only functions that cannot fail are allowed.
 
 use arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -46,6 +48,15 @@ fn float(e: Expr) -> Expr {
     Expr::TryCast(TryCast::new(Box::new(e), DataType::Float64))
 }
 
+/// A floating-point result brought back to the type SQL gives the expression.
+fn back_to(e: Expr, t: &DataType) -> Expr {
+    if t.is_floating() || t.is_null() {
+        e
+    } else {
+        Expr::TryCast(TryCast::new(Box::new(e), t.clone()))
+    }
+}
+
 fn is_temporal(t: &DataType) -> bool {
     matches!(
         t,
@@ -79,7 +90,7 @@ pub fn total(expr: Expr, schema: &DFSchema) -> Result<Expr, String> {
                 if t.is_floating() {
                     Expr::Negative(inner)
                 } else if t.is_numeric() {
-                    Expr::Negative(Box::new(float(*inner)))
+                    back_to(Expr::Negative(Box::new(float(*inner))), &t)
                 } else {
                     return plan_refusal("negation of a non-number");
                 }
@@ -89,6 +100,7 @@ pub fn total(expr: Expr, schema: &DFSchema) -> Result<Expr, String> {
                 if TOTAL_FUNCTIONS.contains(&name.as_str()) {
                     Expr::ScalarFunction(f)
                 } else if FLOAT_FUNCTIONS.contains(&name.as_str()) {
+                    let t = Expr::ScalarFunction(f.clone()).get_type(schema)?;
                     let mut f = f;
                     if let Some(first) = f.args.first_mut() {
                         *first = float(first.clone());
@@ -98,7 +110,7 @@ pub fn total(expr: Expr, schema: &DFSchema) -> Result<Expr, String> {
                             return plan_refusal(&format!("{name}() with a computed precision"));
                         }
                     }
-                    Expr::ScalarFunction(f)
+                    back_to(Expr::ScalarFunction(f), &t)
                 } else if DATE_FUNCTIONS.contains(&name.as_str()) {
                     let unit_ok = matches!(
                         f.args.first(),
@@ -190,12 +202,22 @@ fn arithmetic(left: Expr, op: Operator, right: Expr, schema: &DFSchema) -> Resul
                     "the operator {op} on non-numbers cannot be used on record-level data released as aggregates only"
                 ));
             }
+            let t = binary(left.clone(), op, right.clone())
+                .get_type(schema)
+                .map_err(|e| e.strip_backtrace())?;
             let (l, r) = (float(left), float(right));
             let r = match op {
                 Divide | Modulo => datafusion::functions::expr_fn::nullif(r, lit(0.0_f64)),
                 _ => r,
             };
-            Ok(binary(l, op, r))
+            let computed = binary(l, op, r);
+            // Integer division truncates towards zero, as SQL says.
+            let computed = if op == Divide && t.is_integer() {
+                datafusion::functions::expr_fn::trunc(vec![computed])
+            } else {
+                computed
+            };
+            Ok(back_to(computed, &t))
         }
         other => Err(format!(
             "the operator {other} cannot be used on record-level data released as aggregates only"
