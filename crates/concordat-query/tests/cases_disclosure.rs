@@ -3,13 +3,11 @@
 //! refused or made harmless. (`cases_release` plants known truth and attacks it.)
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::DataType;
 
 use crate::support::*;
 
 const PCC: &str = "pcc-kent";
 const PURPOSE: &str = "reducing-reoffending";
-const KENT: &str = "pfa_code = 'E23000032'";
 
 /// What an attack query must come to.
 #[derive(Debug, Clone, Copy)]

@@ -2,5 +2,7 @@
 
 mod cases_disclosure;
 mod cases_refusals;
+mod cases_release;
 mod cases_scope;
+mod planted;
 mod support;
