@@ -110,14 +110,14 @@ pub const METRICS: [Metric; 9] = [
         unit: "days",
         higher_is_better: false,
         weighted_by: "completed cases",
-        definition: "median days from offence to completion of cases completed in the year's quarters (court_timeliness), with at least min_count distinct defendants",
+        definition: "median days from offence to completion of cases completed in the year's quarters (court_timeliness), where the defendants' perturbed count reaches min_count (the cell key release every query gets)",
     },
     Metric {
         name: "proportion_reoffending_pct",
         unit: "% of offenders",
         higher_is_better: false,
         weighted_by: "offenders in cohort",
-        definition: "reoffenders / offenders x 100 over the year's four quarterly cohorts (reoffending_cohort), with at least min_count distinct offenders",
+        definition: "released reoffenders / released offenders x 100 over the year's four quarterly cohorts (reoffending_cohort), through the cell key release every query gets (perturbed, rounded to round_to, withheld under min_count perturbed persons)",
     },
 ];
 

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, Int32Array, RecordBatch, StringArray};
 use concordat_core::Schemas;
-use concordat_policy::{Policies, ScopeFilter};
+use concordat_policy::Policies;
 use concordat_query::{QueryLimits, QueryService};
-use concordat_store::{Mode, Store, StoreConfig, UploadRequest};
+use concordat_store::{Store, StoreConfig};
 use sha2::Digest;
 
 use crate::support::World;
@@ -175,23 +175,7 @@ pub async fn world() -> World {
     let policies_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
     let policies = Arc::new(Policies::load(&policies_dir).expect("policies"));
     let store = Arc::new(Store::open(StoreConfig::new(dir.path().join("data"))).expect("store"));
-    let bytes = concordat_synth::parquet_bytes(&[batch()]).expect("parquet");
-    let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))]);
-    let file = store.stage(body).await.expect("stage");
-    store
-        .upload(UploadRequest {
-            schema: Schemas::builtin()
-                .get("reoffending_cohort")
-                .expect("schema"),
-            mode: Mode::Append,
-            partner: "loader".into(),
-            subject: "loader".into(),
-            agreements: vec![],
-            scope: ScopeFilter::All,
-            file,
-        })
-        .await
-        .expect("planted rows load");
+    crate::support::load_batches(&store, "reoffending_cohort", &[batch()]).await;
     let service = QueryService::new(store.clone(), policies.clone(), QueryLimits::default())
         .expect("service");
     World {

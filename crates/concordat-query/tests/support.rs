@@ -39,8 +39,17 @@ pub fn today() -> NaiveDate {
 }
 
 async fn load(store: &Store, dataset: &str, forces: &[&str], scale: f64) {
-    let batches = Synth::new(scale, 5).only(forces).batches(dataset);
-    let bytes = concordat_synth::parquet_bytes(&batches).expect("parquet");
+    load_batches(
+        store,
+        dataset,
+        &Synth::new(scale, 5).only(forces).batches(dataset),
+    )
+    .await;
+}
+
+/// Commits batches as a new version of a dataset, through the real upload path.
+pub async fn load_batches(store: &Store, dataset: &str, batches: &[RecordBatch]) {
+    let bytes = concordat_synth::parquet_bytes(batches).expect("parquet");
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))]);
     let file = store.stage(body).await.expect("stage");
     store

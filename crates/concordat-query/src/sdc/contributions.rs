@@ -334,6 +334,70 @@ mod tests {
     }
 
     #[test]
+    fn rows_per_group_and_person_gather_into_groups() {
+        use arrow::array::{Float64Array, Int64Array, StringArray};
+        use arrow::datatypes::{Field, Schema};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("person", DataType::Utf8, true),
+            Field::new("rows", DataType::Int64, true),
+            Field::new("total", DataType::Float64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "a", "b", "a", "b"])),
+                Arc::new(StringArray::from(vec![
+                    Some("p1"),
+                    Some("p2"),
+                    Some("p1"),
+                    None,
+                    Some("p3"),
+                ])),
+                Arc::new(Int64Array::from(vec![2, 1, 1, 5, 0])),
+                Arc::new(Float64Array::from(vec![
+                    Some(3.0),
+                    None,
+                    Some(0.0),
+                    Some(9.0),
+                    Some(4.0),
+                ])),
+            ],
+        )
+        .expect("batch");
+        let key = RecordKey::from_secret(&[1u8; 32]);
+        let mut g = Gatherer::new(
+            &schema,
+            vec![0],
+            1,
+            vec![(2, Part::Count), (3, Part::Sum)],
+            10,
+            10,
+        )
+        .expect("gatherer");
+        g.push(&batch, &key).expect("push");
+        let (keys, groups) = g.finish().expect("finish");
+        assert_eq!(keys[0].as_string::<i32>().value(0), "a");
+        assert_eq!(keys[0].as_string::<i32>().value(1), "b");
+        // Group a: p1 and p2 (the row without a person is dropped).
+        assert_eq!(groups[0].persons.persons, 2);
+        assert_eq!(groups[0].parts[0].persons, 2);
+        assert_eq!(groups[0].parts[0].flattened().0, 3.0);
+        assert_eq!(groups[0].parts[1].persons, 1);
+        // Group b: p1 only to the count (a total of 0), p3 only to the sum (0 rows).
+        assert_eq!(groups[1].persons.persons, 2);
+        assert_eq!(groups[1].parts[0].persons, 1);
+        assert_eq!(groups[1].parts[1].persons, 1);
+        assert_eq!(groups[1].persons.key, combine(key.of(b"p1"), key.of(b"p3")));
+        let mut few = Gatherer::new(&schema, vec![0], 1, vec![], 10, 1).expect("gatherer");
+        assert!(matches!(
+            few.push(&batch, &key),
+            Err(GatherError::TooManyGroups(1))
+        ));
+    }
+
+    #[test]
     fn the_cell_key_does_not_depend_on_order() {
         let mut a = Stats::new(10);
         let mut b = Stats::new(10);
