@@ -313,7 +313,7 @@ impl<'a> RowChecker<'a> {
                     let Some(v) = number(a, row) else { continue };
                     let below = b.min.is_some_and(|m| v < m);
                     let above = b.max.is_some_and(|m| v > m);
-                    if below || above || v.is_nan() {
+                    if below || above || !v.is_finite() {
                         let (lo, hi) = (&col.min, &col.max);
                         self.violation(row, Some(name), "range", || {
                             match (lo, hi) {
@@ -322,7 +322,7 @@ impl<'a> RowChecker<'a> {
                                 }
                                 (Some(lo), None) => format!("`{name}` must be at least {lo}"),
                                 (None, Some(hi)) => format!("`{name}` must be at most {hi}"),
-                                (None, None) => format!("`{name}` must be a number"),
+                                (None, None) => format!("`{name}` must be a finite number"),
                             }
                             .replace('"', "")
                         });

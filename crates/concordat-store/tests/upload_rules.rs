@@ -184,6 +184,30 @@ async fn each_rule_rejects_a_crafted_file_naming_row_column_and_rule() {
             "urban_pct",
             "range",
         ),
+        // Infinity is refused wherever NaN is: one such row would null HMICFRS's averages.
+        (
+            "force_performance",
+            case(|b| {
+                let r = row_with(b, "indicator", "knife_offences");
+                (
+                    set_prim::<Float64Type>(b, "value", r, Some(f64::INFINITY)),
+                    r,
+                )
+            }),
+            "value",
+            "range",
+        ),
+        (
+            "force_resources",
+            case(|b| {
+                (
+                    set_prim::<Float64Type>(b, "officers_fte", 3, Some(f64::INFINITY)),
+                    3,
+                )
+            }),
+            "officers_fte",
+            "range",
+        ),
     ];
     for (dataset, edit, column, rule) in cases {
         let f = fixture();
