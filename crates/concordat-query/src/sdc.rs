@@ -554,7 +554,6 @@ async fn run_release(
         },
         rounded_cells: shown * cells.len() - released.withheld,
         rounded_columns: cells.iter().map(|c| c.name.clone()).collect(),
-        perturbed_cells: shown * cells.len() - released.withheld,
         marker_column: marker.then(|| MARKER.to_owned()),
         perturbation: record::Perturbation::published(min_count, round_to),
         rules: record::rules(min_count, round_to),
@@ -616,8 +615,12 @@ impl Released {
         // combination (withheld when small or empty); otherwise only groups whose
         // perturbed persons reach the threshold, since a key alone can disclose.
         let padding = padding_domains(agg, controlled);
+        let visible: Vec<bool> = groups
+            .iter()
+            .map(|g| rules::shown(&g.persons, terms))
+            .collect();
         let shown: Vec<u32> = (0..groups.len() as u32)
-            .filter(|&g| padding.is_some() || rules::shown(&groups[g as usize].persons, terms))
+            .filter(|&g| padding.is_some() || visible[g as usize])
             .collect();
         let shown_idx = arrow::array::UInt32Array::from(shown.clone());
         let mut columns: Vec<ArrayRef> = group_columns
@@ -628,7 +631,7 @@ impl Released {
         let mut values: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(shown.len()); cells.len()];
         for &g in &shown {
             let group = &groups[g as usize];
-            let row = if rules::shown(&group.persons, terms) {
+            let row = if visible[g as usize] {
                 release_group(group, cells, terms)
             } else {
                 vec![None; cells.len()]

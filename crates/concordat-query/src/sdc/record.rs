@@ -90,12 +90,10 @@ pub struct Disclosure {
     pub suppressed_cells: usize,
     /// Withheld cells by reason.
     pub suppressed: Suppressed,
-    /// Cells released perturbed and rounded.
+    /// Cells released (every released value is perturbed, then rounded).
     pub rounded_cells: usize,
     /// Aggregate columns that were perturbed and rounded.
     pub rounded_columns: Vec<String>,
-    /// Cells released perturbed (the same as rounded: every released value is).
-    pub perturbed_cells: usize,
     /// The column marking rows with a withheld value, when the answer has one.
     pub marker_column: Option<String>,
     /// The published perturbation.

@@ -35,10 +35,10 @@ pub fn perturbed_persons(s: &Stats) -> i64 {
 
 /// The released value of a count (`count = true`) or sum cell, or `None` if withheld.
 pub fn value(s: &Stats, count: bool, terms: Terms) -> Option<f64> {
-    if s.persons == 0 || perturbed_persons(s) < terms.min_count as i64 {
+    let d = perturbation(s.persons, s.key);
+    if s.persons == 0 || s.persons as i64 + d < terms.min_count as i64 {
         return None;
     }
-    let d = perturbation(s.persons, s.key);
     let (total, level) = s.flattened();
     let level = if count { level.max(1.0) } else { level };
     Some(round(total + d as f64 * level, terms.round_to))
