@@ -281,6 +281,24 @@ fn check_columns(md: &ParquetMetaData, schema: &DatasetSchema) -> Result<Vec<usi
             ))
         })?;
     let mut out = Violations::default();
+    // Two columns of one name (or names that differ only by case) would leave which one
+    // is read to chance.
+    for (i, f) in arrow.fields().iter().enumerate() {
+        if arrow.fields()[..i]
+            .iter()
+            .any(|g| g.name().eq_ignore_ascii_case(f.name()))
+        {
+            out.push(Violation {
+                row: None,
+                column: Some(f.name().chars().take(64).collect()),
+                rule: "duplicate_column".into(),
+                message: "the file has more than one column of this name (names may not differ only by case)".into(),
+            });
+        }
+    }
+    if out.count > 0 {
+        return Err(out);
+    }
     let mut projection = Vec::with_capacity(schema.columns.len());
     for col in &schema.columns {
         match arrow.fields().iter().position(|f| f.name() == &col.name) {

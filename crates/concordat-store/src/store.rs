@@ -807,6 +807,18 @@ pub(crate) fn check_file(
         v.sort();
         return Err(StoreError::Validation(v));
     }
+    let declared = inspected.metadata.file_metadata().num_rows();
+    if i64::try_from(checker.rows).ok() != Some(declared) {
+        return Err(StoreError::Validation(Violations::single(Violation {
+            row: None,
+            column: None,
+            rule: "parquet".into(),
+            message: format!(
+                "the file declares {declared} rows but holds {}: it is truncated or corrupt",
+                checker.rows
+            ),
+        })));
+    }
     if checker.rows == 0 {
         return Err(StoreError::Validation(Violations::single(Violation {
             row: None,

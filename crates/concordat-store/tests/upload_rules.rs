@@ -541,3 +541,125 @@ async fn declared_sizes_and_ratios_over_the_limits_are_refused_before_decoding()
         .count();
     assert_eq!(staged, 0, "a refused upload leaves nothing staged");
 }
+
+/// A file whose footer (and row group) declare far more rows than its pages hold.
+fn lying_row_count(good: &[u8], declared: i64) -> Vec<u8> {
+    use parquet::file::metadata::{
+        FileMetaData, ParquetMetaData, ParquetMetaDataReader, ParquetMetaDataWriter,
+        RowGroupMetaData,
+    };
+    let md = ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::copy_from_slice(good))
+        .expect("footer");
+    let fm = md.file_metadata();
+    let file_md = FileMetaData::new(
+        fm.version(),
+        declared,
+        fm.created_by().map(str::to_owned),
+        fm.key_value_metadata().cloned(),
+        fm.schema_descr_ptr(),
+        fm.column_orders().cloned(),
+    );
+    let groups: Vec<RowGroupMetaData> = md
+        .row_groups()
+        .iter()
+        .enumerate()
+        .map(|(i, rg)| {
+            RowGroupMetaData::builder(rg.schema_descr_ptr())
+                .set_num_rows(if i == 0 { declared } else { 0 })
+                .set_total_byte_size(rg.total_byte_size())
+                .set_column_metadata(rg.columns().to_vec())
+                .build()
+                .expect("row group")
+        })
+        .collect();
+    let lying = ParquetMetaData::new(file_md, groups);
+    let footer_len =
+        u32::from_le_bytes(good[good.len() - 8..good.len() - 4].try_into().expect("4"));
+    let data_end = good.len() - 8 - footer_len as usize;
+    let mut out = good[..data_end].to_vec();
+    ParquetMetaDataWriter::new(&mut out, &lying)
+        .finish()
+        .expect("write footer");
+    out
+}
+
+#[tokio::test]
+async fn a_footer_that_declares_more_rows_than_the_file_holds_is_refused() {
+    let batches = synth("force_resources", &["kent"]);
+    let good = parquet_bytes(&batches[..1]);
+    let f = fixture();
+    let v = violations(
+        upload(
+            &f.store,
+            "force_resources",
+            Mode::Append,
+            "p",
+            ScopeFilter::All,
+            lying_row_count(&good, 400_000_000),
+        )
+        .await,
+    );
+    assert!(
+        v.violations
+            .iter()
+            .any(|x| x.rule == "parquet" || x.rule == "limits"),
+        "{v:?}"
+    );
+    assert_eq!(
+        f.store.latest_version("force_resources").await.expect("v"),
+        None
+    );
+}
+
+#[tokio::test]
+async fn two_columns_of_one_name_are_refused() {
+    use std::sync::Arc;
+    let batch = arrow::compute::concat_batches(
+        &synth("force_performance", &["kent"])[0].schema(),
+        &synth("force_performance", &["kent"]),
+    )
+    .expect("concat");
+    let value = batch.column_by_name("value").expect("value").clone();
+    let text: arrow::array::ArrayRef =
+        Arc::new(arrow::array::StringArray::from(vec!["x"; batch.num_rows()]));
+    for (name, extra) in [("value", value.clone()), ("value", text), ("VALUE", value)] {
+        let mut fields: Vec<arrow::datatypes::FieldRef> =
+            batch.schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(arrow::datatypes::Field::new(
+            name,
+            extra.data_type().clone(),
+            true,
+        )));
+        let mut columns = batch.columns().to_vec();
+        columns.push(extra);
+        let doubled = arrow::array::RecordBatch::try_new(
+            Arc::new(arrow::datatypes::Schema::new(fields)),
+            columns,
+        )
+        .expect("batch");
+        let f = fixture();
+        let v = violations(
+            upload(
+                &f.store,
+                "force_performance",
+                Mode::Append,
+                "p",
+                ScopeFilter::All,
+                parquet_bytes(&[doubled]),
+            )
+            .await,
+        );
+        assert!(
+            v.violations.iter().any(|x| x.rule == "duplicate_column"),
+            "{name}: {v:?}"
+        );
+        assert_eq!(
+            f.store
+                .latest_version("force_performance")
+                .await
+                .expect("v"),
+            None
+        );
+    }
+}
