@@ -6,11 +6,14 @@
 //! earlier versions stay readable (time travel) until retention removes them.
 //!
 //! An upload is staged to a temporary file (with its SHA-256 and a hard byte cap),
-//! inspected on its footer alone, validated row by row against the schema and the
-//! uploader's row scope, and only then committed. Nothing is committed unless every row
+//! inspected on its footer alone, decoded once and validated against the schema and the
+//! uploader's row scope in a limited worker that also writes the data files to commit
+//! ([`datafile`]), and only then committed: the server moves those files into the table
+//! and commits the log entry that adds them. Nothing is committed unless every row
 //! passes. This crate never decides who may upload: it is handed the grant.
 
 pub mod audit;
+pub mod datafile;
 pub mod fault;
 pub mod inspect;
 mod store;

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
+use crate::datafile::{DataFile, Sink, file_schema};
 use crate::inspect::{FileLimits, arrow_type, inspect};
 use crate::validate::RowChecker;
 use crate::violation::{Violation, Violations};
@@ -231,10 +232,25 @@ impl Store {
 
     /// Removes uploads a crash left staged. Only the serving process calls this, at start:
     /// another process (a CLI command) must not touch uploads in flight.
+    /// Data files of uploads that were moved into a table but never committed are removed
+    /// too.
     pub fn discard_staged(&self) -> Result<(), StoreError> {
         let staging = self.cfg.data_dir.join("staging");
         std::fs::remove_dir_all(&staging).map_err(StoreError::internal)?;
-        std::fs::create_dir_all(&staging).map_err(StoreError::internal)
+        std::fs::create_dir_all(&staging).map_err(StoreError::internal)?;
+        if let Ok(tables) = std::fs::read_dir(self.cfg.data_dir.join("tables")) {
+            for t in tables.flatten() {
+                let removed = sweep_uncommitted(&t.path())?;
+                if removed > 0 {
+                    tracing::warn!(
+                        table = %t.path().display(),
+                        removed,
+                        "removed data files of uploads that never committed"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The configuration.
@@ -526,7 +542,14 @@ impl Store {
     pub async fn upload(&self, req: UploadRequest<'_>) -> Result<UploadOutcome, StoreError> {
         let started = std::time::Instant::now();
         let dataset = req.schema.name.to_string();
-        let (rows, periods) = {
+        // The worker writes the upload's data files here; removed whatever happens, after
+        // the files that are committed have been moved into the table.
+        let out = tempfile::Builder::new()
+            .prefix("upload-")
+            .suffix(".d")
+            .tempdir_in(self.cfg.data_dir.join("staging"))
+            .map_err(StoreError::internal)?;
+        let checked = {
             let _permit = self
                 .validations
                 .acquire()
@@ -538,6 +561,7 @@ impl Store {
             let agreements = req.agreements.clone();
             let limits = self.cfg.file_limits.clone();
             let batch_rows = self.cfg.batch_rows;
+            let out_dir = out.path().to_path_buf();
             if let crate::worker::Validator::Worker {
                 program,
                 args,
@@ -553,11 +577,20 @@ impl Store {
                     limits,
                     batch_rows,
                     memory_bytes: *memory_bytes,
+                    out_dir,
                 };
                 crate::worker::validate_in_worker(program, args, *timeout, &request).await?
             } else {
                 let checked = tokio::task::spawn_blocking(move || {
-                    check_file(&path, &schema, &scope, &agreements, &limits, batch_rows)
+                    check_file(
+                        &path,
+                        &schema,
+                        &scope,
+                        &agreements,
+                        &limits,
+                        batch_rows,
+                        &out_dir,
+                    )
                 })
                 .await;
                 match checked {
@@ -575,6 +608,32 @@ impl Store {
                 }
             }
         };
+        let Checked {
+            rows,
+            periods,
+            files,
+        } = checked;
+        // What the worker says is checked, not trusted: the files it names are plain
+        // names in the output directory, and their sizes and rows add up.
+        let mut written = 0u64;
+        for f in &files {
+            let on_disk = std::fs::metadata(out.path().join(&f.name)).ok();
+            if f.name.contains(['/', '\\'])
+                || f.name.starts_with('.')
+                || on_disk.map(|m| m.len()) != Some(f.bytes)
+            {
+                return Err(StoreError::Internal(format!(
+                    "the validation worker named a data file that is not there: {}",
+                    f.name
+                )));
+            }
+            written += f.rows;
+        }
+        if written != rows || files.is_empty() {
+            return Err(StoreError::Internal(
+                "the validation worker's data files do not hold the rows it validated".into(),
+            ));
+        }
         let validated = started.elapsed();
         let lock = self.lock_for(&dataset);
         let _guard = lock.lock().await;
@@ -604,7 +663,9 @@ impl Store {
             uploaded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             sources: Default::default(),
         };
-        let version = self.commit(table, &req, &periods, provenance).await?;
+        let version = self
+            .commit(table, &req, &periods, provenance, out.path(), &files)
+            .await?;
         tracing::info!(
             dataset,
             version,
@@ -650,50 +711,134 @@ impl Store {
         }))
     }
 
+    fn properties(
+        &self,
+        provenance: &Provenance,
+        mode: Mode,
+    ) -> Result<CommitProperties, StoreError> {
+        Ok(CommitProperties::default()
+            .with_metadata([(
+                PROVENANCE_KEY.to_owned(),
+                serde_json::to_value(provenance).map_err(StoreError::internal)?,
+            )])
+            .with_max_retries(if mode == Mode::Append { 15 } else { 0 }))
+    }
+
+    fn table_configuration(&self) -> [(&'static str, Option<String>); 2] {
+        let retention = format!("interval {} days", self.cfg.log_retention_days);
+        [
+            ("delta.logRetentionDuration", Some(retention.clone())),
+            ("delta.deletedFileRetentionDuration", Some(retention)),
+        ]
+    }
+
+    /// Commits the worker's data files. An append (or the first version) moves them into
+    /// the table and commits one log entry that adds them: no byte is decoded here. A
+    /// replacement of periods lets Delta rewrite what it replaces, reading the worker's
+    /// files (written by our own writer), never the upload.
     async fn commit(
         &self,
         table: DeltaTable,
         req: &UploadRequest<'_>,
         periods: &[String],
         provenance: Provenance,
+        out: &Path,
+        files: &[DataFile],
     ) -> Result<u64, StoreError> {
         let schema = req.schema;
         let dataset = schema.name.to_string();
+        let conflict = |e: DeltaTableError| -> StoreError {
+            match e {
+                DeltaTableError::Transaction { source } => {
+                    use deltalake::kernel::transaction::TransactionError as T;
+                    match source {
+                        T::CommitConflict(_)
+                        | T::VersionAlreadyExists(_)
+                        | T::MaxCommitAttempts(_) => StoreError::Conflict {
+                            dataset: dataset.clone(),
+                        },
+                        other => StoreError::internal(other),
+                    }
+                }
+                DeltaTableError::VersionAlreadyExists(_) => StoreError::Conflict {
+                    dataset: dataset.clone(),
+                },
+                e => StoreError::internal(e),
+            }
+        };
+        let properties = self.properties(&provenance, req.mode)?;
+        let is_new = table.version().is_none();
+        if req.mode == Mode::Append || is_new {
+            let moved = self.move_into_table(&dataset, out, files)?;
+            let adds: Vec<deltalake::kernel::Action> = moved
+                .iter()
+                .zip(files)
+                .map(|(path, f)| {
+                    deltalake::kernel::Action::Add(deltalake::kernel::Add {
+                        path: path.clone(),
+                        size: f.bytes as i64,
+                        modification_time: chrono::Utc::now().timestamp_millis(),
+                        data_change: true,
+                        stats: Some(f.stats.clone()),
+                        ..Default::default()
+                    })
+                })
+                .collect();
+            let committed = if is_new {
+                use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+                let delta_schema: deltalake::kernel::StructType = file_schema(schema)
+                    .as_ref()
+                    .try_into_kernel()
+                    .map_err(StoreError::internal)?;
+                deltalake::operations::create::CreateBuilder::new()
+                    .with_log_store(table.log_store())
+                    .with_columns(delta_schema.fields().cloned())
+                    .with_configuration(self.table_configuration())
+                    .with_table_name(&dataset)
+                    .with_actions(adds)
+                    .with_commit_properties(properties)
+                    .await
+                    .map(|t| t.version())
+            } else {
+                let snapshot = table.snapshot().map_err(StoreError::internal)?;
+                deltalake::kernel::transaction::CommitBuilder::from(properties)
+                    .with_actions(adds)
+                    .build(
+                        Some(snapshot),
+                        table.log_store(),
+                        deltalake::protocol::DeltaOperation::Write {
+                            mode: SaveMode::Append,
+                            partition_by: None,
+                            predicate: None,
+                        },
+                    )
+                    .await
+                    .map(|c| Some(c.version()))
+            };
+            return match committed {
+                Ok(Some(v)) => Ok(v),
+                Ok(None) => Err(StoreError::Internal("commit left no version".into())),
+                Err(e) => {
+                    // Not committed: the moved files are referenced by nothing.
+                    for path in &moved {
+                        let _ = std::fs::remove_file(self.table_dir(&dataset).join(path));
+                    }
+                    Err(conflict(e))
+                }
+            };
+        }
         // Delta's own session: its planner executes the write's custom plan nodes.
         let ctx = deltalake::delta_datafusion::create_session().into_inner();
-        let path = req
-            .file
-            .path()
-            .to_str()
-            .ok_or_else(|| StoreError::Internal("staging path is not UTF-8".into()))?;
+        let paths: Vec<String> = files
+            .iter()
+            .map(|f| out.join(&f.name).to_string_lossy().into_owned())
+            .collect();
         let df = ctx
-            .read_parquet(path, ParquetReadOptions::default())
+            .read_parquet(paths, ParquetReadOptions::default())
             .await
             .map_err(StoreError::internal)?;
-        let exprs: Vec<_> = schema
-            .columns
-            .iter()
-            .map(|c| {
-                datafusion::logical_expr::cast(
-                    col(format!("\"{}\"", c.name)),
-                    arrow_type(c.data_type),
-                )
-                .alias(&c.name)
-            })
-            .collect();
-        let plan = df
-            .select(exprs)
-            .map_err(StoreError::internal)?
-            .into_unoptimized_plan();
-        let is_new = table.version().is_none();
-        let properties = CommitProperties::default()
-            .with_metadata([(
-                PROVENANCE_KEY.to_owned(),
-                serde_json::to_value(&provenance).map_err(StoreError::internal)?,
-            )])
-            .with_max_retries(if req.mode == Mode::Append { 15 } else { 0 });
-        let retention = format!("interval {} days", self.cfg.log_retention_days);
-        let mut write = table
+        let plan = df.into_unoptimized_plan();
+        let write = table
             .write(Vec::new())
             .with_input_plan(plan)
             .with_session_state(Arc::new(ctx.state()))
@@ -702,41 +847,94 @@ impl Store {
             // Bounded memory: Delta's writer holds a data file and a row group in memory
             // until it flushes them, so both are kept small whatever the upload's size.
             .with_target_file_size(std::num::NonZeroU64::new(32 << 20))
-            .with_writer_properties(
-                parquet::file::properties::WriterProperties::builder()
-                    .set_compression(parquet::basic::Compression::SNAPPY)
-                    .set_max_row_group_row_count(Some(128 * 1024))
-                    .build(),
-            )
-            .with_configuration([
-                ("delta.logRetentionDuration", Some(retention.clone())),
-                ("delta.deletedFileRetentionDuration", Some(retention)),
-            ]);
-        write = match (req.mode, is_new) {
-            (Mode::Append, _) | (Mode::ReplacePeriods, true) => {
-                write.with_save_mode(SaveMode::Append)
-            }
-            (Mode::ReplacePeriods, false) => write
-                .with_save_mode(SaveMode::Overwrite)
-                .with_replace_where(replace_predicate(schema, periods, &req.scope)),
-        };
+            .with_writer_properties(crate::datafile::writer_properties())
+            .with_configuration(self.table_configuration())
+            .with_save_mode(SaveMode::Overwrite)
+            .with_replace_where(replace_predicate(schema, periods, &req.scope));
         match write.await {
             Ok(table) => table
                 .version()
                 .ok_or_else(|| StoreError::Internal("commit left no version".into())),
-            Err(DeltaTableError::Transaction { source }) => {
-                use deltalake::kernel::transaction::TransactionError as T;
-                match source {
-                    T::CommitConflict(_) | T::VersionAlreadyExists(_) | T::MaxCommitAttempts(_) => {
-                        Err(StoreError::Conflict { dataset })
-                    }
-                    other => Err(StoreError::internal(other)),
-                }
-            }
-            Err(DeltaTableError::VersionAlreadyExists(_)) => Err(StoreError::Conflict { dataset }),
-            Err(e) => Err(StoreError::internal(e)),
+            Err(e) => Err(conflict(e)),
         }
     }
+
+    fn table_dir(&self, dataset: &str) -> PathBuf {
+        self.cfg.data_dir.join("tables").join(dataset)
+    }
+
+    /// Moves the worker's files into the table under names no other upload uses
+    /// (`u-<upload>-<n>.parquet`); returns their paths relative to the table.
+    fn move_into_table(
+        &self,
+        dataset: &str,
+        out: &Path,
+        files: &[DataFile],
+    ) -> Result<Vec<String>, StoreError> {
+        let dir = self.table_dir(dataset);
+        std::fs::create_dir_all(&dir).map_err(StoreError::internal)?;
+        let upload = uuid::Uuid::new_v4().simple().to_string();
+        let mut moved = Vec::with_capacity(files.len());
+        for (i, f) in files.iter().enumerate() {
+            let name = format!("{ORPHAN_PREFIX}{upload}-{i:05}.parquet");
+            if let Err(e) = std::fs::rename(out.join(&f.name), dir.join(&name)) {
+                for m in &moved {
+                    let _ = std::fs::remove_file(dir.join(m));
+                }
+                return Err(StoreError::internal(e));
+            }
+            moved.push(name);
+        }
+        // The renames are durable before the log entry that names them is written.
+        if let Ok(d) = std::fs::File::open(&dir) {
+            d.sync_all().map_err(StoreError::internal)?;
+        }
+        Ok(moved)
+    }
+}
+
+/// Data files moved into a table by an upload start with this; one that no log entry
+/// names (a crash between the move and the commit) is removed at the next start.
+const ORPHAN_PREFIX: &str = "u-";
+
+/// Removes data files of uploads that never committed from a table directory: those
+/// named by an upload (`u-…`) that no log entry adds.
+fn sweep_uncommitted(table_dir: &Path) -> Result<usize, StoreError> {
+    let mut named = std::collections::HashSet::new();
+    let log = table_dir.join("_delta_log");
+    if let Ok(entries) = std::fs::read_dir(&log) {
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                let text = std::fs::read_to_string(&path).map_err(StoreError::internal)?;
+                for line in text.lines() {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+                        && let Some(p) = v.pointer("/add/path").and_then(|p| p.as_str())
+                    {
+                        named.insert(p.to_owned());
+                    }
+                }
+            } else if path.extension().is_some_and(|x| x == "parquet") {
+                // A checkpoint summarises older entries, whose JSON files retention keeps;
+                // to be safe, a table with checkpoints is left alone.
+                return Ok(0);
+            }
+        }
+    }
+    let mut removed = 0;
+    if let Ok(entries) = std::fs::read_dir(table_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(ORPHAN_PREFIX)
+                && name.ends_with(".parquet")
+                && !named.contains(&name)
+            {
+                std::fs::remove_file(e.path()).map_err(StoreError::internal)?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Rows a replacement removes: the file's periods, within the uploader's scope.
@@ -758,7 +956,20 @@ fn replace_predicate(
     predicate
 }
 
-/// Inspects and validates a file; returns its row count and periods.
+/// What a valid upload became.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checked {
+    /// Rows.
+    pub rows: u64,
+    /// Periods present.
+    pub periods: Vec<String>,
+    /// The data files written, in the output directory.
+    pub files: Vec<DataFile>,
+}
+
+/// Inspects, decodes (once) and validates a file, writing the rows into data files in
+/// `out` as it goes; returns the rows, periods and files. On refusal the files are
+/// removed.
 pub(crate) fn check_file(
     path: &Path,
     schema: &DatasetSchema,
@@ -766,7 +977,28 @@ pub(crate) fn check_file(
     agreements: &[String],
     limits: &FileLimits,
     batch_rows: usize,
-) -> Result<(u64, Vec<String>), StoreError> {
+    out: &Path,
+) -> Result<Checked, StoreError> {
+    let checked = decode_validate_write(path, schema, scope, agreements, limits, batch_rows, out);
+    if checked.is_err()
+        && let Ok(entries) = std::fs::read_dir(out)
+    {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    checked
+}
+
+fn decode_validate_write(
+    path: &Path,
+    schema: &DatasetSchema,
+    scope: &ScopeFilter,
+    agreements: &[String],
+    limits: &FileLimits,
+    batch_rows: usize,
+    out: &Path,
+) -> Result<Checked, StoreError> {
     let corrupt = || {
         StoreError::Validation(Violations::single(Violation {
             row: None,
@@ -788,6 +1020,7 @@ pub(crate) fn check_file(
         .build()
         .map_err(|_| corrupt())?;
     let mut checker = RowChecker::new(schema, scope, agreements);
+    let mut sink = Sink::new(out, file_schema(schema));
     for batch in reader {
         let batch = batch.map_err(|_| corrupt())?;
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
@@ -801,6 +1034,10 @@ pub(crate) fn check_file(
             });
         }
         checker.check(&cols);
+        // Once a rule is broken nothing will be committed: stop writing, keep checking.
+        if checker.violations.count == 0 {
+            sink.write(cols)?;
+        }
     }
     if checker.violations.count > 0 {
         let mut v = checker.violations;
@@ -827,5 +1064,9 @@ pub(crate) fn check_file(
             message: "the file has no rows".into(),
         })));
     }
-    Ok((checker.rows, checker.periods.into_iter().collect()))
+    Ok(Checked {
+        rows: checker.rows,
+        periods: checker.periods.into_iter().collect(),
+        files: sink.finish()?,
+    })
 }

@@ -1,5 +1,6 @@
-//! Validation in a child process, so that a hostile file can at worst kill its own
-//! worker, never the server. Decoding Parquet allocates what page headers declare
+//! Decoding, validation and the writing of data files in a child process, so that a
+//! hostile file can at worst kill its own worker, never the server, and the server never
+//! parses an uploaded byte. Decoding Parquet allocates what page headers declare
 //! before checking it (arrow-rs #10734); in the worker that allocation meets an
 //! `RLIMIT_DATA` bound and a wall-clock limit, and the upload is refused with 422.
 //!
@@ -17,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::StoreError;
 use crate::inspect::FileLimits;
+use crate::store::Checked;
 use crate::violation::{Violation, Violations};
 
 /// How uploads are validated.
@@ -55,13 +57,15 @@ pub struct WorkerRequest {
     pub batch_rows: usize,
     /// `RLIMIT_DATA` the worker sets on itself before reading the file.
     pub memory_bytes: u64,
+    /// Where the worker writes the data files of a valid upload.
+    pub out_dir: PathBuf,
 }
 
 /// What the worker answers.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WorkerAnswer {
-    /// Every row passed.
-    Valid { rows: u64, periods: Vec<String> },
+    /// Every row passed; the data files are written.
+    Valid(Checked),
     /// Rules were broken.
     Invalid(Violations),
     /// Something else went wrong.
@@ -85,8 +89,9 @@ pub fn serve_one(input: &mut dyn Read, output: &mut dyn Write) -> std::io::Resul
                     &req.agreements,
                     &req.limits,
                     req.batch_rows,
+                    &req.out_dir,
                 ) {
-                    Ok((rows, periods)) => WorkerAnswer::Valid { rows, periods },
+                    Ok(checked) => WorkerAnswer::Valid(checked),
                     Err(StoreError::Validation(v)) => WorkerAnswer::Invalid(v),
                     Err(e) => WorkerAnswer::Failed(format!("{e:?}")),
                 },
@@ -112,7 +117,7 @@ pub async fn validate_in_worker(
     args: &[String],
     timeout: Duration,
     request: &WorkerRequest,
-) -> Result<(u64, Vec<String>), StoreError> {
+) -> Result<Checked, StoreError> {
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
@@ -135,7 +140,7 @@ pub async fn validate_in_worker(
         return Err(over_limits());
     }
     match serde_json::from_slice::<WorkerAnswer>(&output.stdout) {
-        Ok(WorkerAnswer::Valid { rows, periods }) => Ok((rows, periods)),
+        Ok(WorkerAnswer::Valid(checked)) => Ok(checked),
         Ok(WorkerAnswer::Invalid(v)) => Err(StoreError::Validation(v)),
         Ok(WorkerAnswer::Failed(e)) => Err(StoreError::Internal(e)),
         Err(_) => Err(over_limits()),

@@ -431,3 +431,133 @@ async fn compaction_merges_one_file_per_force_into_one_without_changing_a_row() 
     assert_eq!(versions[0].operation.as_deref(), Some("OPTIMIZE"));
     assert_eq!(versions[1].partner.as_deref(), Some("force-hampshire"));
 }
+
+/// Data files in a table directory (not the log).
+fn data_files(f: &Fixture, dataset: &str) -> Vec<std::path::PathBuf> {
+    let dir = f.dir.path().join("data/tables").join(dataset);
+    match std::fs::read_dir(&dir) {
+        Err(_) => Vec::new(),
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .collect(),
+    }
+}
+
+fn staging_entries(f: &Fixture) -> usize {
+    std::fs::read_dir(f.dir.path().join("data/staging"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn stored_files_are_our_own_writing_and_refusals_leave_nothing_on_disk() {
+    let f = fixture();
+    // The upload carries metadata of its own and a page index; none of it is stored.
+    let batches = synth("force_resources", &["kent"]);
+    let schema = batches[0].schema();
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("evil".to_owned(), "x".repeat(1000));
+    let tagged = std::sync::Arc::new(schema.as_ref().clone().with_metadata(meta));
+    let mut bytes = Vec::new();
+    {
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Page)
+            .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+                "upload".to_owned(),
+                Some("carried".to_owned()),
+            )]))
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut bytes, tagged.clone(), Some(props))
+            .expect("writer");
+        for b in &batches {
+            w.write(&b.clone().with_schema(tagged.clone()).expect("schema"))
+                .expect("write");
+        }
+        w.close().expect("close");
+    }
+    let out = upload(
+        &f.store,
+        "force_resources",
+        Mode::Append,
+        "force-kent",
+        kent(),
+        bytes,
+    )
+    .await
+    .expect("commit");
+    let files = data_files(&f, "force_resources");
+    assert!(!files.is_empty());
+    let mut rows = 0;
+    for path in &files {
+        let file = std::fs::File::open(path).expect("open");
+        let reader =
+            parquet::file::serialized_reader::SerializedFileReader::new(file).expect("reader");
+        let md = parquet::file::reader::FileReader::metadata(&reader);
+        assert_eq!(md.file_metadata().created_by(), Some("concordat"));
+        let kv = md.file_metadata().key_value_metadata();
+        assert!(
+            kv.is_none_or(|kv| kv.iter().all(
+                |k| k.key != "upload" && k.value.as_deref().is_none_or(|v| !v.contains("xxxx"))
+            )),
+            "{kv:?}"
+        );
+        assert!(md.column_index().is_none(), "no page statistics are stored");
+        rows += md.file_metadata().num_rows();
+    }
+    assert_eq!(rows as u64, out.rows);
+    assert_eq!(staging_entries(&f), 0, "nothing is left in staging");
+
+    // A refused upload leaves no data file anywhere.
+    let mut bad = synth("force_resources", &["essex"]);
+    bad.truncate(1);
+    let before = data_files(&f, "force_resources");
+    let refused = upload(
+        &f.store,
+        "force_resources",
+        Mode::Append,
+        "force-kent",
+        kent(),
+        parquet_bytes(&bad),
+    )
+    .await;
+    assert!(matches!(refused, Err(StoreError::Validation(_))));
+    assert_eq!(data_files(&f, "force_resources"), before);
+    assert_eq!(staging_entries(&f), 0);
+}
+
+#[tokio::test]
+async fn data_files_of_uploads_that_never_committed_are_swept_at_start() {
+    let f = fixture();
+    upload(
+        &f.store,
+        "force_resources",
+        Mode::Append,
+        "force-kent",
+        kent(),
+        parquet_bytes(&synth("force_resources", &["kent"])),
+    )
+    .await
+    .expect("commit");
+    let committed = data_files(&f, "force_resources");
+    // A crash between moving an upload's files into the table and committing them.
+    let dir = f.dir.path().join("data/tables/force_resources");
+    std::fs::copy(&committed[0], dir.join("u-deadbeef-00000.parquet")).expect("copy");
+    // Files of other origins are not touched.
+    std::fs::write(dir.join("part-00000-other.parquet"), b"x").expect("write");
+    f.store.discard_staged().expect("sweep");
+    let mut after = data_files(&f, "force_resources");
+    after.sort();
+    let mut want = committed.clone();
+    want.push(dir.join("part-00000-other.parquet"));
+    want.sort();
+    assert_eq!(after, want);
+    assert_eq!(
+        count_rows(&f.store, "force_resources", None, "").await,
+        synth("force_resources", &["kent"])
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>()
+    );
+}
