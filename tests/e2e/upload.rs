@@ -73,6 +73,31 @@ fn upload_status_codes_follow_the_contract() {
         (Some(1), Some("pfa_code"), Some("row_scope"))
     );
     assert_eq!(body["error"]["details"]["violation_count"], 336);
+    // The violations at a glance: one line per (column, rule), with the count and the
+    // first rows.
+    let summary = body["error"]["details"]["summary"]
+        .as_array()
+        .expect("summary");
+    assert_eq!(summary.len(), 1, "{body}");
+    assert_eq!(summary[0]["column"], "pfa_code");
+    assert_eq!(summary[0]["rule"], "row_scope");
+    assert_eq!(summary[0]["count"], 336);
+    assert_eq!(summary[0]["rows"][0], 1);
+    // A dataset name that is not UTF-8 gets the JSON error, like any bad request.
+    for name in ["%FF%FE", "%C3%28"] {
+        let (status, body) = upload(&server, &kent, name, "append", kent_file.clone());
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{name}: {body}"
+        );
+        let (status, body) = get(&server, &kent, &format!("/v1/datasets/{name}"));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{name}: {body}"
+        );
+    }
     assert_eq!(
         versions(&server, &kent, "force_performance"),
         vec![0],

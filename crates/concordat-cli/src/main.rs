@@ -380,7 +380,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &file,
             )
             .await?;
-            println!("{}", serde_json::to_string_pretty(&answer.body)?);
+            match client::violation_table(&answer.body) {
+                Some(table) if answer.status == 422 => eprintln!("{table}"),
+                _ => println!("{}", serde_json::to_string_pretty(&answer.body)?),
+            }
             client::expect_success(&answer, &format!("upload of {}", file.display()))
         }),
         Command::Policy {

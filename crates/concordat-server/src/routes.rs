@@ -214,11 +214,33 @@ async fn latest_version(state: &AppState, schema: &DatasetSchema) -> AppResult<O
     Ok(state.store.latest_version(schema.name.as_str()).await?)
 }
 
+/// The `{name}` of a dataset route. A path that is not UTF-8 text gets the JSON error
+/// every other bad request gets, not the framework's plain text.
+pub struct NameInPath(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for NameInPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(name)| NameInPath(name))
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "the dataset name in the path must be UTF-8 text naming a dataset",
+                )
+            })
+    }
+}
+
 /// `GET /v1/datasets/{name}`: the schema as the caller sees it, and its versions.
 pub async fn dataset(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(name): Path<String>,
+    NameInPath(name): NameInPath,
 ) -> AppResult<Json<Value>> {
     let schema = Schemas::builtin()
         .get(&name)
@@ -265,7 +287,7 @@ pub struct UploadQuery {
 pub async fn upload(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(name): Path<String>,
+    NameInPath(name): NameInPath,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
     body: Body,

@@ -193,7 +193,7 @@ impl<'a> RowChecker<'a> {
                 message: message(),
             });
         } else {
-            self.violations.count += 1;
+            self.violations.count_only(Some(row), column, rule);
         }
     }
 
