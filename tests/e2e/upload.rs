@@ -506,3 +506,133 @@ fn decoding_runs_in_a_memory_limited_worker_so_a_file_too_big_to_check_is_refuse
     );
     assert_eq!(status, 404, "force-kent cannot see reoffending data");
 }
+
+/// Peak and current resident memory of a process, KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// A valid file written with a page index, whose footer then points every column's page
+/// index at `offset` with lengths of 2^31 - 1.
+fn lying_page_index(good: &[arrow::array::RecordBatch], offset: Option<i64>) -> Vec<u8> {
+    use parquet::file::metadata::{ParquetMetaDataReader, ParquetMetaDataWriter};
+    let mut bytes = Vec::new();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Page)
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut bytes, good[0].schema(), Some(props))
+        .expect("writer");
+    for b in good {
+        w.write(b).expect("write");
+    }
+    w.close().expect("close");
+    let md = ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::copy_from_slice(&bytes))
+        .expect("footer");
+    let at = offset.unwrap_or(bytes.len() as i64 + 1000);
+    let groups = md
+        .row_groups()
+        .iter()
+        .map(|rg| {
+            let columns = rg
+                .columns()
+                .iter()
+                .map(|c| {
+                    c.clone()
+                        .into_builder()
+                        .set_offset_index_offset(Some(at))
+                        .set_offset_index_length(Some(i32::MAX))
+                        .set_column_index_offset(Some(at))
+                        .set_column_index_length(Some(i32::MAX))
+                        .build()
+                        .expect("column")
+                })
+                .collect();
+            rg.clone()
+                .into_builder()
+                .set_column_metadata(columns)
+                .build()
+                .expect("row group")
+        })
+        .collect();
+    let lying = md.into_builder().set_row_groups(groups).build();
+    let footer_len = u32::from_le_bytes(
+        bytes[bytes.len() - 8..bytes.len() - 4]
+            .try_into()
+            .expect("4"),
+    );
+    let mut out = bytes[..bytes.len() - 8 - footer_len as usize].to_vec();
+    ParquetMetaDataWriter::new(&mut out, &lying)
+        .finish()
+        .expect("footer");
+    // The lie is in the footer as written.
+    let check = ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::copy_from_slice(&out))
+        .expect("lying footer");
+    assert_eq!(
+        check.row_groups()[0].columns()[0].offset_index_length(),
+        Some(i32::MAX)
+    );
+    out
+}
+
+#[test]
+fn hostile_page_indexes_never_reach_the_server_process() {
+    let site = Site::new();
+    let server = site.serve();
+    let token = site.token("force-kent", "uploader");
+    let pid = server.child.id();
+    let synth = |scale| {
+        concordat_synth::Synth::new(scale, 7)
+            .only(&["kent"])
+            .batches("force_resources")
+    };
+    // Warm up with as many ordinary uploads as hostile ones follow (each wakes the
+    // efficiency rebuild and may compact), so that what follows measures hostile input.
+    for scale in [0.01, 0.02, 0.03, 0.04, 0.05, 0.06] {
+        let (status, body) = upload(
+            &server,
+            &token,
+            "force_resources",
+            "append",
+            parquet("force_resources", &["kent"], scale),
+        );
+        assert!(status == 201 || status == 200, "{body}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (peak_before, _) = memory_kib(pid);
+    for (i, offset) in [None, Some(4), None, Some(4), None, Some(4)]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) = upload(
+            &server,
+            &token,
+            "force_resources",
+            "append",
+            lying_page_index(&synth(0.01 * (i + 1) as f64), offset),
+        );
+        // The page index is never read: the rows are decoded, checked and written again
+        // by our own writer, or the file is refused. Never a 500.
+        assert!(
+            status == 201 || status == 200 || status == 422,
+            "{i}: {status} {body}"
+        );
+    }
+    let (peak_after, rss_after) = memory_kib(pid);
+    assert!(
+        peak_after < peak_before + 50 * 1024,
+        "server peak grew from {peak_before} KiB to {peak_after} KiB (now {rss_after} KiB)"
+    );
+    let (status, _) = get(&server, &site.token("force-kent", "analyst"), "/v1/me");
+    assert_eq!(status, 200);
+}
