@@ -372,3 +372,43 @@ fn efficiency_is_rebuilt_after_each_input_and_every_extract_format_holds_the_sam
     let (status, _) = json(extract(&server, &site.token("hmicfrs", "uploader"), "csv"));
     assert_eq!(status, 403);
 }
+
+#[test]
+fn stopping_the_server_during_a_rebuild_is_clean() {
+    let site = Site::new();
+    let mut server = site.serve();
+    let probation = site.token("probation", "uploader");
+    let all = [
+        "metropolitan",
+        "lancashire",
+        "merseyside",
+        "greater-manchester",
+        "west-yorkshire",
+        "kent",
+        "essex",
+    ];
+    let (status, body) = upload(
+        &server,
+        &probation,
+        "reoffending_cohort",
+        "append",
+        parquet("reoffending_cohort", &all, 0.3),
+    );
+    assert_eq!(status, 201, "{body}");
+    // The commit has woken the rebuilder: stop the server while it works.
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let status = server
+        .wait_exit(Duration::from_secs(90))
+        .expect("the server stops");
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(&server.log).expect("log");
+    assert!(
+        !log.contains("panicked") && !log.contains("crashed"),
+        "{log}"
+    );
+    assert!(log.contains("stopped"), "{log}");
+}

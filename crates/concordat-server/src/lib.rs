@@ -74,10 +74,15 @@ pub async fn serve(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
-    axum::serve(listener, router(state))
+    let served = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+    state
+        .stop_background(std::time::Duration::from_secs(60))
+        .await;
+    tracing::info!("stopped");
+    served
 }
 
 async fn shutdown_signal() {

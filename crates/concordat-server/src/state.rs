@@ -140,6 +140,10 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Wakes the `force_efficiency` rebuilder (after an input commits).
     pub efficiency: Arc<tokio::sync::Notify>,
+    /// Set when the server stops: background work ends after what it is doing.
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// Background work (compaction, the efficiency rebuilder), awaited at shutdown.
+    background: tokio_util::task::TaskTracker,
     /// The secret behind disclosure control's record keys.
     pub record_key: Arc<concordat_query::sdc::cellkey::RecordKey>,
 }
@@ -206,6 +210,8 @@ impl AppState {
             record_key: Arc::new(record_key),
             metrics: Metrics::default(),
             efficiency: Arc::new(tokio::sync::Notify::new()),
+            stopping: tokio::sync::watch::channel(false).0,
+            background: tokio_util::task::TaskTracker::new(),
         }))
     }
 
@@ -273,7 +279,7 @@ impl AppState {
         const COMPACT_AT_FILES: usize = 16;
         let state = self.clone();
         let dataset = dataset.to_owned();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let store = state.store.clone();
             let name = dataset.clone();
             let compacted = state
@@ -300,9 +306,16 @@ impl AppState {
     pub fn spawn_efficiency_rebuilder(self: &Arc<Self>) {
         let state = self.clone();
         state.efficiency.notify_one();
-        tokio::spawn(async move {
+        let mut stopping = self.stopping.subscribe();
+        self.background.spawn(async move {
             loop {
-                state.efficiency.notified().await;
+                tokio::select! {
+                    () = state.efficiency.notified() => {}
+                    _ = stopping.wait_for(|s| *s) => break,
+                }
+                if *stopping.borrow() {
+                    break;
+                }
                 let store = state.store.clone();
                 let terms = state.derived_terms();
                 let key = state.record_key.clone();
@@ -327,5 +340,20 @@ impl AppState {
                 }
             }
         });
+    }
+
+    /// Stops background work: no rebuild starts any more, and work under way (a
+    /// compaction, a rebuild) is let finish, up to `limit`, before the query runtime it
+    /// runs on is shut down, so a stop during a rebuild is clean and the last committed
+    /// version stands.
+    pub async fn stop_background(&self, limit: std::time::Duration) {
+        let _ = self.stopping.send(true);
+        self.background.close();
+        if tokio::time::timeout(limit, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background work did not finish in time; stopping anyway");
+        }
     }
 }
