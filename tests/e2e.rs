@@ -3,6 +3,7 @@
 mod e2e {
     pub mod efficiency;
     pub mod fixtures;
+    pub mod fuzz;
     pub mod query;
     pub mod serve;
     pub mod upload;
