@@ -1020,25 +1020,55 @@ fn decode_validate_write(
         .build()
         .map_err(|_| corrupt())?;
     let mut checker = RowChecker::new(schema, scope, agreements);
+    // Encoding runs on a thread of its own while the next batch is decoded and checked,
+    // so both cores work; the channel holds at most two batches.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ArrayRef>>(2);
     let mut sink = Sink::new(out, file_schema(schema));
-    for batch in reader {
-        let batch = batch.map_err(|_| corrupt())?;
-        let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
-        for c in &schema.columns {
-            let a = batch.column_by_name(&c.name).ok_or_else(corrupt)?;
-            let want = arrow_type(c.data_type);
-            cols.push(if a.data_type() == &want {
-                a.clone()
-            } else {
-                arrow::compute::cast(a, &want).map_err(|_| corrupt())?
-            });
+    let writer = std::thread::Builder::new()
+        .name("concordat-encode".into())
+        .stack_size(1 << 20)
+        .spawn(move || -> Result<Vec<DataFile>, StoreError> {
+            for cols in rx {
+                sink.write(cols)?;
+            }
+            sink.finish()
+        })
+        .map_err(|_| {
+            StoreError::Validation(Violations::single(Violation {
+                row: None,
+                column: None,
+                rule: "limits".into(),
+                message: "the file could not be checked within the validation memory limit".into(),
+            }))
+        })?;
+    let decoded = (|| -> Result<(), StoreError> {
+        for batch in reader {
+            let batch = batch.map_err(|_| corrupt())?;
+            let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
+            for c in &schema.columns {
+                let a = batch.column_by_name(&c.name).ok_or_else(corrupt)?;
+                let want = arrow_type(c.data_type);
+                cols.push(if a.data_type() == &want {
+                    a.clone()
+                } else {
+                    arrow::compute::cast(a, &want).map_err(|_| corrupt())?
+                });
+            }
+            checker.check(&cols);
+            // Once a rule is broken nothing will be committed: stop writing, keep checking.
+            if checker.violations.count == 0 && tx.send(cols).is_err() {
+                // The writer stopped: its error is reported below.
+                break;
+            }
         }
-        checker.check(&cols);
-        // Once a rule is broken nothing will be committed: stop writing, keep checking.
-        if checker.violations.count == 0 {
-            sink.write(cols)?;
-        }
-    }
+        Ok(())
+    })();
+    drop(tx);
+    let written = writer
+        .join()
+        .map_err(|_| StoreError::Internal("the data file writer panicked".into()))?;
+    decoded?;
+    let files = written?;
     if checker.violations.count > 0 {
         let mut v = checker.violations;
         v.sort();
@@ -1067,6 +1097,6 @@ fn decode_validate_write(
     Ok(Checked {
         rows: checker.rows,
         periods: checker.periods.into_iter().collect(),
-        files: sink.finish()?,
+        files,
     })
 }

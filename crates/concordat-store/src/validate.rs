@@ -1,11 +1,17 @@
-//! Row-by-row checks of an uploaded file against its dataset's schema and the uploader's
-//! row scope, batch by batch, so memory does not grow with the file.
+//! Checks of an uploaded file against its dataset's schema and the uploader's row scope,
+//! batch by batch, so memory does not grow with the file. Each rule is a kernel over the
+//! batch's Arrow arrays: enums and references are set membership (each distinct value
+//! tested once), ranges are comparison kernels, cross-field rules are boolean masks; the
+//! rows that break a rule are gathered from its mask.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
-use arrow::array::{Array, ArrayRef, AsArray};
-use arrow::datatypes::{DataType, Date32Type, Float64Type, Int32Type, Int64Type};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Scalar, StringArray};
+use arrow::compute::kernels::cmp;
+use arrow::compute::{and, not, or};
+use arrow::datatypes::{DataType, Float64Type};
+use arrow::error::ArrowError;
 use chrono::NaiveDate;
 use concordat_core::schema::{ColumnType, Condition, Format, ReferenceKind, Rule, RuleKind};
 use concordat_core::{DatasetSchema, Quarter, Reference};
@@ -63,38 +69,60 @@ impl Cond {
         }
     }
 
-    /// `None` when the tested value is null: the rule does not apply.
-    fn eval(&self, cols: &[ArrayRef], row: usize) -> Option<bool> {
+    /// Whether each row meets the condition; null where the tested value is null (then
+    /// the rule does not apply).
+    fn mask(&self, cols: &[ArrayRef]) -> Result<BooleanArray, ArrowError> {
         match self {
-            Cond::Bool { col, value } => {
-                let a = cols[*col].as_boolean_opt()?;
-                a.is_valid(row).then(|| a.value(row) == *value)
-            }
+            Cond::Bool { col, value } => cmp::eq(&cols[*col], &BooleanArray::new_scalar(*value)),
             Cond::Text { col, value } => {
-                let a = cols[*col].as_string_opt::<i32>()?;
-                a.is_valid(row).then(|| a.value(row) == value)
+                cmp::eq(&cols[*col], &StringArray::new_scalar(value.as_str()))
             }
-            Cond::EndsWith { col, suffix } => {
-                let a = cols[*col].as_string_opt::<i32>()?;
-                a.is_valid(row)
-                    .then(|| a.value(row).ends_with(suffix.as_str()))
-            }
+            Cond::EndsWith { col, suffix } => arrow::compute::kernels::comparison::ends_with(
+                &cols[*col],
+                &StringArray::new_scalar(suffix.as_str()),
+            ),
         }
     }
 }
 
-/// A number in a numeric or date column, or `None` when null.
-fn number(a: &ArrayRef, row: usize) -> Option<f64> {
-    if a.is_null(row) {
-        return None;
-    }
-    match a.data_type() {
-        DataType::Int32 => Some(f64::from(a.as_primitive::<Int32Type>().value(row))),
-        // Stored counts stay far below 2^53, where f64 is exact.
-        DataType::Int64 => Some(a.as_primitive::<Int64Type>().value(row) as f64),
-        DataType::Float64 => Some(a.as_primitive::<Float64Type>().value(row)),
-        DataType::Date32 => Some(f64::from(a.as_primitive::<Date32Type>().value(row))),
-        _ => None,
+/// A numeric or date column as floating point (dates as days since the epoch).
+fn floats(a: &ArrayRef) -> Result<Float64Array, ArrowError> {
+    let a = match a.data_type() {
+        DataType::Date32 => arrow::compute::cast(a, &DataType::Int32)?,
+        _ => a.clone(),
+    };
+    // Stored counts stay far below 2^53, where f64 is exact.
+    Ok(arrow::compute::cast(&a, &DataType::Float64)?
+        .as_primitive::<Float64Type>()
+        .clone())
+}
+
+fn scalar(v: f64) -> Scalar<Float64Array> {
+    Float64Array::new_scalar(v)
+}
+
+/// A test of one text value.
+type TextTest = fn(&str) -> bool;
+
+/// A mask from a test of each distinct text value of a batch (each tested once).
+fn text_mask(s: &StringArray, test: impl Fn(&str) -> bool) -> BooleanArray {
+    let mut memo: HashMap<&str, bool> = HashMap::new();
+    s.iter()
+        .map(|v| v.map(|v| *memo.entry(v).or_insert_with(|| test(v))))
+        .collect()
+}
+
+/// The rows where a mask is true (null counts as false), in order.
+fn rows_of(mask: &BooleanArray) -> Vec<usize> {
+    definite(mask).values().set_indices().collect()
+}
+
+/// The mask with nulls as false.
+fn definite(mask: &BooleanArray) -> BooleanArray {
+    if mask.null_count() == 0 {
+        BooleanArray::new(mask.values().clone(), None)
+    } else {
+        arrow::compute::prep_null_mask_filter(mask)
     }
 }
 
@@ -200,26 +228,14 @@ impl<'a> RowChecker<'a> {
     /// Checks one batch whose columns are in schema order and canonical types.
     pub fn check(&mut self, cols: &[ArrayRef]) {
         let n = cols.first().map_or(0, |c| c.len());
-        for (i, col) in self.schema.columns.iter().enumerate() {
-            self.check_column(i, col, &cols[i], n);
-        }
-        for r in 0..self.rules.len() {
-            self.check_rule(r, cols, n);
-        }
-        if let Some(f) = self.force_col {
-            let a = cols[f].as_string::<i32>();
-            for row in 0..n {
-                if a.is_valid(row) {
-                    let v = a.value(row);
-                    if self.reference.force(v).is_some() && !self.scope.allows(v) {
-                        let agreements = self.scope_agreements.clone();
-                        let column = self.schema.columns[f].name.clone();
-                        self.violation(row, Some(&column), "row_scope", || {
-                            format!("this row's force area is outside the rows your agreements ({agreements}) let you upload")
-                        });
-                    }
-                }
-            }
+        let checked = self.check_batch(cols);
+        if let Err(e) = checked {
+            // The arrays have the schema's types, so a kernel cannot fail on them; if one
+            // does, the file is refused rather than let through.
+            tracing::warn!(error = %e, "a validation kernel failed");
+            self.violation(0, None, "parquet", || {
+                "the file could not be checked: its values could not be read".into()
+            });
         }
         if let Some(p) = self.period_col {
             let a = cols[p].as_string::<i32>();
@@ -236,144 +252,187 @@ impl<'a> RowChecker<'a> {
         self.rows += n as u64;
     }
 
+    fn check_batch(&mut self, cols: &[ArrayRef]) -> Result<(), ArrowError> {
+        for (i, col) in self.schema.columns.iter().enumerate() {
+            self.check_column(i, col, &cols[i])?;
+        }
+        for r in 0..self.rules.len() {
+            self.check_rule(r, cols)?;
+        }
+        if let Some(f) = self.force_col {
+            let reference = self.reference;
+            let scope = self.scope;
+            let outside = text_mask(cols[f].as_string::<i32>(), |v| {
+                reference.force(v).is_some() && !scope.allows(v)
+            });
+            let agreements = self.scope_agreements.clone();
+            let column = self.schema.columns[f].name.clone();
+            for row in rows_of(&outside) {
+                self.violation(row, Some(&column), "row_scope", || {
+                    format!("this row's force area is outside the rows your agreements ({agreements}) let you upload")
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn report(
+        &mut self,
+        mask: &BooleanArray,
+        column: &str,
+        rule: &str,
+        message: &dyn Fn() -> String,
+    ) {
+        for row in rows_of(mask) {
+            self.violation(row, Some(column), rule, message);
+        }
+    }
+
     fn check_column(
         &mut self,
         i: usize,
         col: &concordat_core::ColumnSchema,
         a: &ArrayRef,
-        n: usize,
-    ) {
+    ) -> Result<(), ArrowError> {
         let name = col.name.as_str();
         if !col.nullable && a.null_count() > 0 {
-            for row in 0..n {
-                if a.is_null(row) {
-                    self.violation(row, Some(name), "not_null", || {
-                        format!("`{name}` may not be null")
-                    });
-                }
-            }
+            let nulls = arrow::compute::is_null(a)?;
+            self.report(&nulls, name, "not_null", &|| {
+                format!("`{name}` may not be null")
+            });
         }
         match col.data_type {
             ColumnType::Utf8 => {
                 let s = a.as_string::<i32>();
-                let enums = self.enums[i].take();
-                for row in 0..n {
-                    if s.is_null(row) {
-                        continue;
-                    }
-                    let v = s.value(row);
-                    if let Some(set) = &enums
-                        && !set.contains(v)
-                    {
-                        let allowed = col.allowed.as_deref().unwrap_or_default().join(", ");
-                        self.violation(row, Some(name), "enum", || {
-                            format!("`{name}` must be one of: {allowed}")
-                        });
-                    }
-                    match col.format {
-                        Some(Format::Quarter) if Quarter::parse(v).is_none() => {
-                            self.violation(row, Some(name), "format", || {
-                                format!("`{name}` must be a quarter written YYYYQn, e.g. 2024Q3")
-                            });
-                        }
-                        Some(Format::FinancialYear)
-                            if concordat_core::FinancialYear::parse(v).is_none() =>
-                        {
-                            self.violation(row, Some(name), "format", || format!("`{name}` must be a financial year written YYYY-YY, e.g. 2024-25"));
-                        }
-                        Some(Format::Hex64)
-                            if !(v.len() == 64
-                                && v.bytes()
-                                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))) =>
-                        {
-                            self.violation(row, Some(name), "format", || format!("`{name}` must be a pseudonym of 64 lowercase hexadecimal characters"));
-                        }
-                        _ => {}
-                    }
-                    match col.reference {
-                        Some(ReferenceKind::PfaCode) if self.reference.force(v).is_none() => {
-                            self.violation(row, Some(name), "reference", || format!("`{name}` must be one of the 43 police force area codes (see police_forces)"));
-                        }
-                        Some(ReferenceKind::ProbationRegionCode)
-                            if !self.reference.is_probation_region(v) =>
-                        {
-                            self.violation(row, Some(name), "reference", || format!("`{name}` must be a probation region code (N03, N07, N50 to N59)"));
-                        }
-                        _ => {}
-                    }
+                if let Some(set) = &self.enums[i] {
+                    let outside = text_mask(s, |v| !set.contains(v));
+                    let allowed = col.allowed.as_deref().unwrap_or_default().join(", ");
+                    self.report(&outside, name, "enum", &|| {
+                        format!("`{name}` must be one of: {allowed}")
+                    });
                 }
-                self.enums[i] = enums;
+                let format: Option<(TextTest, String)> = match col.format {
+                    Some(Format::Quarter) => Some((
+                        |v| Quarter::parse(v).is_some(),
+                        format!("`{name}` must be a quarter written YYYYQn, e.g. 2024Q3"),
+                    )),
+                    Some(Format::FinancialYear) => Some((
+                        |v| concordat_core::FinancialYear::parse(v).is_some(),
+                        format!("`{name}` must be a financial year written YYYY-YY, e.g. 2024-25"),
+                    )),
+                    Some(Format::Hex64) => Some((
+                        |v| {
+                            v.len() == 64
+                                && v.bytes()
+                                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                        },
+                        format!(
+                            "`{name}` must be a pseudonym of 64 lowercase hexadecimal characters"
+                        ),
+                    )),
+                    None => None,
+                };
+                if let Some((valid, message)) = format {
+                    let bad = if col.format == Some(Format::Hex64) {
+                        // Pseudonyms are nearly all distinct: test each row, keep no memo.
+                        s.iter().map(|v| v.map(|v| !valid(v))).collect()
+                    } else {
+                        text_mask(s, |v| !valid(v))
+                    };
+                    self.report(&bad, name, "format", &|| message.clone());
+                }
+                let reference = self.reference;
+                let bad_reference = match col.reference {
+                    Some(ReferenceKind::PfaCode) => Some((
+                        text_mask(s, |v| reference.force(v).is_none()),
+                        format!(
+                            "`{name}` must be one of the 43 police force area codes (see police_forces)"
+                        ),
+                    )),
+                    Some(ReferenceKind::ProbationRegionCode) => Some((
+                        text_mask(s, |v| !reference.is_probation_region(v)),
+                        format!("`{name}` must be a probation region code (N03, N07, N50 to N59)"),
+                    )),
+                    None => None,
+                };
+                if let Some((bad, message)) = bad_reference {
+                    self.report(&bad, name, "reference", &|| message.clone());
+                }
             }
             ColumnType::Int32 | ColumnType::Int64 | ColumnType::Float64 | ColumnType::Date32 => {
                 let b = self.bounds[i];
                 if b.min.is_none() && b.max.is_none() && col.data_type != ColumnType::Float64 {
-                    return;
+                    return Ok(());
                 }
-                for row in 0..n {
-                    let Some(v) = number(a, row) else { continue };
-                    let below = b.min.is_some_and(|m| v < m);
-                    let above = b.max.is_some_and(|m| v > m);
-                    if below || above || !v.is_finite() {
-                        let (lo, hi) = (&col.min, &col.max);
-                        self.violation(row, Some(name), "range", || {
-                            match (lo, hi) {
-                                (Some(lo), Some(hi)) => {
-                                    format!("`{name}` must lie between {lo} and {hi}")
-                                }
-                                (Some(lo), None) => format!("`{name}` must be at least {lo}"),
-                                (None, Some(hi)) => format!("`{name}` must be at most {hi}"),
-                                (None, None) => format!("`{name}` must be a finite number"),
-                            }
-                            .replace('"', "")
-                        });
+                let v = floats(a)?;
+                // NaN and infinities are refused wherever a number is.
+                let mut bad: BooleanArray = v.iter().map(|x| x.map(|x| !x.is_finite())).collect();
+                if let Some(m) = b.min {
+                    bad = or(&bad, &cmp::lt(&v, &scalar(m))?)?;
+                }
+                if let Some(m) = b.max {
+                    bad = or(&bad, &cmp::gt(&v, &scalar(m))?)?;
+                }
+                let (lo, hi) = (&col.min, &col.max);
+                self.report(&bad, name, "range", &|| {
+                    match (lo, hi) {
+                        (Some(lo), Some(hi)) => format!("`{name}` must lie between {lo} and {hi}"),
+                        (Some(lo), None) => format!("`{name}` must be at least {lo}"),
+                        (None, Some(hi)) => format!("`{name}` must be at most {hi}"),
+                        (None, None) => format!("`{name}` must be a finite number"),
                     }
-                }
+                    .replace('"', "")
+                });
             }
             ColumnType::Boolean => {}
         }
+        Ok(())
     }
 
-    fn check_rule(&mut self, r: usize, cols: &[ArrayRef], n: usize) {
+    fn check_rule(&mut self, r: usize, cols: &[ArrayRef]) -> Result<(), ArrowError> {
         let (rule, conds) = &self.rules[r];
         let (rule, name) = (*rule, rule.name.clone());
         let message = rule.message.clone();
+        let cond = conds.first().map(|c| c.mask(cols)).transpose()?;
         let idx = |c: &str| self.schema.column_index(c).unwrap_or(0);
-        let mut bad: Vec<(usize, String)> = Vec::new();
+        // (column at fault, rows that break the rule)
+        let mut bad: Vec<(String, BooleanArray)> = Vec::new();
         match &rule.kind {
             RuleKind::PositiveIff { column, .. } => {
-                let a = &cols[idx(column)];
-                for row in 0..n {
-                    if let (Some(v), Some(c)) = (
-                        number(a, row),
-                        conds.first().and_then(|c| c.eval(cols, row)),
-                    ) && (v > 0.0) != c
-                    {
-                        bad.push((row, column.clone()));
-                    }
+                if let Some(cond) = &cond {
+                    let positive = cmp::gt(&floats(&cols[idx(column)])?, &scalar(0.0))?;
+                    bad.push((column.clone(), cmp::neq(&positive, cond)?));
                 }
             }
             RuleKind::NullIff { column, .. } => {
-                let a = &cols[idx(column)];
-                for row in 0..n {
-                    if let Some(c) = conds.first().and_then(|c| c.eval(cols, row))
-                        && a.is_null(row) != c
-                    {
-                        bad.push((row, column.clone()));
-                    }
+                if let Some(cond) = &cond {
+                    let null = arrow::compute::is_null(&cols[idx(column)])?;
+                    bad.push((column.clone(), cmp::neq(&null, cond)?));
                 }
             }
             RuleKind::Ordered { columns } => {
-                let arrays: Vec<&ArrayRef> = columns.iter().map(|c| &cols[idx(c)]).collect();
-                for row in 0..n {
-                    let mut prev: Option<f64> = None;
-                    for (k, a) in arrays.iter().enumerate() {
-                        if let Some(v) = number(a, row) {
-                            if prev.is_some_and(|p| v < p) {
-                                bad.push((row, columns[k].clone()));
-                                break;
-                            }
-                            prev = Some(v);
+                // Each value must not be below the last non-null value before it; a row
+                // is reported once, at the first column out of order.
+                let mut prev: Option<Float64Array> = None;
+                let mut reported: Option<BooleanArray> = None;
+                for c in columns {
+                    let v = floats(&cols[idx(c)])?;
+                    if let Some(p) = &prev {
+                        let mut out = cmp::lt(&v, p)?;
+                        if let Some(done) = &reported {
+                            out = and(&out, &not(done)?)?;
                         }
+                        let out = definite(&out);
+                        reported = Some(match &reported {
+                            Some(done) => or(done, &out)?,
+                            None => out.clone(),
+                        });
+                        bad.push((c.clone(), out));
+                        let keep = arrow::compute::is_not_null(&v)?;
+                        let next = arrow::compute::kernels::zip::zip(&keep, &v, p)?;
+                        prev = Some(next.as_primitive::<Float64Type>().clone());
+                    } else {
+                        prev = Some(v);
                     }
                 }
             }
@@ -383,18 +442,18 @@ impl<'a> RowChecker<'a> {
             } => {
                 let p = cols[idx(pfa_column)].as_string::<i32>();
                 let g = cols[idx(region_column)].as_string::<i32>();
-                for row in 0..n {
-                    if p.is_valid(row)
-                        && g.is_valid(row)
-                        && self
-                            .pfa_region
-                            .get(p.value(row))
-                            .is_some_and(|want| want != g.value(row))
-                        && self.reference.is_probation_region(g.value(row))
-                    {
-                        bad.push((row, region_column.clone()));
-                    }
-                }
+                let mask: BooleanArray = p
+                    .iter()
+                    .zip(g.iter())
+                    .map(|(p, g)| match (p, g) {
+                        (Some(p), Some(g)) => Some(
+                            self.pfa_region.get(p).is_some_and(|want| want != g)
+                                && self.reference.is_probation_region(g),
+                        ),
+                        _ => None,
+                    })
+                    .collect();
+                bad.push((region_column.clone(), mask));
             }
             RuleKind::MemberOfGroup {
                 column,
@@ -403,73 +462,64 @@ impl<'a> RowChecker<'a> {
             } => {
                 let v = cols[idx(column)].as_string::<i32>();
                 let g = cols[idx(group_column)].as_string::<i32>();
-                for row in 0..n {
-                    if v.is_valid(row)
-                        && g.is_valid(row)
-                        && groups
-                            .get(g.value(row))
-                            .is_some_and(|members| !members.iter().any(|m| m == v.value(row)))
-                    {
-                        bad.push((row, column.clone()));
-                    }
-                }
+                let mask: BooleanArray = v
+                    .iter()
+                    .zip(g.iter())
+                    .map(|(v, g)| match (v, g) {
+                        (Some(v), Some(g)) => Some(
+                            groups
+                                .get(g)
+                                .is_some_and(|members| !members.iter().any(|m| m == v)),
+                        ),
+                        _ => None,
+                    })
+                    .collect();
+                bad.push((column.clone(), mask));
             }
             RuleKind::RangeWhen {
                 columns, min, max, ..
             } => {
-                for row in 0..n {
-                    if conds.first().and_then(|c| c.eval(cols, row)) != Some(true) {
-                        continue;
-                    }
+                if let Some(cond) = &cond {
                     for c in columns {
-                        if number(&cols[idx(c)], row).is_some_and(|v| v < *min || v > *max) {
-                            bad.push((row, c.clone()));
-                        }
+                        let v = floats(&cols[idx(c)])?;
+                        let out = or(&cmp::lt(&v, &scalar(*min))?, &cmp::gt(&v, &scalar(*max))?)?;
+                        bad.push((c.clone(), and(cond, &out)?));
                     }
                 }
             }
             RuleKind::NotGreater { column, than } => {
-                let (a, b) = (&cols[idx(column)], &cols[idx(than)]);
-                for row in 0..n {
-                    if let (Some(x), Some(y)) = (number(a, row), number(b, row))
-                        && x > y
-                    {
-                        bad.push((row, column.clone()));
-                    }
-                }
+                let (x, y) = (floats(&cols[idx(column)])?, floats(&cols[idx(than)])?);
+                bad.push((column.clone(), cmp::gt(&x, &y)?));
             }
             RuleKind::Unique { columns } => {
-                let arrays: Vec<&ArrayRef> = columns.iter().map(|c| &cols[idx(c)]).collect();
+                let arrays: Vec<ArrayRef> = columns.iter().map(|c| cols[idx(c)].clone()).collect();
+                let converter = arrow::row::RowConverter::new(
+                    arrays
+                        .iter()
+                        .map(|a| arrow::row::SortField::new(a.data_type().clone()))
+                        .collect(),
+                )?;
+                let keys = converter.convert_columns(&arrays)?;
                 let seen = self.unique.entry(name.clone()).or_default();
-                for row in 0..n {
-                    let key = row_key(&arrays, row);
-                    if !seen.insert(key) {
-                        bad.push((row, columns.last().cloned().unwrap_or_default()));
-                    }
-                }
+                let mask: BooleanArray = (0..keys.num_rows())
+                    .map(|r| Some(!seen.insert(row_key(keys.row(r).as_ref()))))
+                    .collect();
+                bad.push((columns.last().cloned().unwrap_or_default(), mask));
             }
         }
-        for (row, column) in bad {
-            self.violation(row, Some(&column), &name, || message.clone());
+        for (column, mask) in bad {
+            self.report(&mask, &column, &name, &|| message.clone());
         }
+        Ok(())
     }
 }
 
-/// A 128-bit hash of a row's values in the given columns.
-fn row_key(arrays: &[&ArrayRef], row: usize) -> u128 {
+/// A 128-bit hash of a row's encoded values.
+fn row_key(bytes: &[u8]) -> u128 {
     let mut h1 = std::collections::hash_map::DefaultHasher::new();
     let mut h2 = std::collections::hash_map::DefaultHasher::new();
     0xC0C0_u16.hash(&mut h2);
-    for a in arrays {
-        let part = match a.data_type() {
-            DataType::Utf8 => a
-                .as_string::<i32>()
-                .is_valid(row)
-                .then(|| a.as_string::<i32>().value(row).to_owned()),
-            _ => number(a, row).map(|v| v.to_string()),
-        };
-        part.hash(&mut h1);
-        part.hash(&mut h2);
-    }
+    bytes.hash(&mut h1);
+    bytes.hash(&mut h2);
     (u128::from(h1.finish()) << 64) | u128::from(h2.finish())
 }
