@@ -784,24 +784,13 @@ impl Store {
                     })
                 })
                 .collect();
-            let committed = if is_new {
-                use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-                let delta_schema: deltalake::kernel::StructType = file_schema(schema)
-                    .as_ref()
-                    .try_into_kernel()
-                    .map_err(StoreError::internal)?;
-                deltalake::operations::create::CreateBuilder::new()
-                    .with_log_store(table.log_store())
-                    .with_columns(delta_schema.fields().cloned())
-                    .with_configuration(self.table_configuration())
-                    .with_table_name(&dataset)
-                    .with_actions(adds)
-                    .with_commit_properties(properties)
-                    .await
-                    .map(|t| t.version())
-            } else {
-                let snapshot = table.snapshot().map_err(StoreError::internal)?;
-                deltalake::kernel::transaction::CommitBuilder::from(properties)
+            let append = |table: DeltaTable, adds: Vec<deltalake::kernel::Action>| {
+                let properties = self.properties(&provenance, req.mode);
+                async move {
+                    let snapshot = table.snapshot()?;
+                    deltalake::kernel::transaction::CommitBuilder::from(
+                        properties.map_err(|e| DeltaTableError::Generic(e.to_string()))?,
+                    )
                     .with_actions(adds)
                     .build(
                         Some(snapshot),
@@ -814,6 +803,37 @@ impl Store {
                     )
                     .await
                     .map(|c| Some(c.version()))
+                }
+            };
+            let committed = if is_new {
+                use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+                let delta_schema: deltalake::kernel::StructType = file_schema(schema)
+                    .as_ref()
+                    .try_into_kernel()
+                    .map_err(StoreError::internal)?;
+                let created = deltalake::operations::create::CreateBuilder::new()
+                    .with_log_store(table.log_store())
+                    .with_columns(delta_schema.fields().cloned())
+                    .with_configuration(self.table_configuration())
+                    .with_table_name(&dataset)
+                    .with_actions(adds.clone())
+                    .with_commit_properties(properties)
+                    .await
+                    .map(|t| t.version());
+                match created {
+                    // Another process (a replica) created the table first: append instead.
+                    Err(_) => {
+                        let now = self.open_table(&dataset).await?;
+                        if now.version().is_some() {
+                            append(now, adds).await
+                        } else {
+                            created
+                        }
+                    }
+                    ok => ok,
+                }
+            } else {
+                append(table, adds).await
             };
             return match committed {
                 Ok(Some(v)) => Ok(v),
