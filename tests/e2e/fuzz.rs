@@ -98,16 +98,6 @@ fn rows_read(bytes: &[u8]) -> Option<u64> {
     Some(rows)
 }
 
-fn peak_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -141,10 +131,10 @@ fn mutated_files_of_another_force_are_all_refused_and_the_server_stays_flat() {
             .to_owned();
         *kinds.entry(rule).or_insert(0u32) += 1;
         if i == files / 20 {
-            peak_after_warmup = peak_kib(pid);
+            peak_after_warmup = memory_kib(pid).0;
         }
     }
-    let peak = peak_kib(pid);
+    let peak = memory_kib(pid).0;
     eprintln!(
         "fuzz: {files} mutated out-of-scope files (seed {seed}), refused by rule {kinds:?}; server peak {peak_after_warmup} -> {peak} KiB"
     );

@@ -273,3 +273,17 @@ pub fn get(server: &Server, token: &str, path: &str) -> (u16, serde_json::Value)
             .expect("get"),
     )
 }
+
+/// Peak and current resident memory of a process (`VmHWM`, `VmRSS`), KiB.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}

@@ -507,20 +507,6 @@ fn decoding_runs_in_a_memory_limited_worker_so_a_file_too_big_to_check_is_refuse
     assert_eq!(status, 404, "force-kent cannot see reoffending data");
 }
 
-/// Peak and current resident memory of a process, KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
 /// A valid file written with a page index, whose footer then points every column's page
 /// index at `offset` with lengths of 2^31 - 1.
 fn lying_page_index(good: &[arrow::array::RecordBatch], offset: Option<i64>) -> Vec<u8> {
