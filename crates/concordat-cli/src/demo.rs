@@ -83,12 +83,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let bound = match rx.await {
         Ok(a) => a,
         Err(_) => {
-            return Err(anyhow!(
-                server
-                    .await?
-                    .err()
-                    .unwrap_or_else(|| "the server stopped".into())
-            ));
+            return Err(match server.await?.err() {
+                Some(e) => anyhow!(e),
+                None => anyhow!("the server stopped"),
+            });
         }
     };
     let base = format!("http://{bound}");

@@ -4,6 +4,7 @@
 //! This crate does no I/O beyond reading the files it is pointed at and knows nothing of
 //! HTTP, storage or query engines; every other crate builds on it.
 
+pub mod caller;
 pub mod error;
 pub mod msg;
 pub mod names;
@@ -11,6 +12,7 @@ pub mod partners;
 pub mod reference;
 pub mod schema;
 
+pub use caller::Caller;
 pub use error::{CoreError, ErrorKind};
 pub use names::{
     DatasetName, FinancialYear, PartnerId, PartnerKind, PfaCode, Purpose, Quarter, Role,

@@ -6,6 +6,7 @@ use chrono::NaiveDate;
 
 use crate::agreement::{Access, ColumnRule, RowScope};
 use crate::decide::{Policies, ScopeFilter};
+use crate::effective::ForPurpose;
 
 /// The verdict and its reasons.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +45,6 @@ impl Policies {
             };
         };
         let mut lines = Vec::new();
-        let mut allowed = false;
         for a in self.agreements() {
             let receives = a.recipients.contains(&partner.id, partner.kind);
             let provides = a.providers.contains(&partner.id, partner.kind);
@@ -79,7 +79,6 @@ impl Policies {
                 ));
                 continue;
             }
-            allowed = true;
             let filter = ScopeFilter::resolve(r.scope, partner);
             let access = match r.access {
                 Access::Record => "record-level".to_owned(),
@@ -122,16 +121,34 @@ impl Policies {
         if lines.is_empty() {
             lines.push(format!("no agreement names {} as a recipient of {dataset}: the dataset does not exist for it (default deny)", partner.id));
         }
-        lines.push(if allowed {
-            format!(
-                "ALLOWED: {} may read {dataset} for {purpose} on {today}",
+        // The verdict is the decision every door applies, not a re-derivation of it.
+        let columns: Vec<&str> = concordat_core::Schemas::builtin()
+            .get(dataset)
+            .map(|s| s.columns.iter().map(|c| c.name.as_str()).collect())
+            .unwrap_or_default();
+        let decision =
+            self.effective_read(partner, dataset, &columns, ForPurpose::One(purpose), today);
+        let allowed = decision.is_ok();
+        lines.push(match decision {
+            Ok(read) => {
+                let how = match read.terms {
+                    None => "record-level".to_owned(),
+                    Some(t) => format!(
+                        "aggregate only (groups of at least {} persons, counts rounded to {})",
+                        t.min_count, t.round_to
+                    ),
+                };
+                format!(
+                    "ALLOWED: {} may read {dataset} for {purpose} on {today}, {how}, under {}",
+                    partner.id,
+                    read.agreements().join(", ")
+                )
+            }
+            Err(reason) => format!(
+                "REFUSED ({}): no agreement in force lets {} read {dataset} for {purpose} on {today}",
+                reason.code(),
                 partner.id
-            )
-        } else {
-            format!(
-                "REFUSED: no agreement in force lets {} read {dataset} for {purpose} on {today}",
-                partner.id
-            )
+            ),
         });
         Explanation { allowed, lines }
     }

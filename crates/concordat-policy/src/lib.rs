@@ -6,6 +6,7 @@
 
 mod agreement;
 mod decide;
+mod effective;
 mod explain;
 
 pub use agreement::{
@@ -15,6 +16,7 @@ pub use agreement::{
 pub use decide::{
     AuditView, CombinedView, Policies, ReadGrant, RefusalReason, ScopeFilter, UploadGrant,
 };
+pub use effective::{DisclosureTerms, EffectiveRead, ForPurpose};
 pub use explain::Explanation;
 
 /// Errors raised while loading policies.

@@ -494,7 +494,7 @@ async fn run_release(
     let physical = state
         .create_physical_plan(&LogicalPlan::Aggregate(per_person))
         .await
-        .map_err(crate::sql_error)?;
+        .map_err(crate::error::sql_error)?;
     let schema = physical.schema();
     let mut gatherer = Gatherer::new(
         &schema,
@@ -506,9 +506,9 @@ async fn run_release(
     )
     .map_err(internal)?;
     let mut stream = datafusion::physical_plan::execute_stream(physical, state.task_ctx())
-        .map_err(|e| crate::classify(&e))?;
+        .map_err(|e| crate::error::classify(&e))?;
     while let Some(b) = stream.next().await {
-        let b = b.map_err(|e| crate::classify(&e))?;
+        let b = b.map_err(|e| crate::error::classify(&e))?;
         gatherer.push(&b, key).map_err(|e| match e {
             GatherError::TooManyGroups(n) => refused(format!(
                 "the answer would have more than {n} groups; group by fewer or coarser columns"

@@ -399,19 +399,11 @@ async fn suppressed_percentages_stay_suppressed_and_having_sees_released_values_
 #[tokio::test]
 async fn record_access_is_unchanged_by_disclosure_control() {
     let w = world().await;
-    let partner = w
-        .policies
-        .partners()
-        .get("probation")
-        .expect("partner")
-        .clone();
     let run = w
-        .service
-        .query(
-            &partner,
+        .start(
+            "probation",
             "SELECT person_id FROM reoffending_cohort LIMIT 3",
             PURPOSE,
-            today(),
         )
         .await
         .expect("record access");

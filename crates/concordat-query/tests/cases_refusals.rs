@@ -201,14 +201,11 @@ async fn limits_hold_with_clear_errors() {
         "the work was cancelled, not waited for: {:?}",
         started.elapsed()
     );
-    let partner = w.policies.partners().get("pcc-kent").expect("kent").clone();
     let held = w
-        .service
-        .query(
-            &partner,
+        .start(
+            "pcc-kent",
             "SELECT * FROM force_performance",
             "performance-scrutiny",
-            today(),
         )
         .await
         .expect("first");

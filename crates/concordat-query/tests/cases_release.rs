@@ -367,8 +367,7 @@ async fn planted_secrets_cannot_be_recovered_by_combining_answers() {
 
 /// Everything an answer shows: its rows (or error) and its disclosure record.
 async fn shown(w: &World, sql: &str) -> String {
-    let partner = w.policies.partners().get(PCC).expect("partner").clone();
-    match w.service.query(&partner, sql, PURPOSE, today()).await {
+    match w.start(PCC, sql, PURPOSE).await {
         Err(e) => format!("error {} {e}", e.code()),
         Ok(mut run) => {
             let mut b = Vec::new();
@@ -488,24 +487,17 @@ async fn a_restart_with_the_same_secret_gives_the_same_answers_and_another_secre
     let w = planted::world().await;
     let sql = "SELECT age_band, count(*), sum(reoffences), avg(days_to_first_reoffence) FROM reoffending_cohort GROUP BY age_band";
     let secret = concordat_query::sdc::cellkey::RecordKey::from_secret(&[9u8; 32]);
-    let service = |key| {
-        concordat_query::QueryService::new(
-            w.store.clone(),
-            w.policies.clone(),
-            concordat_query::QueryLimits::default(),
-        )
-        .expect("service")
-        .with_record_key(key)
-    };
-    let partner = w.policies.partners().get(PCC).expect("partner").clone();
     let mut answers = Vec::new();
     for key in [
         secret.clone(),
         secret,
         concordat_query::sdc::cellkey::RecordKey::from_secret(&[8u8; 32]),
     ] {
-        let s = service(key);
-        let mut run = s.query(&partner, sql, PURPOSE, today()).await.expect("run");
+        let s = w.service_with(key);
+        let mut run = w
+            .start_on(&s, PCC, sql, PURPOSE, today())
+            .await
+            .expect("run");
         let mut b = Vec::new();
         while let Some(x) = run.batches.recv().await {
             b.push(x.expect("batch"));
@@ -655,49 +647,4 @@ async fn legitimate_questions_are_answered_within_the_published_bounds() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(within > 200, "{within}");
-}
-
-#[tokio::test]
-async fn efficiency_reoffending_equals_what_an_analyst_is_released() {
-    let w = world().await;
-    let key = concordat_query::sdc::cellkey::RecordKey::from_secret(&[1u8; 32]);
-    let service = concordat_query::QueryService::new(
-        w.store.clone(),
-        w.policies.clone(),
-        concordat_query::QueryLimits::default(),
-    )
-    .expect("service")
-    .with_record_key(key.clone());
-    let release = concordat_query::efficiency::Release {
-        terms: concordat_query::sdc::rules::Terms {
-            min_count: 10,
-            round_to: 5,
-        },
-        key: &key,
-    };
-    let (inputs, _, _) = concordat_query::efficiency::read_inputs(&w.store, release)
-        .await
-        .expect("inputs");
-    let partner = w.policies.partners().get(PCC).expect("partner").clone();
-    let mut run = service
-        .query(
-            &partner,
-            "SELECT 100.0 * sum(CASE WHEN reoffended THEN 1 ELSE 0 END) / count(*) AS pct, count(*) AS n \
-             FROM reoffending_cohort WHERE cohort_quarter IN ('2023Q2', '2023Q3', '2023Q4', '2024Q1')",
-            PURPOSE,
-            today(),
-        )
-        .await
-        .expect("analyst");
-    let mut b = Vec::new();
-    while let Some(x) = run.batches.recv().await {
-        b.push(x.expect("batch"));
-    }
-    let pct = first(&b).expect("released");
-    let figure = inputs
-        .reoffending
-        .get(&("E23000032".to_owned(), "2023-24".to_owned()))
-        .expect("Kent 2023-24");
-    assert_eq!(figure.value, pct);
-    assert_eq!(texts(&b, 1)[0], format!("{}", figure.weight as i64));
 }

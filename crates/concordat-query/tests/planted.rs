@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, Int32Array, RecordBatch, StringArray};
 use concordat_core::Schemas;
 use concordat_policy::Policies;
-use concordat_query::{QueryLimits, QueryService};
+use concordat_query::QueryLimits;
 use concordat_store::{Store, StoreConfig};
 use sha2::Digest;
 
@@ -176,12 +176,5 @@ pub async fn world() -> World {
     let policies = Arc::new(Policies::load(&policies_dir).expect("policies"));
     let store = Arc::new(Store::open(StoreConfig::new(dir.path().join("data"))).expect("store"));
     crate::support::load_batches(&store, "reoffending_cohort", &[batch()]).await;
-    let service = QueryService::new(store.clone(), policies.clone(), QueryLimits::default())
-        .expect("service");
-    World {
-        _dir: dir,
-        store,
-        service,
-        policies,
-    }
+    crate::support::world_of(dir, store, policies, QueryLimits::default())
 }

@@ -8,7 +8,9 @@ use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 use concordat_core::Schemas;
 use concordat_policy::{Policies, ScopeFilter};
-use concordat_query::{QueryError, QueryLimits, QueryService};
+use concordat_core::{Caller, Role};
+use concordat_query::{QueryError, QueryLimits, QueryRequest, QueryRun, QueryService};
+use concordat_store::audit::AuditLog;
 use concordat_store::{Mode, Store, StoreConfig, UploadRequest};
 use concordat_synth::Synth;
 use datafusion::prelude::SessionContext;
@@ -30,8 +32,35 @@ generalise = { offence_date = "month" }
 pub struct World {
     pub _dir: tempfile::TempDir,
     pub store: Arc<Store>,
+    pub audit: Arc<AuditLog>,
     pub service: QueryService,
     pub policies: Arc<Policies>,
+}
+
+/// The audit trail of a test store.
+pub fn audit_log(store: &Store) -> Arc<AuditLog> {
+    Arc::new(
+        AuditLog::open(&store.config().data_dir.join("audit").join("audit.log")).expect("audit"),
+    )
+}
+
+/// A world around a store and policies.
+pub fn world_of(
+    dir: tempfile::TempDir,
+    store: Arc<Store>,
+    policies: Arc<Policies>,
+    limits: QueryLimits,
+) -> World {
+    let audit = audit_log(&store);
+    let service =
+        QueryService::new(store.clone(), audit.clone(), policies.clone(), limits).expect("service");
+    World {
+        _dir: dir,
+        store,
+        audit,
+        service,
+        policies,
+    }
 }
 
 pub fn today() -> NaiveDate {
@@ -94,13 +123,7 @@ pub async fn world_with(limits: QueryLimits) -> World {
     load(&store, "force_resources", &three, 0.01).await;
     load(&store, "reoffending_cohort", &["kent", "essex"], 0.02).await;
     load(&store, "court_timeliness", &["kent", "essex"], 0.02).await;
-    let service = QueryService::new(store.clone(), policies.clone(), limits).expect("service");
-    World {
-        _dir: dir,
-        store,
-        service,
-        policies,
-    }
+    world_of(dir, store, policies, limits)
 }
 
 pub async fn world() -> World {
@@ -108,6 +131,64 @@ pub async fn world() -> World {
 }
 
 impl World {
+    /// An analyst and inspector of the partner.
+    pub fn caller(&self, partner: &str) -> Caller {
+        Caller {
+            subject: format!("test@{partner}"),
+            partner: self
+                .policies
+                .partners()
+                .get(partner)
+                .expect("partner")
+                .clone(),
+            roles: vec![Role::Analyst, Role::Inspector],
+        }
+    }
+
+    /// Another service over the same store, with this record-key secret.
+    pub fn service_with(&self, key: concordat_query::sdc::cellkey::RecordKey) -> QueryService {
+        QueryService::new(
+            self.store.clone(),
+            self.audit.clone(),
+            self.policies.clone(),
+            QueryLimits::default(),
+        )
+        .expect("service")
+        .with_record_key(Arc::new(key))
+    }
+
+    /// Starts a query on a service, as the partner's analyst.
+    pub async fn start_on(
+        &self,
+        service: &QueryService,
+        partner: &str,
+        sql: &str,
+        purpose: &str,
+        day: NaiveDate,
+    ) -> Result<QueryRun, QueryError> {
+        let caller = self.caller(partner);
+        service
+            .query(QueryRequest {
+                caller: &caller,
+                purpose,
+                sql,
+                door: "test",
+                today: day,
+            })
+            .await
+    }
+
+    /// Starts a query as the partner's analyst.
+    pub async fn start(
+        &self,
+        partner: &str,
+        sql: &str,
+        purpose: &str,
+    ) -> Result<QueryRun, QueryError> {
+        self.start_on(&self.service, partner, sql, purpose, today())
+            .await
+    }
+
     pub async fn run_on(
         &self,
         partner: &str,
@@ -115,13 +196,9 @@ impl World {
         purpose: &str,
         day: NaiveDate,
     ) -> Result<Vec<RecordBatch>, QueryError> {
-        let partner = self
-            .policies
-            .partners()
-            .get(partner)
-            .expect("partner")
-            .clone();
-        let mut run = self.service.query(&partner, sql, purpose, day).await?;
+        let mut run = self
+            .start_on(&self.service, partner, sql, purpose, day)
+            .await?;
         let mut out = Vec::new();
         while let Some(b) = run.batches.recv().await {
             out.push(b?);

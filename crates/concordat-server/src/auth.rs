@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use base64::Engine;
-use concordat_core::{Partner, Partners, Role};
+use concordat_core::{Partners, Role};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -43,23 +43,7 @@ pub struct Claims {
     pub roles: Vec<String>,
 }
 
-/// A verified caller.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// Token subject.
-    pub subject: String,
-    /// The partner, from `partners.toml`.
-    pub partner: Partner,
-    /// Roles granted by the token.
-    pub roles: Vec<Role>,
-}
-
-impl Caller {
-    /// Whether the caller holds any of the roles.
-    pub fn has_any(&self, roles: &[Role]) -> bool {
-        self.roles.iter().any(|r| roles.contains(r))
-    }
-}
+pub use concordat_core::Caller;
 
 /// Why a token was refused. The text is safe to return: it never echoes the token.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,5 +1,7 @@
-//! The one place where failures become HTTP statuses and JSON bodies.
-//! Internal details are logged, never returned.
+//! Failures as HTTP answers: the status comes from the error's kind
+//! ([`ErrorKind::status`], the one mapping every door shares), the body is
+//! `{"error": {"code", "message", "details"?}}`. Internal details are logged, never
+//! returned.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -12,17 +14,20 @@ use crate::auth::AuthError;
 /// An error as the caller sees it: `{"error": {"code", "message", "details"?}}`.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
+    kind: ErrorKind,
     code: &'static str,
     message: String,
     details: Option<serde_json::Value>,
 }
 
 impl ApiError {
-    /// An error with a status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error of a kind, with its code and message.
+    pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+        if kind == ErrorKind::Internal {
+            return Self::internal(message.into());
+        }
         ApiError {
-            status,
+            kind,
             code,
             message: message.into(),
             details: None,
@@ -31,19 +36,14 @@ impl ApiError {
 
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-
-    /// 403, naming the agreement or rule.
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorKind::InvalidInput, "bad_request", message)
     }
 
     /// 404 for a dataset the caller may not know of, or that does not exist: the same answer.
     pub fn unknown_dataset(name: &str) -> Self {
         let shown: String = name.chars().take(64).collect();
         Self::new(
-            StatusCode::NOT_FOUND,
+            ErrorKind::NotFound,
             "not_found",
             format!("no dataset `{shown}` is available to you"),
         )
@@ -52,11 +52,12 @@ impl ApiError {
     /// 500; the detail goes to the log only.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(%detail, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; it has been logged",
-        )
+        ApiError {
+            kind: ErrorKind::Internal,
+            code: "internal",
+            message: "internal error; it has been logged".into(),
+            details: None,
+        }
     }
 
     /// Adds details.
@@ -67,7 +68,12 @@ impl ApiError {
 
     /// The status.
     pub fn status(&self) -> StatusCode {
-        self.status
+        StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
     }
 
     /// The error code.
@@ -78,13 +84,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.status();
         let mut error = serde_json::json!({"code": self.code, "message": self.message});
         if let Some(d) = self.details {
             error["details"] = d;
         }
-        let mut response =
-            (self.status, Json(serde_json::json!({ "error": error }))).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        let mut response = (status, Json(serde_json::json!({ "error": error }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
@@ -96,53 +102,27 @@ impl IntoResponse for ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+        ApiError::new(ErrorKind::Unauthenticated, "unauthorized", e.to_string())
     }
 }
 
 impl From<concordat_query::QueryError> for ApiError {
     fn from(e: concordat_query::QueryError) -> Self {
-        use concordat_query::QueryError as Q;
-        let status = match &e {
-            Q::Sql(_) | Q::NotAllowed(_) | Q::Purpose(_) | Q::Execution(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            Q::Refused { .. } => StatusCode::FORBIDDEN,
-            Q::SqlTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Q::Busy { .. } | Q::Timeout { .. } | Q::Memory => StatusCode::TOO_MANY_REQUESTS,
-            Q::Internal(detail) => return ApiError::internal(detail),
-        };
-        ApiError::new(status, e.code(), e.to_string())
+        match &e {
+            concordat_query::QueryError::Internal(detail)
+            | concordat_query::QueryError::Audit(detail) => ApiError::internal(detail),
+            _ => ApiError::new(e.kind(), e.code(), e.to_string()),
+        }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match (&e, e.kind()) {
-            (StoreError::Validation(v), _) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                e.to_string(),
-            )
-            .with_details(serde_json::to_value(v).unwrap_or_default()),
-            (StoreError::Internal(detail), _) => ApiError::internal(detail),
-            (_, ErrorKind::TooLarge) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
-            }
-            (_, ErrorKind::Conflict) => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
-            }
-            (_, ErrorKind::NotFound) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
-            }
-            (_, ErrorKind::Forbidden) => ApiError::forbidden(e.to_string()),
-            (_, ErrorKind::InvalidInput) => ApiError::bad_request(e.to_string()),
-            (_, ErrorKind::Unavailable) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            ),
-            (_, ErrorKind::Internal) => ApiError::internal(e),
+        match &e {
+            StoreError::Validation(v) => ApiError::new(e.kind(), e.code(), e.to_string())
+                .with_details(serde_json::to_value(v).unwrap_or_default()),
+            StoreError::Internal(detail) => ApiError::internal(detail),
+            _ => ApiError::new(e.kind(), e.code(), e.to_string()),
         }
     }
 }

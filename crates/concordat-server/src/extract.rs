@@ -5,8 +5,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int32Type};
@@ -14,15 +12,18 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
-use concordat_core::{FinancialYear, Purpose, Role};
-use concordat_query::efficiency::{DATASET, METRICS};
+use concordat_core::{ErrorKind, FinancialYear, Purpose, Role, Schemas};
+use concordat_efficiency::rebuild::RECORD_LEVEL_INPUTS;
+use concordat_efficiency::{DATASET, METRICS};
+use concordat_policy::ForPurpose;
+use concordat_query::QueryRequest;
 use concordat_store::audit::DatasetVersion;
+use concordat_store::recorded::Pending;
 use serde_json::{Value, json};
 
-use crate::audited;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, Authed};
 
 /// Formats an extract can take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,40 +70,23 @@ impl ExtractFormat {
     }
 }
 
-/// The handler.
-pub async fn efficiency(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let mut ev = audited::event(&caller, "extract");
-    ev.datasets = vec![DatasetVersion {
-        dataset: DATASET.into(),
-        version: None,
-    }];
-    match build(&state, &caller, &params, &mut ev).await {
-        Ok((response, rows, bytes)) => {
-            ev.outcome = "ok".into();
-            ev.status = 200;
-            ev.rows = Some(rows);
-            ev.bytes = Some(bytes);
-            audited::record(&state, ev, started).await?;
-            state.metrics.extracts.fetch_add(1, Ordering::Relaxed);
-            Ok(response)
-        }
-        Err(e) => Err(audited::refused(&state, ev, started, e).await),
-    }
+/// What the request asks for, checked.
+struct Asked {
+    fy: FinancialYear,
+    format: ExtractFormat,
+    format_text: String,
+    purpose: String,
 }
 
-async fn build(
-    state: &Arc<AppState>,
+fn asked(
+    state: &AppState,
     caller: &Caller,
     params: &HashMap<String, String>,
-    ev: &mut concordat_store::audit::EventBody,
-) -> Result<(Response, u64, u64), ApiError> {
+) -> Result<Asked, ApiError> {
     if !caller.has_any(&[Role::Analyst, Role::Inspector]) {
-        return Err(ApiError::forbidden(
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "forbidden",
             "extracts need the analyst or inspector role",
         ));
     }
@@ -116,6 +100,10 @@ async fn build(
     let format = ExtractFormat::parse(format_text)
         .ok_or_else(|| ApiError::bad_request("format must be csv, parquet, xlsx or json"))?;
     let today = state.today();
+    let columns: Vec<&str> = Schemas::builtin()
+        .get(DATASET)
+        .map(|s| s.columns.iter().map(|c| c.name.as_str()).collect())
+        .unwrap_or_default();
     let purpose = match params.get("purpose") {
         Some(p) => p.clone(),
         None => Purpose::KNOWN
@@ -123,48 +111,140 @@ async fn build(
             .find(|p| {
                 state
                     .policies
-                    .read_grants(&caller.partner, DATASET, p, today)
+                    .effective_read(
+                        &caller.partner,
+                        DATASET,
+                        &columns,
+                        ForPurpose::One(p),
+                        today,
+                    )
                     .is_ok()
             })
             .map(|p| (*p).to_owned())
             .ok_or_else(|| {
-                ApiError::forbidden(
+                ApiError::new(
+                    ErrorKind::Forbidden,
+                    "forbidden",
                     "no agreement in force gives your organisation the efficiency dataset",
                 )
             })?,
     };
-    ev.purpose = Some(purpose.clone());
-    ev.detail = Some(json!({"financial_year": fy.to_string(), "format": format_text}));
+    Ok(Asked {
+        fy,
+        format,
+        format_text: format_text.to_owned(),
+        purpose,
+    })
+}
+
+/// The handler: the request is checked here, the rows come from the query service under
+/// the extract's one audit event, which is closed once the file is built.
+pub async fn efficiency(
+    State(state): State<Arc<AppState>>,
+    Authed(caller): Authed,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let mut ev = Pending::new(state.audit.clone(), &caller, "extract", "http");
+    ev.event().datasets = vec![DatasetVersion {
+        dataset: DATASET.into(),
+        version: None,
+    }];
+    let asked = match asked(&state, &caller, &params) {
+        Ok(a) => a,
+        Err(e) => {
+            ev.refused(e.kind(), e.code()).await?;
+            return Err(e);
+        }
+    };
+    let Asked {
+        fy,
+        format,
+        format_text,
+        purpose,
+    } = asked;
     let sql = format!(
         "SELECT pfa_code, force_name, financial_year, metric, value, msg_value, national_value, diff_from_msg_pct, rank, quartile, unit, weighted_by, note \
          FROM {DATASET} WHERE financial_year = '{fy}' ORDER BY pfa_code, metric"
     );
-    ev.sql = Some(sql.clone());
-    let mut run = state
-        .query
-        .query(&caller.partner, &sql, &purpose, today)
-        .await?;
+    let req = QueryRequest {
+        caller: &caller,
+        purpose: &purpose,
+        sql: &sql,
+        door: "http",
+        today: state.today(),
+    };
+    {
+        let body = ev.event();
+        body.purpose = Some(purpose.clone());
+        body.sql = Some(sql.clone());
+        body.detail = Some(json!({"financial_year": fy.to_string(), "format": format_text}));
+    }
+    let mut run = state.query.query_as(ev, req).await?;
     let version = run.datasets.first().and_then(|d| d.version);
-    ev.datasets = vec![DatasetVersion {
+    run.event().datasets = vec![DatasetVersion {
         dataset: DATASET.into(),
         version,
     }];
-    ev.agreements = run.agreements.clone();
     let mut batches = Vec::new();
+    let mut failed = None;
     while let Some(b) = run.batches.recv().await {
-        batches.push(b?);
+        match b {
+            Ok(b) => batches.push(b),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
     let schema = run.schema.clone();
     let agreements = run.agreements.clone();
-    drop(run);
-    let batch = arrow::compute::concat_batches(&schema, &batches).map_err(ApiError::internal)?;
+    let mut ev = run.close();
+    if let Some(e) = failed {
+        ev.refused(e.kind(), e.code()).await?;
+        return Err(e.into());
+    }
+    let built = file(
+        &state, &caller, &schema, &batches, version, agreements, fy, format, &purpose,
+    )
+    .await;
+    match built {
+        Ok((response, rows, bytes)) => {
+            let body = ev.event();
+            body.rows = Some(rows);
+            body.bytes = Some(bytes);
+            ev.ok(200).await?;
+            state.metrics.extracts.inc();
+            Ok(response)
+        }
+        Err(e) => {
+            ev.refused(e.kind(), e.code()).await?;
+            Err(e)
+        }
+    }
+}
+
+/// The extract file and its manifest.
+#[allow(clippy::too_many_arguments)]
+async fn file(
+    state: &AppState,
+    caller: &Caller,
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+    version: Option<u64>,
+    agreements: Vec<String>,
+    fy: FinancialYear,
+    format: ExtractFormat,
+    purpose: &str,
+) -> Result<(Response, u64, u64), ApiError> {
+    let batch = arrow::compute::concat_batches(schema, batches).map_err(ApiError::internal)?;
     if batch.num_rows() == 0 {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
+            ErrorKind::NotFound,
             "not_found",
             format!("the efficiency dataset has no figures for {fy} yet"),
         ));
     }
+    let terms = state.derived_terms();
     let sources = match version {
         Some(v) => state
             .store
@@ -188,11 +268,12 @@ async fn build(
         "sources": sources,
         "agreements": agreements,
         "disclosure": {
-            "record_level_inputs": ["court_timeliness", "reoffending_cohort"],
-            "min_count": state.derived_min_count(),
+            "record_level_inputs": RECORD_LEVEL_INPUTS,
+            "min_count": terms.min_count,
+            "round_to": terms.round_to,
             "rule": format!(
                 "figures drawn from record-level data need at least {} distinct persons behind them; otherwise the value is null and the note says why",
-                state.derived_min_count()
+                terms.min_count
             ),
         },
         "comparators": "msg_value is the weighted mean of the force's most similar group peers, national_value of all forces with a value; missing figures are left out, never counted as zero; rank 1 is best, quartile 1 the best quarter",

@@ -1,14 +1,18 @@
 //! The HTTP face of Concordat: bearer-token authentication, routes, JSON errors.
 //!
-//! Handlers are thin: they extract the caller and the request, ask the policy and store
-//! crates, and encode the answer. This crate never decides what an agreement allows.
+//! Handlers are thin: they extract the caller and the request, call one service (the
+//! query service of `concordat-query`, the upload service and audit trail of
+//! `concordat-store`), and encode the answer. The services decide (through
+//! `concordat-policy`'s one decision per question) and record the request's one audit
+//! event; this crate never decides what an agreement allows, and turns error kinds into
+//! statuses only through [`concordat_core::ErrorKind::status`].
 
-pub mod audited;
 pub mod auth;
 pub mod config;
 pub mod encode;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod query;
 pub mod routes;
 pub mod state;
@@ -21,7 +25,7 @@ use axum::middleware::{self, Next};
 use axum::routing::{get, post};
 
 pub use config::Config;
-pub use state::AppState;
+pub use state::{AppState, StartError};
 
 /// The application's routes.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -42,8 +46,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             move |req: axum::extract::Request, next: Next| {
                 let state = counted.clone();
                 async move {
+                    let started = std::time::Instant::now();
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("other", |p| p.as_str())
+                        .to_owned();
                     let response = next.run(req).await;
-                    state.metrics.response(response.status().as_u16());
+                    state
+                        .metrics
+                        .response(&route, response.status().as_u16(), started.elapsed());
                     response
                 }
             },
@@ -58,14 +70,16 @@ pub async fn serve(
     config: Config,
     worker: Option<(std::path::PathBuf, Vec<String>)>,
     ready: impl FnOnce(SocketAddr),
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let listen = config.listen;
     let state = AppState::new(config, worker)?;
     state.spawn_efficiency_rebuilder();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|e| StartError::new(&format!("listen on {listen}"), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::new("listen", e))?;
     ready(addr);
     // Answers stream in several writes (head, batches, the tail after the audit event);
     // without TCP_NODELAY a small write waits for the client's delayed ACK (40 ms).
@@ -77,7 +91,7 @@ pub async fn serve(
     let served = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .map_err(|e| e.to_string());
+        .map_err(|e| StartError::new("serve", e));
     state
         .stop_background(std::time::Duration::from_secs(60))
         .await;

@@ -1,25 +1,23 @@
-//! `POST /v1/query`: policy-enforced SQL, answered in the format `Accept` asks for,
-//! streamed, and audited before the answer completes.
+//! `POST /v1/query`: the HTTP door of the query service. The body and the `Accept`
+//! header are read here; the query service checks, plans, runs and opens the audit event;
+//! the answer is encoded in the format asked for, streamed, and its event closed before
+//! the last chunk goes (durable before the answer completes).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use concordat_core::Role;
-use concordat_store::audit::DatasetVersion;
+use concordat_core::ErrorKind;
+use concordat_query::{QueryError, QueryRequest};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
-use crate::audited;
-use crate::auth::Caller;
 use crate::encode::{Encoder, Format};
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, Authed};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,78 +29,82 @@ struct QueryBody {
 /// The handler.
 pub async fn query(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    Authed(caller): Authed,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let mut ev = audited::event(&caller, "query");
-    if !caller.has_any(&[Role::Analyst, Role::Inspector]) {
-        return Err(audited::refused(
-            &state,
-            ev,
-            started,
-            ApiError::forbidden("queries need the analyst or inspector role"),
-        )
-        .await);
-    }
-    let limit = state.config.query.max_sql_bytes + 4096;
-    if body.len() > limit {
-        let err = ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+    let limit = state.query.limits().max_sql_bytes + 4096;
+    let parsed: Result<QueryBody, QueryError> = if body.len() > limit {
+        Err(QueryError::door(
+            ErrorKind::TooLarge,
             "too_large",
             format!("the request body is larger than {limit} bytes"),
-        );
-        return Err(audited::refused(&state, ev, started, err).await);
-    }
-    let req: QueryBody = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(_) => {
-            let err = ApiError::bad_request(
+        ))
+    } else {
+        serde_json::from_slice(&body).map_err(|_| {
+            QueryError::door(
+                ErrorKind::InvalidInput,
+                "bad_request",
                 "the body must be JSON: {\"sql\": \"...\", \"purpose\": \"...\"}",
-            );
-            return Err(audited::refused(&state, ev, started, err).await);
-        }
+            )
+        })
     };
-    ev.sql_sha256 = Some(hex::encode(Sha256::digest(req.sql.as_bytes())));
-    ev.sql = Some(req.sql.clone());
-    ev.purpose = Some(req.purpose.clone());
+    let (parsed, failed) = match parsed {
+        Ok(b) => (b, None),
+        Err(e) => (
+            QueryBody {
+                sql: String::new(),
+                purpose: String::new(),
+            },
+            Some(e),
+        ),
+    };
+    let (sql, purpose) = (parsed.sql.as_str(), parsed.purpose.as_str());
+    let req = QueryRequest {
+        caller: &caller,
+        purpose,
+        sql,
+        door: "http",
+        today: state.today(),
+    };
+    let refused = |e: QueryError| {
+        state.metrics.queries_refused.inc();
+        ApiError::from(e)
+    };
+    if let Some(e) = failed {
+        let mut ev = state.query.open_event(&req, "query");
+        let body = ev.event();
+        (body.sql, body.sql_sha256, body.purpose) = (None, None, None);
+        return Err(refused(state.query.refuse_at_door(ev, e).await));
+    }
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let Some(format) = Format::from_accept(accept) else {
-        let err = ApiError::new(
-            StatusCode::NOT_ACCEPTABLE,
+        let e = QueryError::door(
+            ErrorKind::NotAcceptable,
             "not_acceptable",
             "answers come as application/json, application/x-ndjson, text/csv, application/vnd.apache.arrow.stream or application/vnd.apache.parquet",
         );
-        return Err(audited::refused(&state, ev, started, err).await);
+        let ev = state.query.open_event(&req, "query");
+        return Err(refused(state.query.refuse_at_door(ev, e).await));
     };
-    let mut run = match state
-        .query
-        .query(&caller.partner, &req.sql, &req.purpose, state.today())
-        .await
-    {
-        Ok(run) => run,
-        Err(e) => return Err(audited::refused(&state, ev, started, e.into()).await),
-    };
-    ev.datasets = run
-        .datasets
-        .iter()
-        .map(|d| DatasetVersion {
-            dataset: d.dataset.clone(),
-            version: d.version,
-        })
-        .collect();
-    ev.agreements = run.agreements.clone();
+    let mut run = state.query.query(req).await.map_err(refused)?;
+    state.metrics.phase("http", "planning", run.planning);
+    let executing = Instant::now();
     // The first batch decides the status: an error before any row is a proper error response.
     let first = match run.batches.recv().await {
-        Some(Err(e)) => return Err(audited::refused(&state, ev, started, e.into()).await),
+        Some(Err(e)) => {
+            let ev = run.close();
+            return Err(refused(state.query.refuse_at_door(ev, e).await));
+        }
         other => other,
     };
     let (mut encoder, prefix) =
         match Encoder::new(format, &run.schema, state.config.query.max_json_rows) {
             Ok(x) => x,
             Err(e) => {
-                return Err(audited::refused(&state, ev, started, ApiError::internal(e)).await);
+                let ev = run.close();
+                let e = QueryError::Internal(e.to_string());
+                return Err(state.query.refuse_at_door(ev, e).await.into());
             }
         };
     let disclosure = match &run.disclosure {
@@ -124,31 +126,37 @@ pub async fn query(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let task_state = state.clone();
     tokio::spawn(async move {
+        let m = &task_state.metrics;
+        let mut encoding = std::time::Duration::ZERO;
         let mut bytes = prefix.len() as u64;
         let mut sent_ok = tx.send(Ok(prefix)).await.is_ok();
-        let mut failure: Option<ApiError> = None;
+        let mut failure: Option<QueryError> = None;
         let mut next = first;
         while sent_ok {
             let Some(item) = next.take() else { break };
             match item {
-                Ok(batch) => match encoder.batch(&batch) {
-                    Ok(chunk) => {
-                        bytes += chunk.len() as u64;
-                        sent_ok = tx.send(Ok(chunk)).await.is_ok();
+                Ok(batch) => {
+                    let t = Instant::now();
+                    let chunk = encoder.batch(&batch);
+                    encoding += t.elapsed();
+                    match chunk {
+                        Ok(chunk) => {
+                            bytes += chunk.len() as u64;
+                            sent_ok = tx.send(Ok(chunk)).await.is_ok();
+                        }
+                        Err(e) => failure = Some(QueryError::Internal(e.to_string())),
                     }
-                    Err(e) => failure = Some(ApiError::internal(e)),
-                },
-                Err(e) => failure = Some(e.into()),
+                }
+                Err(e) => failure = Some(e),
             }
             if failure.is_some() || !encoder.wants_more() {
                 break;
             }
             next = run.batches.recv().await;
         }
-        // Dropping the receiver cancels the query if it is still running.
-        drop(run);
+        m.phase("http", "execution", executing.elapsed().saturating_sub(encoding));
+        m.phase("http", "encoding", encoding);
         let rows_sent = encoder.rows;
-        ev.rows = Some(rows_sent);
         let truncated = encoder.truncated;
         let tail = if failure.is_none() && sent_ok {
             encoder.finish(&disclosure).ok()
@@ -158,41 +166,33 @@ pub async fn query(
         if let Some(t) = &tail {
             bytes += t.len() as u64;
         }
-        ev.bytes = Some(bytes);
-        ev.detail = Some(json!({
-            "format": format!("{format:?}").to_lowercase(),
-            "truncated": truncated,
-            "disclosure": audit_disclosure,
-        }));
-        match (&failure, sent_ok) {
-            (Some(err), _) => {
-                ev.outcome = "failed".into();
-                task_state
-                    .metrics
-                    .queries_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                ev.status = err.status().as_u16();
-                ev.code = Some(err.code().to_owned());
-            }
-            (None, false) => {
-                ev.outcome = "cancelled".into();
-                ev.status = 200;
-            }
-            (None, true) => {
-                ev.outcome = "ok".into();
-                task_state
-                    .metrics
-                    .queries_ok
-                    .fetch_add(1, Ordering::Relaxed);
-                task_state
-                    .metrics
-                    .query_rows
-                    .fetch_add(rows_sent, Ordering::Relaxed);
-                ev.status = 200;
-            }
+        {
+            let ev = run.event();
+            ev.rows = Some(rows_sent);
+            ev.bytes = Some(bytes);
+            ev.detail = Some(json!({
+                "format": format!("{format:?}").to_lowercase(),
+                "truncated": truncated,
+                "disclosure": audit_disclosure,
+            }));
         }
+        // Dropping the receiver cancels the query if it is still running.
+        let ev = run.close();
+        let auditing = Instant::now();
+        let recorded = match (&failure, sent_ok) {
+            (Some(err), _) => {
+                m.queries_refused.inc();
+                ev.refused(err.kind(), err.code()).await
+            }
+            (None, false) => ev.cancelled(200).await,
+            (None, true) => {
+                m.queries_ok.inc();
+                m.query_rows.inc_by(rows_sent);
+                ev.ok(200).await
+            }
+        };
+        m.phase("http", "audit", auditing.elapsed());
         // Durable before the answer completes: the last chunk goes only after the event.
-        let recorded = audited::record(&task_state, ev, started).await;
         match (recorded, failure, tail) {
             (Ok(()), None, Some(tail)) => {
                 let _ = tx.send(Ok(tail)).await;

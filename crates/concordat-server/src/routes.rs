@@ -1,8 +1,6 @@
 //! Handlers: extract, call one service, encode.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::Body;
@@ -10,17 +8,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use concordat_core::schema::DatasetLevel;
-use concordat_core::{DatasetSchema, Role, Schemas};
-use concordat_policy::{Access, ColumnRule, CombinedView, ReadGrant, RefusalReason, ScopeFilter};
-use concordat_store::{Mode, StoreError, UploadRequest};
+use concordat_core::{DatasetSchema, Schemas};
+use concordat_policy::{Access, ColumnRule, EffectiveRead, ForPurpose};
+use concordat_store::{StoreError, UploadCall};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::audited;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::state::AppState;
-use concordat_store::audit::DatasetVersion;
+use crate::state::{AppState, Authed};
 
 type AppResult<T> = Result<T, ApiError>;
 
@@ -49,14 +45,17 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
 }
 
 /// `GET /v1/me`: who the caller is and which agreements are in force for them.
-pub async fn me(State(state): State<Arc<AppState>>, caller: Caller) -> Json<Value> {
+pub async fn me(State(state): State<Arc<AppState>>, Authed(caller): Authed) -> Json<Value> {
     let p = &caller.partner;
     let force = p
         .pfa_code
@@ -89,78 +88,79 @@ pub async fn me(State(state): State<Arc<AppState>>, caller: Caller) -> Json<Valu
     }))
 }
 
-/// What a caller may do with a dataset today.
+/// What a caller may do with a dataset today, for any purpose: the one decision of
+/// `concordat-policy`, as the catalogue shows it.
 struct View<'a> {
-    /// Best read access over the agreements, if any.
-    access: Option<Access>,
+    /// The read decision, if any agreement in force grants a read.
+    read: Option<EffectiveRead>,
     can_upload: bool,
-    purposes: BTreeSet<String>,
-    /// Columns visible under at least one agreement, with the rule that applies.
+    purposes: Vec<String>,
+    /// Columns the read shows, with the rule that applies.
     columns: Vec<(&'a concordat_core::ColumnSchema, Option<ColumnRule>)>,
     agreements: Vec<Value>,
+}
+
+impl View<'_> {
+    fn access(&self) -> Option<Access> {
+        self.read.as_ref().map(|r| r.access)
+    }
 }
 
 fn view<'a>(state: &AppState, caller: &Caller, schema: &'a DatasetSchema) -> Option<View<'a>> {
     let today = state.today();
     let name = schema.name.as_str();
-    let terms = state.policies.read_terms(&caller.partner, name, today);
+    let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    let read = state
+        .policies
+        .effective_read(&caller.partner, name, &names, ForPurpose::Any, today)
+        .ok();
     let can_upload = state
         .policies
         .upload_grant(&caller.partner, name, today)
         .is_ok();
-    if terms.is_empty() && !can_upload {
+    if read.is_none() && !can_upload {
         return None;
     }
-    let access = terms
-        .iter()
-        .map(|(_, r)| r.access)
-        .min_by_key(|a| matches!(a, Access::Aggregate));
-    let purposes = terms
-        .iter()
-        .flat_map(|(a, _)| a.purposes.iter().cloned())
-        .collect();
-    // The same combination the query service applies: rows of any grant, the strictest
-    // column rule of any grant.
-    let grants: Vec<ReadGrant> = terms
-        .iter()
-        .map(|(a, r)| ReadGrant {
-            agreement: a.id.clone(),
-            terms: (*r).clone(),
-            filter: ScopeFilter::resolve(r.scope, &caller.partner),
-        })
-        .collect();
-    let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
-    let combined = CombinedView::of(&grants.iter().collect::<Vec<_>>(), &names);
-    let columns = schema
-        .columns
-        .iter()
-        .zip(names.iter())
-        .filter_map(|(c, name)| {
-            let rule = combined.as_ref().and_then(|v| {
-                v.rules
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .and_then(|(_, r)| r.clone())
-            });
-            match rule {
+    let columns = match &read {
+        Some(r) => schema
+            .columns
+            .iter()
+            .filter_map(|c| match r.column_rule(&c.name) {
                 Some(ColumnRule::Hidden) => None,
-                other => Some((c, other)),
-            }
+                other => Some((c, other.cloned())),
+            })
+            .collect(),
+        None => schema.columns.iter().map(|c| (c, None)).collect(),
+    };
+    let purposes = read
+        .as_ref()
+        .map(|r| {
+            r.purposes(&state.policies)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
         })
-        .collect();
-    let agreements = terms
+        .unwrap_or_default();
+    let agreements = read
         .iter()
-        .map(|(a, r)| {
+        .flat_map(|r| r.grants.iter())
+        .filter_map(|g| {
+            let a = state
+                .policies
+                .agreements()
+                .iter()
+                .find(|a| a.id == g.agreement)?;
+            let r = &g.terms;
             let mut v = json!({"id": a.id, "access": r.access, "scope": r.scope, "purposes": a.purposes, "valid_until": a.valid_until});
             if r.access == Access::Aggregate {
                 v["min_count"] = r.min_count.into();
                 v["round_to"] = r.round_to.into();
             }
-            v
+            Some(v)
         })
         .collect();
     Some(View {
-        access,
+        read,
         can_upload,
         purposes,
         columns,
@@ -189,7 +189,7 @@ fn column_json(
 /// `GET /v1/datasets`: datasets the caller may see, with columns, access and latest version.
 pub async fn datasets(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    Authed(caller): Authed,
 ) -> AppResult<Json<Value>> {
     let mut out = Vec::new();
     for schema in Schemas::builtin().iter() {
@@ -197,12 +197,16 @@ pub async fn datasets(
             continue;
         };
         let latest = latest_version(&state, schema).await?;
-        out.push(json!({
+        let mut entry = json!({
             "name": schema.name, "title": schema.title, "level": schema.level,
-            "access": v.access, "can_upload": v.can_upload, "purposes": v.purposes,
+            "access": v.access(), "can_upload": v.can_upload, "purposes": v.purposes,
             "columns": v.columns.iter().map(|(c, _)| c.name.as_str()).collect::<Vec<_>>(),
             "latest_version": latest,
-        }));
+        });
+        if let Some(t) = v.read.as_ref().and_then(|r| r.terms) {
+            entry["disclosure"] = json!(t);
+        }
+        out.push(entry);
     }
     Ok(Json(json!({ "datasets": out })))
 }
@@ -239,7 +243,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for NameInPath {
 /// `GET /v1/datasets/{name}`: the schema as the caller sees it, and its versions.
 pub async fn dataset(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    Authed(caller): Authed,
     NameInPath(name): NameInPath,
 ) -> AppResult<Json<Value>> {
     let schema = Schemas::builtin()
@@ -268,9 +272,10 @@ pub async fn dataset(
     };
     Ok(Json(json!({
         "name": schema.name, "title": schema.title, "description": schema.description, "level": schema.level,
-        "period_column": schema.period_column, "access": v.access, "can_upload": v.can_upload, "purposes": v.purposes,
+        "period_column": schema.period_column, "access": v.access(), "can_upload": v.can_upload, "purposes": v.purposes,
         "agreements": v.agreements,
-        "columns": v.columns.iter().map(|(c, r)| column_json(c, r, v.access)).collect::<Vec<_>>(),
+        "columns": v.columns.iter().map(|(c, r)| column_json(c, r, v.access())).collect::<Vec<_>>(),
+        "disclosure": v.read.as_ref().and_then(|r| r.terms),
         "versions": versions,
         "shipped": schema.level == DatasetLevel::Reference,
     })))
@@ -283,178 +288,47 @@ pub struct UploadQuery {
 }
 
 /// `POST /v1/datasets/{name}/uploads`: a Parquet body, validated and committed
-/// atomically; every outcome is audited.
+/// atomically by the upload service, which audits every outcome.
 pub async fn upload(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    Authed(caller): Authed,
     NameInPath(name): NameInPath,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Response> {
-    let started = std::time::Instant::now();
-    let mut ev = audited::event(&caller, "upload");
-    ev.datasets = vec![DatasetVersion {
-        dataset: name.chars().take(64).collect(),
-        version: None,
-    }];
-    match upload_inner(&state, &caller, &name, q, headers, body).await {
-        Ok(Accepted {
-            response,
-            out,
-            mode,
-            bytes,
-            agreements,
-        }) => {
-            ev.agreements = agreements;
-            ev.outcome = "ok".into();
-            ev.status = response.status().as_u16();
-            ev.datasets = vec![DatasetVersion {
-                dataset: out.dataset.clone(),
-                version: Some(out.version),
-            }];
-            ev.rows = Some(out.rows);
-            ev.bytes = Some(bytes);
-            ev.detail = Some(
-                json!({"mode": mode.as_str(), "sha256": out.sha256, "duplicate": out.duplicate, "periods": out.periods}),
-            );
-            audited::record(&state, ev, started).await?;
-            Ok(response)
-        }
-        Err(e) => Err(audited::refused(&state, ev, started, e).await),
-    }
-}
-
-/// An upload that committed (or was a duplicate), with what its audit event records.
-struct Accepted {
-    response: Response,
-    out: concordat_store::UploadOutcome,
-    mode: Mode,
-    bytes: u64,
-    /// Agreements that granted the upload.
-    agreements: Vec<String>,
-}
-
-async fn upload_inner(
-    state: &Arc<AppState>,
-    caller: &Caller,
-    name: &str,
-    q: UploadQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> AppResult<Accepted> {
-    let name = name.to_owned();
-    let schema = Schemas::builtin()
-        .get(&name)
-        .ok_or_else(|| ApiError::unknown_dataset(&name))?;
-    let today = state.today();
-    let grant = match state.policies.upload_grant(&caller.partner, &name, today) {
-        Ok(g) => g,
-        Err(reason) if view(state, caller, schema).is_none() => {
-            tracing::debug!(%reason, "upload to invisible dataset");
-            return Err(ApiError::unknown_dataset(&name));
-        }
-        Err(RefusalReason::NoAgreement) => {
-            return Err(ApiError::forbidden(format!(
-                "no agreement lets {} upload {name}",
-                caller.partner.id
-            )));
-        }
-        Err(reason) => return Err(ApiError::forbidden(reason.to_string())),
+    let text = |h| headers.get(h).and_then(|v: &header::HeaderValue| v.to_str().ok());
+    let call = UploadCall {
+        caller: &caller,
+        dataset: &name,
+        mode: q.mode.as_deref(),
+        media_type: Some(text(header::CONTENT_TYPE).unwrap_or("")),
+        declared_bytes: text(header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
+        body: body.into_data_stream(),
+        door: "http",
     };
-    if !caller.has_any(&[Role::Uploader]) {
-        return Err(ApiError::forbidden("uploads need the uploader role"));
-    }
-    let mode: Mode = q
-        .mode
-        .as_deref()
-        .unwrap_or("append")
-        .parse()
-        .map_err(ApiError::bad_request)?;
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media = media.split(';').next().unwrap_or("").trim();
-    if !matches!(
-        media,
-        "application/vnd.apache.parquet" | "application/x-parquet" | "application/octet-stream"
-    ) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "the body must be a Parquet file sent as application/vnd.apache.parquet",
-        ));
-    }
-    let limit = state.config.limits.max_upload_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(StoreError::TooLarge { limit }.into());
-    }
-    let file = state.store.stage(body.into_data_stream()).await?;
-    let bytes = file.bytes;
-    state
-        .metrics
-        .upload_bytes
-        .fetch_add(bytes, Ordering::Relaxed);
-    let result = state
-        .store
-        .upload(UploadRequest {
-            schema,
-            mode,
-            partner: caller.partner.id.to_string(),
-            subject: caller.subject.clone(),
-            agreements: grant.agreements.clone(),
-            scope: grant.filter,
-            file,
-        })
-        .await;
-    match result {
-        Ok(out) if out.duplicate => {
-            state
-                .metrics
-                .uploads_duplicate
-                .fetch_add(1, Ordering::Relaxed);
-            Ok(Accepted {
-                response: (StatusCode::OK, Json(json!(out))).into_response(),
-                out,
-                mode,
-                bytes,
-                agreements: grant.agreements,
-            })
-        }
-        Ok(out) => {
-            state
-                .metrics
-                .uploads_committed
-                .fetch_add(1, Ordering::Relaxed);
-            state
-                .metrics
-                .rows_committed
-                .fetch_add(out.rows, Ordering::Relaxed);
+    let m = &state.metrics;
+    match state.uploads.upload(call, state.today()).await {
+        Ok(done) => {
+            let out = done.outcome;
+            m.upload_bytes.inc_by(done.bytes);
+            if out.duplicate {
+                m.uploads_duplicate.inc();
+                return Ok((StatusCode::OK, Json(json!(out))).into_response());
+            }
+            m.uploads_committed.inc();
+            m.rows_committed.inc_by(out.rows);
             tracing::info!(dataset = %out.dataset, version = out.version, rows = out.rows, partner = %caller.partner.id, "upload committed");
             state.after_commit(&out.dataset);
             let mut body = json!(out);
             if let Some(o) = body.as_object_mut() {
                 o.remove("duplicate");
             }
-            Ok(Accepted {
-                response: (StatusCode::CREATED, Json(body)).into_response(),
-                out,
-                mode,
-                bytes,
-                agreements: grant.agreements,
-            })
+            Ok((StatusCode::CREATED, Json(body)).into_response())
         }
         Err(e) => {
             if matches!(e, StoreError::Validation(_)) {
-                state
-                    .metrics
-                    .uploads_rejected
-                    .fetch_add(1, Ordering::Relaxed);
+                m.uploads_rejected.inc();
             }
             Err(e.into())
         }
@@ -472,60 +346,28 @@ pub struct AuditQuery {
 /// sequence number (`after`, `limit` up to 1000).
 pub async fn audit(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    Authed(caller): Authed,
     Query(q): Query<AuditQuery>,
 ) -> AppResult<Json<Value>> {
-    let started = std::time::Instant::now();
-    let mut ev = audited::event(&caller, "audit_read");
-    ev.purpose = Some("audit".into());
-    if !caller.has_any(&[Role::Auditor, Role::Admin]) {
-        return Err(audited::refused(
-            &state,
-            ev,
-            started,
-            ApiError::forbidden("the audit trail needs the auditor or admin role"),
+    let events = state
+        .trail
+        .read(
+            &caller,
+            q.after.unwrap_or(0),
+            q.limit.unwrap_or(100),
+            state.today(),
+            "http",
         )
-        .await);
-    }
-    let view = match state
-        .policies
-        .audit_view(&caller.partner, "audit", state.today())
-    {
-        Ok(v) => v,
-        Err(RefusalReason::NoAgreement) => {
-            let err = ApiError::forbidden(format!(
-                "no agreement lets {} read the audit trail",
-                caller.partner.id
-            ));
-            return Err(audited::refused(&state, ev, started, err).await);
-        }
-        Err(reason) => {
-            return Err(audited::refused(
-                &state,
-                ev,
-                started,
-                ApiError::forbidden(reason.to_string()),
-            )
-            .await);
-        }
-    };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let log = state.audit.clone();
-    let after = q.after.unwrap_or(0);
-    let events = tokio::task::spawn_blocking(move || {
-        log.read(after, limit, &|e| view.allows(e.body.partner.as_deref()))
-    })
-    .await
-    .map_err(ApiError::internal)??;
+        .await?;
     let next = events.last().map(|e| e.seq);
-    ev.outcome = "ok".into();
-    ev.status = 200;
-    ev.rows = Some(events.len() as u64);
-    audited::record(&state, ev, started).await?;
     Ok(Json(json!({"events": events, "next_after": next})))
 }
 
 /// Any other path.
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ApiError::new(
+        concordat_core::ErrorKind::NotFound,
+        "not_found",
+        "no such route",
+    )
 }

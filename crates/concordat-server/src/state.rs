@@ -2,126 +2,22 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use concordat_policy::Policies;
+use concordat_efficiency::Rebuilder;
 use concordat_query::{QueryLimits, QueryService};
 use concordat_store::audit::AuditLog;
-use concordat_store::{Store, StoreConfig};
+use concordat_store::trail::AuditTrail;
+use concordat_store::{Store, StoreConfig, Uploads};
 
 use crate::auth::{AuthError, Caller, Verifier};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
-/// Counters exported on `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Responses by status class (2xx, 4xx, 5xx).
-    pub responses: [AtomicU64; 6],
-    /// Uploads committed.
-    pub uploads_committed: AtomicU64,
-    /// Uploads that were duplicates.
-    pub uploads_duplicate: AtomicU64,
-    /// Uploads refused by validation.
-    pub uploads_rejected: AtomicU64,
-    /// Rows committed.
-    pub rows_committed: AtomicU64,
-    /// Bytes received in uploads.
-    pub upload_bytes: AtomicU64,
-    /// Queries answered in full.
-    pub queries_ok: AtomicU64,
-    /// Queries refused or failed.
-    pub queries_refused: AtomicU64,
-    /// Rows returned by queries.
-    pub query_rows: AtomicU64,
-    /// New versions of `force_efficiency`.
-    pub efficiency_rebuilds: AtomicU64,
-    /// Extracts delivered.
-    pub extracts: AtomicU64,
-}
-
-impl Metrics {
-    /// Counts a response.
-    pub fn response(&self, status: u16) {
-        let class = usize::from(status / 100).min(5);
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::from(
-            "# HELP concordat_http_responses_total HTTP responses by status class.\n# TYPE concordat_http_responses_total counter\n",
-        );
-        for (class, n) in self.responses.iter().enumerate().skip(1) {
-            out.push_str(&format!(
-                "concordat_http_responses_total{{class=\"{class}xx\"}} {}\n",
-                n.load(Ordering::Relaxed)
-            ));
-        }
-        for (name, help, v) in [
-            (
-                "concordat_uploads_committed_total",
-                "Uploads committed as a new version.",
-                &self.uploads_committed,
-            ),
-            (
-                "concordat_uploads_duplicate_total",
-                "Uploads of bytes already committed.",
-                &self.uploads_duplicate,
-            ),
-            (
-                "concordat_uploads_rejected_total",
-                "Uploads refused by validation.",
-                &self.uploads_rejected,
-            ),
-            (
-                "concordat_rows_committed_total",
-                "Rows committed by uploads.",
-                &self.rows_committed,
-            ),
-            (
-                "concordat_upload_bytes_total",
-                "Bytes received in uploads.",
-                &self.upload_bytes,
-            ),
-            (
-                "concordat_queries_ok_total",
-                "Queries answered in full.",
-                &self.queries_ok,
-            ),
-            (
-                "concordat_queries_refused_total",
-                "Queries refused or failed.",
-                &self.queries_refused,
-            ),
-            (
-                "concordat_query_rows_total",
-                "Rows returned by queries.",
-                &self.query_rows,
-            ),
-            (
-                "concordat_efficiency_rebuilds_total",
-                "New versions of force_efficiency built after an input changed.",
-                &self.efficiency_rebuilds,
-            ),
-            (
-                "concordat_extracts_total",
-                "Efficiency extracts delivered.",
-                &self.extracts,
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            ));
-        }
-        out
-    }
-}
-
-/// Shared state.
+/// Shared state: the services every door calls, and what the HTTP door itself needs.
 #[derive(Debug)]
 pub struct AppState {
     /// Configuration.
@@ -132,20 +28,22 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// The audit trail.
     pub audit: Arc<AuditLog>,
-    /// Policy-enforced SQL.
-    pub query: QueryService,
+    /// Queries, from every door.
+    pub query: Arc<QueryService>,
+    /// Uploads, from every door.
+    pub uploads: Uploads,
+    /// Reading the audit trail, from every door.
+    pub trail: AuditTrail,
     /// Token verification.
     pub verifier: Verifier,
-    /// Counters.
+    /// Counters and histograms.
     pub metrics: Metrics,
-    /// Wakes the `force_efficiency` rebuilder (after an input commits).
-    pub efficiency: Arc<tokio::sync::Notify>,
+    /// The `force_efficiency` rebuilder, once started.
+    efficiency: std::sync::OnceLock<Rebuilder>,
     /// Set when the server stops: background work ends after what it is doing.
     stopping: tokio::sync::watch::Sender<bool>,
     /// Background work (compaction, the efficiency rebuilder), awaited at shutdown.
     background: tokio_util::task::TaskTracker,
-    /// The secret behind disclosure control's record keys.
-    pub record_key: Arc<concordat_query::sdc::cellkey::RecordKey>,
 }
 
 impl AppState {
@@ -154,9 +52,10 @@ impl AppState {
     pub fn new(
         config: Config,
         worker: Option<(PathBuf, Vec<String>)>,
-    ) -> Result<Arc<AppState>, String> {
-        let policies = Policies::load(&config.policies_dir).map_err(|e| e.to_string())?;
-        let verifier = Verifier::from_config(&config.auth)?;
+    ) -> Result<Arc<AppState>, StartError> {
+        let policies = Policies::load(&config.policies_dir)
+            .map_err(|e| StartError::new("policies", e))?;
+        let verifier = Verifier::from_config(&config.auth).map_err(|e| StartError::new("auth", e))?;
         let mut store_cfg = StoreConfig::new(&config.data_dir);
         store_cfg.max_upload_bytes = config.limits.max_upload_bytes;
         store_cfg.concurrent_validations = config.limits.concurrent_validations;
@@ -171,15 +70,14 @@ impl AppState {
         }
         store_cfg.abort_in_commit =
             std::env::var("CONCORDAT_FAULT").is_ok_and(|v| v == "abort_in_commit");
-        let store = Arc::new(
-            Store::open(store_cfg).map_err(|e| format!("{}: {e:?}", config.data_dir.display()))?,
-        );
+        let data_dir = config.data_dir.display().to_string();
+        let store = Arc::new(Store::open(store_cfg).map_err(|e| StartError::new(&data_dir, e))?);
         store
             .discard_staged()
-            .map_err(|e| format!("{}: {e:?}", config.data_dir.display()))?;
+            .map_err(|e| StartError::new(&data_dir, e))?;
         let audit = Arc::new(
             AuditLog::open(&config.data_dir.join("audit").join("audit.log"))
-                .map_err(|e| format!("audit log: {e:?}"))?,
+                .map_err(|e| StartError::new("audit log", e))?,
         );
         let policies = Arc::new(policies);
         let q = &config.query;
@@ -195,21 +93,21 @@ impl AppState {
         };
         let record_key =
             concordat_query::sdc::cellkey::RecordKey::load_or_create(&q.record_key_file)
-                .map_err(|e| e.to_string())?;
-        let query =
-            QueryService::with_audit(store.clone(), Some(audit.clone()), policies.clone(), limits)
-                .map_err(|e| format!("query service: {e:?}"))?
-                .with_record_key(record_key.clone());
+                .map_err(|e| StartError::new("record key", e))?;
+        let query = QueryService::new(store.clone(), audit.clone(), policies.clone(), limits)
+            .map_err(|e| StartError::new("query service", format!("{e:?}")))?
+            .with_record_key(Arc::new(record_key));
         Ok(Arc::new(AppState {
+            uploads: Uploads::new(store.clone(), policies.clone(), audit.clone()),
+            trail: AuditTrail::new(policies.clone(), audit.clone()),
             config,
             policies,
             store,
             audit,
-            query,
+            query: Arc::new(query),
             verifier,
-            record_key: Arc::new(record_key),
             metrics: Metrics::default(),
-            efficiency: Arc::new(tokio::sync::Notify::new()),
+            efficiency: std::sync::OnceLock::new(),
             stopping: tokio::sync::watch::channel(false).0,
             background: tokio_util::task::TaskTracker::new(),
         }))
@@ -221,7 +119,30 @@ impl AppState {
     }
 }
 
-impl FromRequestParts<Arc<AppState>> for Caller {
+/// Why the server could not start: what failed, and how.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {message}")]
+pub struct StartError {
+    what: String,
+    message: String,
+}
+
+impl StartError {
+    /// A failure of `what`.
+    pub fn new(what: &str, e: impl std::fmt::Display) -> StartError {
+        StartError {
+            what: what.to_owned(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The verified caller of an HTTP request (its bearer token checked against the keys and
+/// `partners.toml`).
+#[derive(Debug, Clone)]
+pub struct Authed(pub Caller);
+
+impl FromRequestParts<Arc<AppState>> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -237,41 +158,15 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or(AuthError::Missing)?;
-        Ok(state
-            .verifier
-            .verify(token.trim(), state.policies.partners())?)
+        Ok(Authed(
+            state
+                .verifier
+                .verify(token.trim(), state.policies.partners())?,
+        ))
     }
 }
 
 impl AppState {
-    /// The strictest `min_count` of any aggregate-only grant on record-level data: the
-    /// threshold the derived efficiency dataset applies to its record-level inputs.
-    pub fn derived_min_count(&self) -> u64 {
-        self.derived_terms().min_count
-    }
-
-    /// The strictest disclosure terms of any aggregate-only grant: those the derived
-    /// efficiency dataset's record-level inputs are released under.
-    pub fn derived_terms(&self) -> concordat_query::sdc::rules::Terms {
-        let aggregate = || {
-            self.policies
-                .agreements()
-                .iter()
-                .flat_map(|a| a.read.values())
-                .filter(|r| r.access == concordat_policy::Access::Aggregate)
-        };
-        concordat_query::sdc::rules::Terms {
-            min_count: aggregate()
-                .map(|r| u64::from(r.min_count))
-                .max()
-                .unwrap_or(10),
-            round_to: aggregate()
-                .map(|r| u64::from(r.round_to))
-                .max()
-                .unwrap_or(5),
-        }
-    }
-
     /// Work after a committed upload, off the request: compact the dataset's small files
     /// once there are enough of them, then wake the efficiency rebuilder if the dataset is
     /// one of its inputs.
@@ -294,52 +189,34 @@ impl AppState {
                 Ok(Err(e)) => tracing::warn!(dataset, error = %e, "compaction failed"),
                 Err(e) => tracing::warn!(dataset, error = %e, "compaction failed"),
             }
-            if concordat_query::efficiency::INPUTS.contains(&dataset.as_str()) {
-                state.efficiency.notify_one();
+            if let Some(r) = state.efficiency.get() {
+                r.after_commit(&dataset);
             }
         });
     }
 
-    /// Rebuilds `force_efficiency` whenever woken, and once at start (which catches up
-    /// after a crash between an input's commit and its rebuild). Wake-ups that arrive
-    /// during a rebuild coalesce into one more.
+    /// Starts the `force_efficiency` rebuilder (once).
     pub fn spawn_efficiency_rebuilder(self: &Arc<Self>) {
-        let state = self.clone();
-        state.efficiency.notify_one();
-        let mut stopping = self.stopping.subscribe();
-        self.background.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = state.efficiency.notified() => {}
-                    _ = stopping.wait_for(|s| *s) => break,
-                }
-                if *stopping.borrow() {
-                    break;
-                }
-                let store = state.store.clone();
-                let terms = state.derived_terms();
-                let key = state.record_key.clone();
-                let built = state
-                    .query
-                    .run(async move {
-                        let release = concordat_query::efficiency::Release { terms, key: &key };
-                        concordat_query::efficiency::rebuild(&store, release).await
-                    })
-                    .await;
-                match built {
-                    Ok(Ok(Some(version))) => {
-                        state
-                            .metrics
-                            .efficiency_rebuilds
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(version, "force_efficiency rebuilt");
-                    }
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "force_efficiency rebuild failed"),
-                    Err(e) => tracing::error!(error = %e, "force_efficiency rebuild failed"),
-                }
-            }
+        let metrics = self.clone();
+        self.efficiency.get_or_init(|| {
+            Rebuilder::spawn(
+                &self.background,
+                self.stopping.subscribe(),
+                self.query.clone(),
+                self.store.clone(),
+                self.policies.clone(),
+                move |version| {
+                    metrics.metrics.efficiency_rebuilt();
+                    tracing::info!(version, "force_efficiency rebuilt");
+                },
+            )
         });
+    }
+
+    /// The disclosure terms of the efficiency dataset's record-level figures.
+    pub fn derived_terms(&self) -> concordat_policy::DisclosureTerms {
+        self.policies
+            .derived_terms(&concordat_efficiency::rebuild::RECORD_LEVEL_INPUTS)
     }
 
     /// Stops background work: no rebuild starts any more, and work under way (a

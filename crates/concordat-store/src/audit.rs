@@ -59,6 +59,9 @@ pub struct EventBody {
     pub duration_ms: u64,
     /// Action-specific detail (upload mode and hash, disclosure record...).
     pub detail: Option<serde_json::Value>,
+    /// The door the request came through, when not HTTP (`pg`, `flight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub door: Option<String>,
 }
 
 /// One event of the log.

@@ -13,17 +13,23 @@
 //! passes. This crate never decides who may upload: it is handed the grant.
 
 pub mod audit;
+mod commit;
 pub mod datafile;
 pub mod fault;
 pub mod inspect;
+pub mod recorded;
+pub mod trail;
+mod uploads;
 mod store;
 pub mod validate;
 pub mod violation;
 pub mod worker;
 
 pub use inspect::{FileLimits, arrow_schema};
+pub use commit::Checked;
 pub use store::{Mode, StagedFile, Store, StoreConfig, UploadOutcome, UploadRequest, VersionInfo};
 pub use violation::{Violation, Violations};
+pub use uploads::{UploadCall, Uploaded, Uploads};
 pub use worker::Validator;
 
 use concordat_core::ErrorKind;
@@ -46,6 +52,14 @@ pub enum StoreError {
     /// The request body could not be read.
     #[error("the upload could not be received: {0}")]
     Receive(String),
+    /// Refused before anything was read: a role, an agreement, a media type, a mode.
+    /// The message names the rule or agreement, never a data value.
+    #[error("{message}")]
+    Refused {
+        kind: ErrorKind,
+        code: &'static str,
+        message: String,
+    },
     /// Storage failed; details are logged, not shown.
     #[error("storage error")]
     Internal(String),
@@ -55,11 +69,35 @@ impl StoreError {
     /// The kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::Validation(_) | StoreError::Receive(_) => ErrorKind::InvalidInput,
+            StoreError::Validation(_) => ErrorKind::Rejected,
+            StoreError::Receive(_) => ErrorKind::InvalidInput,
+            StoreError::Refused { kind, .. } => *kind,
             StoreError::TooLarge { .. } => ErrorKind::TooLarge,
             StoreError::Conflict { .. } => ErrorKind::Conflict,
             StoreError::NotFound(_) => ErrorKind::NotFound,
             StoreError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The stable code callers see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Validation(_) => "validation_failed",
+            StoreError::TooLarge { .. } => "too_large",
+            StoreError::Conflict { .. } => "conflict",
+            StoreError::NotFound(_) => "not_found",
+            StoreError::Receive(_) => "bad_request",
+            StoreError::Refused { code, .. } => code,
+            StoreError::Internal(_) => "internal",
+        }
+    }
+
+    /// A refusal of the given kind and code.
+    pub fn refused(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+        StoreError::Refused {
+            kind,
+            code,
+            message: message.into(),
         }
     }
 

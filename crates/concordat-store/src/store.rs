@@ -4,29 +4,22 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::ArrayRef;
 use concordat_core::DatasetSchema;
 use concordat_policy::ScopeFilter;
-use datafusion::prelude::{ParquetReadOptions, col, lit};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::{Stream, StreamExt, TryStreamExt};
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
-use crate::datafile::{DataFile, Sink, file_schema};
-use crate::inspect::{FileLimits, arrow_type, inspect};
-use crate::validate::RowChecker;
-use crate::violation::{Violation, Violations};
+use crate::inspect::FileLimits;
 use crate::{StoreError, fault};
 
 /// Key under which Concordat's provenance is stored in each commit.
-const PROVENANCE_KEY: &str = "concordat";
+pub(crate) const PROVENANCE_KEY: &str = "concordat";
 
 /// How the store is set up.
 #[derive(Debug, Clone)]
@@ -86,12 +79,16 @@ impl Mode {
 }
 
 impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
         match s {
             "append" => Ok(Mode::Append),
             "replace_periods" => Ok(Mode::ReplacePeriods),
-            _ => Err("mode must be append or replace_periods".into()),
+            _ => Err(StoreError::refused(
+                concordat_core::ErrorKind::InvalidInput,
+                "bad_request",
+                "mode must be append or replace_periods",
+            )),
         }
     }
 }
@@ -181,18 +178,18 @@ pub struct VersionInfo {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Provenance {
-    partner: String,
-    subject: String,
-    mode: String,
-    rows: u64,
-    periods: Vec<String>,
-    sha256: String,
-    bytes: u64,
-    agreements: Vec<String>,
-    uploaded_at: String,
+pub(crate) struct Provenance {
+    pub(crate) partner: String,
+    pub(crate) subject: String,
+    pub(crate) mode: String,
+    pub(crate) rows: u64,
+    pub(crate) periods: Vec<String>,
+    pub(crate) sha256: String,
+    pub(crate) bytes: u64,
+    pub(crate) agreements: Vec<String>,
+    pub(crate) uploaded_at: String,
     #[serde(default)]
-    sources: std::collections::BTreeMap<String, Option<u64>>,
+    pub(crate) sources: std::collections::BTreeMap<String, Option<u64>>,
 }
 
 /// Data files smaller than this are merged by [`Store::compact`].
@@ -200,12 +197,12 @@ const SMALL_FILE_BYTES: u64 = 8 << 20;
 
 /// Versioned datasets on local disk.
 pub struct Store {
-    cfg: StoreConfig,
+    pub(crate) cfg: StoreConfig,
     /// The latest snapshot of each dataset, brought up to date on each use: reading
     /// only the log entries since, instead of the whole log, per query.
-    snapshots: tokio::sync::Mutex<HashMap<String, DeltaTable>>,
-    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    validations: tokio::sync::Semaphore,
+    pub(crate) snapshots: tokio::sync::Mutex<HashMap<String, DeltaTable>>,
+    pub(crate) locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) validations: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Store {
@@ -240,7 +237,7 @@ impl Store {
         std::fs::create_dir_all(&staging).map_err(StoreError::internal)?;
         if let Ok(tables) = std::fs::read_dir(self.cfg.data_dir.join("tables")) {
             for t in tables.flatten() {
-                let removed = sweep_uncommitted(&t.path())?;
+                let removed = crate::commit::sweep_uncommitted(&t.path())?;
                 if removed > 0 {
                     tracing::warn!(
                         table = %t.path().display(),
@@ -300,7 +297,7 @@ impl Store {
         })
     }
 
-    async fn open_table(&self, dataset: &str) -> Result<DeltaTable, StoreError> {
+    pub(crate) async fn open_table(&self, dataset: &str) -> Result<DeltaTable, StoreError> {
         let url = self.table_url(dataset)?;
         let mut builder = DeltaTableBuilder::from_url(url.clone()).map_err(StoreError::internal)?;
         if self.cfg.abort_in_commit {
@@ -344,7 +341,7 @@ impl Store {
         Ok(table)
     }
 
-    async fn latest(&self, dataset: &str) -> Result<DeltaTable, StoreError> {
+    pub(crate) async fn latest(&self, dataset: &str) -> Result<DeltaTable, StoreError> {
         let mut cache = self.snapshots.lock().await;
         if let Some(table) = cache.get_mut(dataset) {
             match table.update_incremental(None).await {
@@ -530,593 +527,11 @@ impl Store {
         Ok(table.version().map(|v| (v, metrics.num_files_removed)))
     }
 
-    fn lock_for(&self, dataset: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock_for(&self, dataset: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self
             .locks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         locks.entry(dataset.to_owned()).or_default().clone()
     }
-
-    /// Validates the staged file and, if every row passes, commits it as a new version.
-    pub async fn upload(&self, req: UploadRequest<'_>) -> Result<UploadOutcome, StoreError> {
-        let started = std::time::Instant::now();
-        let dataset = req.schema.name.to_string();
-        // The worker writes the upload's data files here; removed whatever happens, after
-        // the files that are committed have been moved into the table.
-        let out = tempfile::Builder::new()
-            .prefix("upload-")
-            .suffix(".d")
-            .tempdir_in(self.cfg.data_dir.join("staging"))
-            .map_err(StoreError::internal)?;
-        let checked = {
-            let _permit = self
-                .validations
-                .acquire()
-                .await
-                .map_err(StoreError::internal)?;
-            let path = req.file.path().to_path_buf();
-            let schema = req.schema.clone();
-            let scope = req.scope.clone();
-            let agreements = req.agreements.clone();
-            let limits = self.cfg.file_limits.clone();
-            let batch_rows = self.cfg.batch_rows;
-            let out_dir = out.path().to_path_buf();
-            if let crate::worker::Validator::Worker {
-                program,
-                args,
-                memory_bytes,
-                timeout,
-            } = &self.cfg.validator
-            {
-                let request = crate::worker::WorkerRequest {
-                    path,
-                    dataset: dataset.clone(),
-                    scope,
-                    agreements,
-                    limits,
-                    batch_rows,
-                    memory_bytes: *memory_bytes,
-                    out_dir,
-                };
-                crate::worker::validate_in_worker(program, args, *timeout, &request).await?
-            } else {
-                let checked = tokio::task::spawn_blocking(move || {
-                    check_file(
-                        &path,
-                        &schema,
-                        &scope,
-                        &agreements,
-                        &limits,
-                        batch_rows,
-                        &out_dir,
-                    )
-                })
-                .await;
-                match checked {
-                    Ok(result) => result?,
-                    // A panic inside the decoder on a hostile file: refuse the file, keep serving.
-                    Err(e) if e.is_panic() => {
-                        return Err(StoreError::Validation(Violations::single(Violation {
-                            row: None,
-                            column: None,
-                            rule: "parquet".into(),
-                            message: "the file could not be decoded: it is corrupt".into(),
-                        })));
-                    }
-                    Err(e) => return Err(StoreError::internal(e)),
-                }
-            }
-        };
-        let Checked {
-            rows,
-            periods,
-            files,
-        } = checked;
-        // What the worker says is checked, not trusted: the files it names are plain
-        // names in the output directory, and their sizes and rows add up.
-        let mut written = 0u64;
-        for f in &files {
-            let on_disk = std::fs::metadata(out.path().join(&f.name)).ok();
-            if f.name.contains(['/', '\\'])
-                || f.name.starts_with('.')
-                || on_disk.map(|m| m.len()) != Some(f.bytes)
-            {
-                return Err(StoreError::Internal(format!(
-                    "the validation worker named a data file that is not there: {}",
-                    f.name
-                )));
-            }
-            written += f.rows;
-        }
-        if written != rows || files.is_empty() {
-            return Err(StoreError::Internal(
-                "the validation worker's data files do not hold the rows it validated".into(),
-            ));
-        }
-        let validated = started.elapsed();
-        let lock = self.lock_for(&dataset);
-        let _guard = lock.lock().await;
-        let table = self.open_table(&dataset).await?;
-        if let Some(version) = self
-            .duplicate_of(&table, &req.file.sha256, req.mode)
-            .await?
-        {
-            return Ok(UploadOutcome {
-                dataset,
-                version,
-                rows,
-                periods,
-                sha256: req.file.sha256.clone(),
-                duplicate: true,
-            });
-        }
-        let provenance = Provenance {
-            partner: req.partner.clone(),
-            subject: req.subject.clone(),
-            mode: req.mode.as_str().into(),
-            rows,
-            periods: periods.clone(),
-            sha256: req.file.sha256.clone(),
-            bytes: req.file.bytes,
-            agreements: req.agreements.clone(),
-            uploaded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            sources: Default::default(),
-        };
-        let version = self
-            .commit(table, &req, &periods, provenance, out.path(), &files)
-            .await?;
-        tracing::info!(
-            dataset,
-            version,
-            rows,
-            validate_ms = validated.as_millis() as u64,
-            write_ms = (started.elapsed() - validated).as_millis() as u64,
-            "upload validated and written"
-        );
-        Ok(UploadOutcome {
-            dataset,
-            version,
-            rows,
-            periods,
-            sha256: req.file.sha256.clone(),
-            duplicate: false,
-        })
-    }
-
-    /// An append is a duplicate if the same bytes were ever committed to the table; a
-    /// replacement only if they are the latest commit (re-applying an older file after
-    /// another replacement is a real change).
-    async fn duplicate_of(
-        &self,
-        table: &DeltaTable,
-        sha256: &str,
-        mode: Mode,
-    ) -> Result<Option<u64>, StoreError> {
-        let Some(latest) = table.version() else {
-            return Ok(None);
-        };
-        let limit = (mode == Mode::ReplacePeriods).then_some(1);
-        let infos: Vec<_> = table
-            .history(limit)
-            .try_collect()
-            .await
-            .map_err(StoreError::internal)?;
-        Ok(infos.iter().enumerate().find_map(|(i, info)| {
-            let prov = info.info.get(PROVENANCE_KEY)?;
-            (prov.get("sha256")?.as_str()? == sha256
-                && prov.get("mode")?.as_str()? == mode.as_str())
-            .then_some(latest.checked_sub(i as u64))
-            .flatten()
-        }))
-    }
-
-    fn properties(
-        &self,
-        provenance: &Provenance,
-        mode: Mode,
-    ) -> Result<CommitProperties, StoreError> {
-        Ok(CommitProperties::default()
-            .with_metadata([(
-                PROVENANCE_KEY.to_owned(),
-                serde_json::to_value(provenance).map_err(StoreError::internal)?,
-            )])
-            .with_max_retries(if mode == Mode::Append { 15 } else { 0 }))
-    }
-
-    fn table_configuration(&self) -> [(&'static str, Option<String>); 2] {
-        let retention = format!("interval {} days", self.cfg.log_retention_days);
-        [
-            ("delta.logRetentionDuration", Some(retention.clone())),
-            ("delta.deletedFileRetentionDuration", Some(retention)),
-        ]
-    }
-
-    /// Commits the worker's data files. An append (or the first version) moves them into
-    /// the table and commits one log entry that adds them: no byte is decoded here. A
-    /// replacement of periods lets Delta rewrite what it replaces, reading the worker's
-    /// files (written by our own writer), never the upload.
-    async fn commit(
-        &self,
-        table: DeltaTable,
-        req: &UploadRequest<'_>,
-        periods: &[String],
-        provenance: Provenance,
-        out: &Path,
-        files: &[DataFile],
-    ) -> Result<u64, StoreError> {
-        let schema = req.schema;
-        let dataset = schema.name.to_string();
-        let conflict = |e: DeltaTableError| -> StoreError {
-            match e {
-                DeltaTableError::Transaction { source } => {
-                    use deltalake::kernel::transaction::TransactionError as T;
-                    match source {
-                        T::CommitConflict(_)
-                        | T::VersionAlreadyExists(_)
-                        | T::MaxCommitAttempts(_) => StoreError::Conflict {
-                            dataset: dataset.clone(),
-                        },
-                        other => StoreError::internal(other),
-                    }
-                }
-                DeltaTableError::VersionAlreadyExists(_) => StoreError::Conflict {
-                    dataset: dataset.clone(),
-                },
-                e => StoreError::internal(e),
-            }
-        };
-        let properties = self.properties(&provenance, req.mode)?;
-        let is_new = table.version().is_none();
-        if req.mode == Mode::Append || is_new {
-            let moved = self.move_into_table(&dataset, out, files)?;
-            let adds: Vec<deltalake::kernel::Action> = moved
-                .iter()
-                .zip(files)
-                .map(|(path, f)| {
-                    deltalake::kernel::Action::Add(deltalake::kernel::Add {
-                        path: path.clone(),
-                        size: f.bytes as i64,
-                        modification_time: chrono::Utc::now().timestamp_millis(),
-                        data_change: true,
-                        stats: Some(f.stats.clone()),
-                        ..Default::default()
-                    })
-                })
-                .collect();
-            let append = |table: DeltaTable, adds: Vec<deltalake::kernel::Action>| {
-                let properties = self.properties(&provenance, req.mode);
-                async move {
-                    let snapshot = table.snapshot()?;
-                    deltalake::kernel::transaction::CommitBuilder::from(
-                        properties.map_err(|e| DeltaTableError::Generic(e.to_string()))?,
-                    )
-                    .with_actions(adds)
-                    .build(
-                        Some(snapshot),
-                        table.log_store(),
-                        deltalake::protocol::DeltaOperation::Write {
-                            mode: SaveMode::Append,
-                            partition_by: None,
-                            predicate: None,
-                        },
-                    )
-                    .await
-                    .map(|c| Some(c.version()))
-                }
-            };
-            let committed = if is_new {
-                use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-                let delta_schema: deltalake::kernel::StructType = file_schema(schema)
-                    .as_ref()
-                    .try_into_kernel()
-                    .map_err(StoreError::internal)?;
-                let created = deltalake::operations::create::CreateBuilder::new()
-                    .with_log_store(table.log_store())
-                    .with_columns(delta_schema.fields().cloned())
-                    .with_configuration(self.table_configuration())
-                    .with_table_name(&dataset)
-                    .with_actions(adds.clone())
-                    .with_commit_properties(properties)
-                    .await
-                    .map(|t| t.version());
-                match created {
-                    // Another process (a replica) created the table first: append instead.
-                    Err(_) => {
-                        let now = self.open_table(&dataset).await?;
-                        if now.version().is_some() {
-                            append(now, adds).await
-                        } else {
-                            created
-                        }
-                    }
-                    ok => ok,
-                }
-            } else {
-                append(table, adds).await
-            };
-            return match committed {
-                Ok(Some(v)) => Ok(v),
-                Ok(None) => Err(StoreError::Internal("commit left no version".into())),
-                Err(e) => {
-                    // Not committed: the moved files are referenced by nothing.
-                    for path in &moved {
-                        let _ = std::fs::remove_file(self.table_dir(&dataset).join(path));
-                    }
-                    Err(conflict(e))
-                }
-            };
-        }
-        // Delta's own session: its planner executes the write's custom plan nodes.
-        let ctx = deltalake::delta_datafusion::create_session().into_inner();
-        let paths: Vec<String> = files
-            .iter()
-            .map(|f| out.join(&f.name).to_string_lossy().into_owned())
-            .collect();
-        let df = ctx
-            .read_parquet(paths, ParquetReadOptions::default())
-            .await
-            .map_err(StoreError::internal)?;
-        let plan = df.into_unoptimized_plan();
-        let write = table
-            .write(Vec::new())
-            .with_input_plan(plan)
-            .with_session_state(Arc::new(ctx.state()))
-            .with_commit_properties(properties)
-            .with_table_name(&dataset)
-            // Bounded memory: Delta's writer holds a data file and a row group in memory
-            // until it flushes them, so both are kept small whatever the upload's size.
-            .with_target_file_size(std::num::NonZeroU64::new(32 << 20))
-            .with_writer_properties(crate::datafile::writer_properties())
-            .with_configuration(self.table_configuration())
-            .with_save_mode(SaveMode::Overwrite)
-            .with_replace_where(replace_predicate(schema, periods, &req.scope));
-        match write.await {
-            Ok(table) => table
-                .version()
-                .ok_or_else(|| StoreError::Internal("commit left no version".into())),
-            Err(e) => Err(conflict(e)),
-        }
-    }
-
-    fn table_dir(&self, dataset: &str) -> PathBuf {
-        self.cfg.data_dir.join("tables").join(dataset)
-    }
-
-    /// Moves the worker's files into the table under names no other upload uses
-    /// (`u-<upload>-<n>.parquet`); returns their paths relative to the table.
-    fn move_into_table(
-        &self,
-        dataset: &str,
-        out: &Path,
-        files: &[DataFile],
-    ) -> Result<Vec<String>, StoreError> {
-        let dir = self.table_dir(dataset);
-        std::fs::create_dir_all(&dir).map_err(StoreError::internal)?;
-        let upload = uuid::Uuid::new_v4().simple().to_string();
-        let mut moved = Vec::with_capacity(files.len());
-        for (i, f) in files.iter().enumerate() {
-            let name = format!("{ORPHAN_PREFIX}{upload}-{i:05}.parquet");
-            if let Err(e) = std::fs::rename(out.join(&f.name), dir.join(&name)) {
-                for m in &moved {
-                    let _ = std::fs::remove_file(dir.join(m));
-                }
-                return Err(StoreError::internal(e));
-            }
-            moved.push(name);
-        }
-        // The renames are durable before the log entry that names them is written.
-        if let Ok(d) = std::fs::File::open(&dir) {
-            d.sync_all().map_err(StoreError::internal)?;
-        }
-        Ok(moved)
-    }
-}
-
-/// Data files moved into a table by an upload start with this; one that no log entry
-/// names (a crash between the move and the commit) is removed at the next start.
-const ORPHAN_PREFIX: &str = "u-";
-
-/// Removes data files of uploads that never committed from a table directory: those
-/// named by an upload (`u-…`) that no log entry adds.
-fn sweep_uncommitted(table_dir: &Path) -> Result<usize, StoreError> {
-    let mut named = std::collections::HashSet::new();
-    let log = table_dir.join("_delta_log");
-    if let Ok(entries) = std::fs::read_dir(&log) {
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.extension().is_some_and(|x| x == "json") {
-                let text = std::fs::read_to_string(&path).map_err(StoreError::internal)?;
-                for line in text.lines() {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
-                        && let Some(p) = v.pointer("/add/path").and_then(|p| p.as_str())
-                    {
-                        named.insert(p.to_owned());
-                    }
-                }
-            } else if path.extension().is_some_and(|x| x == "parquet") {
-                // A checkpoint summarises older entries, whose JSON files retention keeps;
-                // to be safe, a table with checkpoints is left alone.
-                return Ok(0);
-            }
-        }
-    }
-    let mut removed = 0;
-    if let Ok(entries) = std::fs::read_dir(table_dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(ORPHAN_PREFIX)
-                && name.ends_with(".parquet")
-                && !named.contains(&name)
-            {
-                std::fs::remove_file(e.path()).map_err(StoreError::internal)?;
-                removed += 1;
-            }
-        }
-    }
-    Ok(removed)
-}
-
-/// Rows a replacement removes: the file's periods, within the uploader's scope.
-fn replace_predicate(
-    schema: &DatasetSchema,
-    periods: &[String],
-    scope: &ScopeFilter,
-) -> datafusion::logical_expr::Expr {
-    let mut predicate = lit(true);
-    if let Some(p) = &schema.period_column {
-        predicate =
-            col(p.as_str()).in_list(periods.iter().map(|v| lit(v.as_str())).collect(), false);
-    }
-    if let (Some(f), ScopeFilter::Forces(forces)) = (&schema.force_column, scope) {
-        let scoped =
-            col(f.as_str()).in_list(forces.iter().map(|v| lit(v.as_str())).collect(), false);
-        predicate = predicate.and(scoped);
-    }
-    predicate
-}
-
-/// What a valid upload became.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Checked {
-    /// Rows.
-    pub rows: u64,
-    /// Periods present.
-    pub periods: Vec<String>,
-    /// The data files written, in the output directory.
-    pub files: Vec<DataFile>,
-}
-
-/// Inspects, decodes (once) and validates a file, writing the rows into data files in
-/// `out` as it goes; returns the rows, periods and files. On refusal the files are
-/// removed.
-pub(crate) fn check_file(
-    path: &Path,
-    schema: &DatasetSchema,
-    scope: &ScopeFilter,
-    agreements: &[String],
-    limits: &FileLimits,
-    batch_rows: usize,
-    out: &Path,
-) -> Result<Checked, StoreError> {
-    let checked = decode_validate_write(path, schema, scope, agreements, limits, batch_rows, out);
-    if checked.is_err()
-        && let Ok(entries) = std::fs::read_dir(out)
-    {
-        for e in entries.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-    checked
-}
-
-fn decode_validate_write(
-    path: &Path,
-    schema: &DatasetSchema,
-    scope: &ScopeFilter,
-    agreements: &[String],
-    limits: &FileLimits,
-    batch_rows: usize,
-    out: &Path,
-) -> Result<Checked, StoreError> {
-    let corrupt = || {
-        StoreError::Validation(Violations::single(Violation {
-            row: None,
-            column: None,
-            rule: "parquet".into(),
-            message: "the file could not be decoded: it is truncated or corrupt".into(),
-        }))
-    };
-    let mut file = std::fs::File::open(path).map_err(StoreError::internal)?;
-    let inspected = inspect(&mut file, schema, limits).map_err(StoreError::Validation)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|_| corrupt())?;
-    let mask = ProjectionMask::roots(
-        builder.parquet_schema(),
-        inspected.projection.iter().copied(),
-    );
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(batch_rows)
-        .build()
-        .map_err(|_| corrupt())?;
-    let mut checker = RowChecker::new(schema, scope, agreements);
-    // Encoding runs on a thread of its own while the next batch is decoded and checked,
-    // so both cores work; the channel holds at most two batches.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ArrayRef>>(2);
-    let mut sink = Sink::new(out, file_schema(schema));
-    let writer = std::thread::Builder::new()
-        .name("concordat-encode".into())
-        .stack_size(1 << 20)
-        .spawn(move || -> Result<Vec<DataFile>, StoreError> {
-            for cols in rx {
-                sink.write(cols)?;
-            }
-            sink.finish()
-        })
-        .map_err(|_| {
-            StoreError::Validation(Violations::single(Violation {
-                row: None,
-                column: None,
-                rule: "limits".into(),
-                message: "the file could not be checked within the validation memory limit".into(),
-            }))
-        })?;
-    let decoded = (|| -> Result<(), StoreError> {
-        for batch in reader {
-            let batch = batch.map_err(|_| corrupt())?;
-            let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
-            for c in &schema.columns {
-                let a = batch.column_by_name(&c.name).ok_or_else(corrupt)?;
-                let want = arrow_type(c.data_type);
-                cols.push(if a.data_type() == &want {
-                    a.clone()
-                } else {
-                    arrow::compute::cast(a, &want).map_err(|_| corrupt())?
-                });
-            }
-            checker.check(&cols);
-            // Once a rule is broken nothing will be committed: stop writing, keep checking.
-            if checker.violations.count == 0 && tx.send(cols).is_err() {
-                // The writer stopped: its error is reported below.
-                break;
-            }
-        }
-        Ok(())
-    })();
-    drop(tx);
-    let written = writer
-        .join()
-        .map_err(|_| StoreError::Internal("the data file writer panicked".into()))?;
-    decoded?;
-    let files = written?;
-    if checker.violations.count > 0 {
-        let mut v = checker.violations;
-        v.sort();
-        return Err(StoreError::Validation(v));
-    }
-    let declared = inspected.metadata.file_metadata().num_rows();
-    if i64::try_from(checker.rows).ok() != Some(declared) {
-        return Err(StoreError::Validation(Violations::single(Violation {
-            row: None,
-            column: None,
-            rule: "parquet".into(),
-            message: format!(
-                "the file declares {declared} rows but holds {}: it is truncated or corrupt",
-                checker.rows
-            ),
-        })));
-    }
-    if checker.rows == 0 {
-        return Err(StoreError::Validation(Violations::single(Violation {
-            row: None,
-            column: None,
-            rule: "empty".into(),
-            message: "the file has no rows".into(),
-        })));
-    }
-    Ok(Checked {
-        rows: checker.rows,
-        periods: checker.periods.into_iter().collect(),
-        files,
-    })
 }

@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::StoreError;
 use crate::inspect::FileLimits;
-use crate::store::Checked;
+use crate::commit::Checked;
 use crate::violation::{Violation, Violations};
 
 /// How uploads are validated.
@@ -82,7 +82,7 @@ pub fn serve_one(input: &mut dyn Read, output: &mut dyn Write) -> std::io::Resul
             rlimit::setrlimit(rlimit::Resource::DATA, req.memory_bytes, req.memory_bytes)?;
             match Schemas::builtin().get(&req.dataset) {
                 None => WorkerAnswer::Failed(format!("unknown dataset {}", req.dataset)),
-                Some(schema) => match crate::store::check_file(
+                Some(schema) => match crate::commit::check_file(
                     &req.path,
                     schema,
                     &req.scope,

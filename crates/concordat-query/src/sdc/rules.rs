@@ -14,14 +14,8 @@
 use super::cellkey::perturbation;
 use super::contributions::Stats;
 
-/// The disclosure terms a release applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Terms {
-    /// Perturbed persons a released cell needs.
-    pub min_count: u64,
-    /// Released values are multiples of this.
-    pub round_to: u64,
-}
+/// The disclosure terms a release applies: those `concordat-policy` decides.
+pub use concordat_policy::DisclosureTerms as Terms;
 
 /// Whether a group (its persons) is shown.
 pub fn shown(persons: &Stats, terms: Terms) -> bool {

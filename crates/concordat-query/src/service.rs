@@ -1,0 +1,510 @@
+//! The query service: one query, from any door, from the caller and the SQL to a stream
+//! of batches and its one audit event.
+//!
+//! Queries run on a runtime of their own (large stacks for planning, apart from the
+//! runtime that serves the doors), with a per-partner limit on queries running at once,
+//! a bound on queries running in all, and a deadline that cancels the work. The service
+//! checks the role and the purpose, plans through [`crate::plan`] against the tables of
+//! [`crate::catalog`], and opens the request's audit event: refusals are recorded here,
+//! and a query that runs carries its event in the [`QueryRun`] until the door closes it
+//! (or drops it, which records it as cancelled).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use concordat_core::{Caller, ErrorKind, Purpose, Role};
+use concordat_policy::Policies;
+use concordat_store::Store;
+use concordat_store::audit::{AuditLog, DatasetVersion, EventBody};
+use concordat_store::recorded::Pending;
+use futures::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{QueryError, classify};
+use crate::plan::{Context, Planned};
+use crate::{Disclosure, QueryLimits, sdc, session};
+
+/// A dataset a query read, at the version it read.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetRead {
+    /// Dataset name.
+    pub dataset: String,
+    /// Table version read; `None` for shipped reference data or a dataset with no data yet.
+    pub version: Option<u64>,
+}
+
+/// One question, as any door received it.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryRequest<'a> {
+    /// Who asks.
+    pub caller: &'a Caller,
+    /// The declared purpose.
+    pub purpose: &'a str,
+    /// The SQL text.
+    pub sql: &'a str,
+    /// The door (`http`, `pg`, `flight`, `console`), recorded in the audit event.
+    pub door: &'a str,
+    /// Agreements in force on this day apply.
+    pub today: chrono::NaiveDate,
+}
+
+/// A query that planned and is running.
+pub struct QueryRun {
+    /// Output schema.
+    pub schema: SchemaRef,
+    /// Datasets read and their versions.
+    pub datasets: Vec<DatasetRead>,
+    /// Agreements applied.
+    pub agreements: Vec<String>,
+    /// What disclosure control did, when the query read aggregate-only data.
+    pub disclosure: Option<Disclosure>,
+    /// Result batches; an error ends the stream.
+    pub batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
+    /// How long planning took.
+    pub planning: Duration,
+    event: Pending,
+    _slot: Slot,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for QueryRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryRun")
+            .field("datasets", &self.datasets)
+            .finish()
+    }
+}
+
+impl QueryRun {
+    /// The request's audit event, to add what the door knows (rows, bytes, format).
+    pub fn event(&mut self) -> &mut EventBody {
+        self.event.event()
+    }
+
+    /// Stops the query (if still running) and hands back its audit event, for the door
+    /// to close with the outcome once the answer is sent.
+    pub fn close(self) -> Pending {
+        self.event
+    }
+
+    /// Reads every batch, then records the event as answered.
+    pub async fn collect(mut self) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+        let mut out = Vec::new();
+        let mut rows = 0u64;
+        while let Some(b) = self.batches.recv().await {
+            match b {
+                Ok(b) => {
+                    rows += b.num_rows() as u64;
+                    out.push(b);
+                }
+                Err(e) => {
+                    let ev = self.close();
+                    ev.refused(e.kind(), e.code())
+                        .await
+                        .map_err(|a| QueryError::Audit(a.to_string()))?;
+                    return Err(e);
+                }
+            }
+        }
+        let schema = self.schema.clone();
+        self.event().rows = Some(rows);
+        self.close()
+            .ok(200)
+            .await
+            .map_err(|a| QueryError::Audit(a.to_string()))?;
+        Ok((schema, out))
+    }
+}
+
+/// The result schema of a query, planned but not run.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// Output schema.
+    pub schema: SchemaRef,
+    /// Datasets the query would read.
+    pub datasets: Vec<DatasetRead>,
+    /// Agreements that would apply.
+    pub agreements: Vec<String>,
+}
+
+/// A query planned and running, before its event is attached.
+struct Started {
+    planned: Planned,
+    batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
+    planning: Duration,
+    slot: Slot,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Counts a partner's running queries; released on drop.
+struct Slot {
+    active: Arc<Mutex<HashMap<String, usize>>>,
+    partner: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut active = self
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = active.get_mut(&self.partner) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Runs policy-enforced queries.
+pub struct QueryService {
+    store: Arc<Store>,
+    audit: Arc<AuditLog>,
+    policies: Arc<Policies>,
+    limits: QueryLimits,
+    runtime: Option<tokio::runtime::Runtime>,
+    active: Arc<Mutex<HashMap<String, usize>>>,
+    running: Arc<tokio::sync::Semaphore>,
+    spill_dir: PathBuf,
+    record_key: Arc<sdc::cellkey::RecordKey>,
+    footers: session::FooterCache,
+}
+
+impl std::fmt::Debug for QueryService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryService")
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl QueryService {
+    /// A service over a store, its audit trail (recorded to, and offered as the table
+    /// `audit_log` to auditors) and the policies, with its own runtime.
+    pub fn new(
+        store: Arc<Store>,
+        audit: Arc<AuditLog>,
+        policies: Arc<Policies>,
+        limits: QueryLimits,
+    ) -> Result<QueryService, QueryError> {
+        let spill_dir = store.config().data_dir.join("spill");
+        if spill_dir.exists() {
+            std::fs::remove_dir_all(&spill_dir).map_err(QueryError::internal)?;
+        }
+        std::fs::create_dir_all(&spill_dir).map_err(QueryError::internal)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(limits.threads.max(1))
+            .thread_name("concordat-query")
+            .thread_stack_size(16 << 20)
+            .enable_all()
+            .build()
+            .map_err(QueryError::internal)?;
+        let running = Arc::new(tokio::sync::Semaphore::new(limits.concurrent.max(1)));
+        let footers = session::footer_cache(64 << 20).map_err(QueryError::internal)?;
+        Ok(QueryService {
+            footers,
+            record_key: Arc::new(sdc::cellkey::RecordKey::random()),
+            running,
+            store,
+            audit,
+            policies,
+            limits,
+            runtime: Some(runtime),
+            active: Arc::new(Mutex::new(HashMap::new())),
+            spill_dir,
+        })
+    }
+
+    /// Uses this secret for the record keys of disclosure control (by default a secret
+    /// drawn when the service starts, which does not survive a restart).
+    pub fn with_record_key(mut self, key: Arc<sdc::cellkey::RecordKey>) -> QueryService {
+        self.record_key = key;
+        self
+    }
+
+    /// A session with the limits, spill space and footer cache of one query, for work
+    /// the gateway runs itself over the same data (the efficiency rebuild).
+    pub fn session(&self) -> Result<datafusion::prelude::SessionContext, QueryError> {
+        session::locked_session(
+            self.limits.memory_bytes,
+            &self.spill_dir,
+            self.limits.spill_bytes,
+            self.limits.threads,
+            &self.footers,
+        )
+        .map_err(QueryError::internal)
+    }
+
+    /// The secret behind disclosure control's record keys.
+    pub fn record_key(&self) -> Arc<sdc::cellkey::RecordKey> {
+        self.record_key.clone()
+    }
+
+    /// The limits queries run under.
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
+    }
+
+    /// Opens the audit event of a query request, with the SQL and purpose filled in.
+    pub fn open_event(&self, req: &QueryRequest<'_>, action: &str) -> Pending {
+        let mut ev = Pending::new(self.audit.clone(), req.caller, action, req.door);
+        let body = ev.event();
+        body.sql_sha256 = Some(hex::encode(Sha256::digest(req.sql.as_bytes())));
+        body.sql = Some(req.sql.to_owned());
+        body.purpose = Some(req.purpose.chars().take(64).collect());
+        ev
+    }
+
+    /// Records a request a door refused before it could be asked (a malformed body, an
+    /// answer format it cannot give), and returns the error to answer with.
+    pub async fn refuse_at_door(&self, mut ev: Pending, err: QueryError) -> QueryError {
+        ev.event().code = Some(err.code().to_owned());
+        match ev.refused(err.kind(), err.code()).await {
+            Ok(()) => err,
+            Err(a) => QueryError::Audit(a.to_string()),
+        }
+    }
+
+    /// Plans and starts a query; returns once the first result (or error) is known.
+    /// Refusals are recorded before they are returned.
+    pub async fn query(&self, req: QueryRequest<'_>) -> Result<QueryRun, QueryError> {
+        let ev = self.open_event(&req, "query");
+        self.query_as(ev, req).await
+    }
+
+    /// [`QueryService::query`] under an event the caller opened (an extract is audited
+    /// as one extract, not as an extract and a query).
+    pub async fn query_as(
+        &self,
+        mut ev: Pending,
+        req: QueryRequest<'_>,
+    ) -> Result<QueryRun, QueryError> {
+        match self.start(&req).await {
+            Ok(s) => {
+                let body = ev.event();
+                body.datasets = s
+                    .planned
+                    .datasets
+                    .iter()
+                    .map(|d| DatasetVersion {
+                        dataset: d.dataset.clone(),
+                        version: d.version,
+                    })
+                    .collect();
+                body.agreements = s.planned.agreements.clone();
+                Ok(QueryRun {
+                    schema: s.planned.schema,
+                    datasets: s.planned.datasets,
+                    agreements: s.planned.agreements,
+                    disclosure: s.planned.disclosure,
+                    batches: s.batches,
+                    planning: s.planning,
+                    event: ev,
+                    _slot: s.slot,
+                    _permit: s.permit,
+                })
+            }
+            Err(e) => Err(self.refuse_at_door(ev, e).await),
+        }
+    }
+
+    /// Plans a query without running it and returns its result schema (what Postgres
+    /// `Describe` and Flight `GetFlightInfo` answer). Audited as `describe`.
+    pub async fn describe(&self, req: QueryRequest<'_>) -> Result<Described, QueryError> {
+        let mut ev = self.open_event(&req, "describe");
+        let described = async {
+            let (_slot, _permit) = self.admit(&req).await?;
+            let ctx = self.context(&req);
+            let sql = req.sql.to_owned();
+            let deadline = self.limits.timeout;
+            let planned = self
+                .run(async move {
+                    tokio::time::timeout(deadline, async { ctx.plan(&sql).await.map(|p| p.0) })
+                        .await
+                })
+                .await?;
+            match planned {
+                Ok(p) => p,
+                Err(_) => Err(QueryError::Timeout {
+                    seconds: deadline.as_secs(),
+                }),
+            }
+        }
+        .await;
+        match described {
+            Ok(p) => {
+                ev.event().agreements = p.agreements.clone();
+                ev.ok(200)
+                    .await
+                    .map_err(|a| QueryError::Audit(a.to_string()))?;
+                Ok(Described {
+                    schema: p.schema,
+                    datasets: p.datasets,
+                    agreements: p.agreements,
+                })
+            }
+            Err(e) => Err(self.refuse_at_door(ev, e).await),
+        }
+    }
+
+    /// Checks what needs no planning (role, size, purpose) and takes the caller's slot
+    /// and a place among the queries running.
+    async fn admit(
+        &self,
+        req: &QueryRequest<'_>,
+    ) -> Result<(Slot, tokio::sync::OwnedSemaphorePermit), QueryError> {
+        if !req.caller.has_any(&[Role::Analyst, Role::Inspector]) {
+            return Err(QueryError::Refused {
+                code: "forbidden",
+                message: "queries need the analyst or inspector role".into(),
+            });
+        }
+        if req.sql.len() > self.limits.max_sql_bytes {
+            return Err(QueryError::SqlTooLarge {
+                limit: self.limits.max_sql_bytes,
+            });
+        }
+        if !Purpose::KNOWN.contains(&req.purpose) {
+            return Err(QueryError::Purpose(req.purpose.chars().take(64).collect()));
+        }
+        let slot = self.slot(req.caller.partner.id.as_str())?;
+        // Memory is bounded per query; the number of queries running at once bounds the whole.
+        let permit =
+            match tokio::time::timeout(self.limits.timeout, self.running.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => {
+                    return Err(QueryError::door(
+                        ErrorKind::Unavailable,
+                        "unavailable",
+                        "the query service is shutting down",
+                    ));
+                }
+                Err(_) => {
+                    return Err(QueryError::Timeout {
+                        seconds: self.limits.timeout.as_secs(),
+                    });
+                }
+            };
+        Ok((slot, permit))
+    }
+
+    fn context(&self, req: &QueryRequest<'_>) -> Context {
+        Context {
+            store: self.store.clone(),
+            audit: self.audit.clone(),
+            policies: self.policies.clone(),
+            caller: req.caller.clone(),
+            purpose: req.purpose.to_owned(),
+            today: req.today,
+            limits: self.limits.clone(),
+            spill_dir: self.spill_dir.clone(),
+            record_key: self.record_key.clone(),
+            footers: self.footers.clone(),
+        }
+    }
+
+    fn slot(&self, partner: &str) -> Result<Slot, QueryError> {
+        let mut active = self
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = active.entry(partner.to_owned()).or_insert(0);
+        if *n >= self.limits.per_partner {
+            return Err(QueryError::Busy {
+                limit: self.limits.per_partner,
+            });
+        }
+        *n += 1;
+        Ok(Slot {
+            active: self.active.clone(),
+            partner: partner.to_owned(),
+        })
+    }
+
+    async fn start(&self, req: &QueryRequest<'_>) -> Result<Started, QueryError> {
+        let started = std::time::Instant::now();
+        let (slot, permit) = self.admit(req).await?;
+        let (planned_tx, planned_rx) = oneshot::channel::<Result<Planned, QueryError>>();
+        let (tx, rx) = mpsc::channel(4);
+        let ctx = self.context(req);
+        let sql = req.sql.to_owned();
+        let timeout = self.limits.timeout;
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| QueryError::internal("the query runtime has stopped"))?;
+        runtime.spawn(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let timed_out = QueryError::Timeout {
+                seconds: timeout.as_secs(),
+            };
+            let started = match tokio::time::timeout_at(deadline, ctx.start(&sql)).await {
+                Ok(r) => r,
+                Err(_) => Err(timed_out.clone()),
+            };
+            let (planned, mut stream) = match started {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = planned_tx.send(Err(e));
+                    return;
+                }
+            };
+            if planned_tx.send(Ok(planned)).is_err() {
+                return;
+            }
+            loop {
+                let next = match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(Some(Ok(batch))) => Ok(batch),
+                    Ok(Some(Err(e))) => Err(classify(&e)),
+                    Ok(None) => break,
+                    Err(_) => Err(timed_out.clone()),
+                };
+                let stop = next.is_err();
+                // A closed channel means the caller went away: dropping the stream cancels the work.
+                if tx.send(next).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let planned = planned_rx
+            .await
+            .map_err(|_| QueryError::internal("the query task ended early"))??;
+        Ok(Started {
+            planned,
+            batches: rx,
+            planning: started.elapsed(),
+            slot,
+            permit,
+        })
+    }
+
+    /// Runs a task on the query runtime (large stacks for planning, separate from the
+    /// runtime serving the doors) and waits for it.
+    pub async fn run<F>(&self, task: F) -> Result<F::Output, QueryError>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| QueryError::internal("the query runtime has stopped"))?;
+        runtime.spawn(task).await.map_err(QueryError::internal)
+    }
+}
+
+impl Drop for QueryService {
+    /// Queries still running are cancelled; nothing waits for them, so the service can be
+    /// dropped from async code.
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
