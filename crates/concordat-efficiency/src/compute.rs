@@ -307,7 +307,6 @@ pub fn to_batch(rows: &[Row]) -> Result<RecordBatch, arrow::error::ArrowError> {
     RecordBatch::try_new(schema, columns)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,4 +474,3 @@ mod tests {
         assert_eq!(financial_year_of("2024Q5"), None);
     }
 }
-

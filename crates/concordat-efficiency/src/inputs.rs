@@ -335,4 +335,3 @@ pub async fn read_inputs(
     }
     Ok((inputs, years.into_iter().collect(), versions))
 }
-

@@ -142,7 +142,6 @@ pub fn financial_year_of(quarter: &str) -> Option<String> {
     Some(format!("{start}-{:02}", (start + 1) % 100))
 }
 
-
 /// Why a rebuild failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

@@ -146,6 +146,9 @@ fn the_rebuild_applies_terms_no_weaker_than_any_partners_own_decision() {
             }
         }
     }
-    assert!(seen >= 43, "every PCC reads the inputs as aggregates: {seen}");
+    assert!(
+        seen >= 43,
+        "every PCC reads the inputs as aggregates: {seen}"
+    );
     assert!(matched, "the rebuild's terms are some partner's own terms");
 }

@@ -105,32 +105,30 @@ impl Context {
             force_column: schema.force_column.clone(),
             rules,
         };
-        let (inner, version): (Arc<dyn TableProvider>, Option<u64>) =
-            if schema.level == DatasetLevel::Reference {
-                (reference_table().map_err(QueryError::internal)?, None)
-            } else {
-                match self.store.table(name, None).await {
-                    Ok(table) => {
-                        table
-                            .update_datafusion_session(&ctx.state())
-                            .map_err(QueryError::internal)?;
-                        let provider = table
-                            .table_provider()
-                            .await
-                            .map_err(QueryError::internal)?;
-                        (provider, table.version())
-                    }
-                    Err(StoreError::NotFound(_)) => {
-                        let empty = MemTable::try_new(
-                            Arc::new(concordat_store::arrow_schema(schema)),
-                            vec![vec![]],
-                        )
+        let (inner, version): (Arc<dyn TableProvider>, Option<u64>) = if schema.level
+            == DatasetLevel::Reference
+        {
+            (reference_table().map_err(QueryError::internal)?, None)
+        } else {
+            match self.store.table(name, None).await {
+                Ok(table) => {
+                    table
+                        .update_datafusion_session(&ctx.state())
                         .map_err(QueryError::internal)?;
-                        (Arc::new(empty), None)
-                    }
-                    Err(e) => return Err(QueryError::internal(e)),
+                    let provider = table.table_provider().await.map_err(QueryError::internal)?;
+                    (provider, table.version())
                 }
-            };
+                Err(StoreError::NotFound(_)) => {
+                    let empty = MemTable::try_new(
+                        Arc::new(concordat_store::arrow_schema(schema)),
+                        vec![vec![]],
+                    )
+                    .map_err(QueryError::internal)?;
+                    (Arc::new(empty), None)
+                }
+                Err(e) => return Err(QueryError::internal(e)),
+            }
+        };
         Ok(Some(Provided {
             table: Arc::new(PolicyTable::new(inner, view)),
             read: DatasetRead {

@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 /// Environment variables that are not settings.
@@ -172,36 +174,80 @@ pub struct ConfigError(pub String);
 impl Config {
     /// Loads a file and applies `CONCORDAT_*` overrides from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Self::load_with_env(path, std::env::vars())
+        Self::extract(
+            path,
+            Figment::new().merge(Env::prefixed("CONCORDAT_").split("__").filter(|k| {
+                !NOT_SETTINGS
+                    .iter()
+                    .any(|n| k.as_str().eq_ignore_ascii_case(&n["CONCORDAT_".len()..]))
+            })),
+        )
     }
 
-    /// Loads a file and applies overrides from the given variables.
+    /// Loads a file and applies overrides from the given variables instead of the
+    /// process environment (for tests and tools).
     pub fn load_with_env(
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        let mut value: toml::Table =
-            toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let mut vars = figment::value::Dict::new();
         for (key, raw) in env {
-            let Some(rest) = key.strip_prefix("CONCORDAT_") else {
-                continue;
-            };
             if NOT_SETTINGS.contains(&key.as_str()) {
                 continue;
             }
-            let parts: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
-            let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or(toml::Value::String(raw));
-            set_path(&mut value, &parts, parsed)
-                .map_err(|e| ConfigError(format!("environment variable {key}: {e}")))?;
+            let Some(rest) = key.strip_prefix("CONCORDAT_") else {
+                continue;
+            };
+            let value: figment::value::Value =
+                raw.parse().unwrap_or(figment::value::Value::from(raw));
+            let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            let mut nested = value;
+            for part in path.iter().rev() {
+                let mut d = figment::value::Dict::new();
+                d.insert(part.clone(), nested);
+                nested = figment::value::Value::from(d);
+            }
+            if let figment::value::Value::Dict(_, d) = nested {
+                vars = merge(vars, d);
+            }
         }
-        let mut cfg: Config = toml::Value::Table(value)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError(format!("{}: {e}", path.display())))?;
+        Self::extract(
+            path,
+            Figment::new().merge(figment::providers::Serialized::defaults(vars)),
+        )
+    }
+
+    /// The file, then the overrides, into the configuration; validated.
+    fn extract(path: &Path, overrides: Figment) -> Result<Config, ConfigError> {
+        let named = |e: figment::Error| {
+            let mut text = String::new();
+            for e in e {
+                if !text.is_empty() {
+                    text.push_str("; ");
+                }
+                let key = e.path.join(".");
+                let from = e
+                    .metadata
+                    .as_ref()
+                    .map_or(String::new(), |m| match &m.source {
+                        Some(src) => format!(" (from {src})"),
+                        None => format!(" (from {})", m.name),
+                    });
+                if key.is_empty() {
+                    text.push_str(&format!("{}{from}", e.kind));
+                } else {
+                    text.push_str(&format!("{key}: {}{from}", e.kind));
+                }
+            }
+            ConfigError(format!("{}: {text}", path.display()))
+        };
+        if !path.is_file() {
+            return Err(ConfigError(format!("{}: no such file", path.display())));
+        }
+        let mut cfg: Config = Figment::from(Toml::file_exact(path))
+            .merge(overrides)
+            .extract()
+            .map_err(named)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve(base);
         cfg.validate()
@@ -257,23 +303,17 @@ impl Config {
     }
 }
 
-fn set_path(table: &mut toml::Table, parts: &[String], value: toml::Value) -> Result<(), String> {
-    match parts {
-        [] => Err("empty setting name".into()),
-        [last] => {
-            table.insert(last.clone(), value);
-            Ok(())
-        }
-        [first, rest @ ..] => {
-            let entry = table
-                .entry(first.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            match entry {
-                toml::Value::Table(t) => set_path(t, rest, value),
-                _ => Err(format!("`{first}` is not a section")),
-            }
-        }
+/// Two dictionaries deep-merged, the second winning.
+fn merge(mut a: figment::value::Dict, b: figment::value::Dict) -> figment::value::Dict {
+    use figment::value::Value;
+    for (k, v) in b {
+        let merged = match (a.remove(&k), v) {
+            (Some(Value::Dict(_, x)), Value::Dict(_, y)) => Value::from(merge(x, y)),
+            (_, v) => v,
+        };
+        a.insert(k, merged);
     }
+    a
 }
 
 #[cfg(test)]
@@ -320,5 +360,68 @@ mod tests {
         let (_d, path) = write(&BASE.replace("dev_secret_file = \"secret\"\n", ""));
         let err = Config::load_with_env(&path, []).expect_err("hs256 without secret");
         assert!(err.to_string().contains("dev_secret_file"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_loads_and_states_every_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../concordat.example.toml");
+        let cfg = Config::load_with_env(&path, []).expect("the example loads");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let base = path.parent().expect("dir");
+        assert_eq!(cfg.listen, default_listen());
+        assert_eq!(cfg.data_dir, base.join(default_data_dir()));
+        assert_eq!(cfg.policies_dir, base.join(default_policies_dir()));
+        assert_eq!(cfg.auth.leeway_seconds, default_leeway());
+        let q = QuerySettings::default();
+        let l = Limits::default();
+        let expect = [
+            ("max_upload_bytes", l.max_upload_bytes.to_string()),
+            (
+                "concurrent_validations",
+                l.concurrent_validations.to_string(),
+            ),
+            ("validation_memory_mb", l.validation_memory_mb.to_string()),
+            (
+                "validation_timeout_seconds",
+                l.validation_timeout_seconds.to_string(),
+            ),
+            (
+                "log_retention_days",
+                StoreSettings::default().log_retention_days.to_string(),
+            ),
+            ("max_sql_bytes", q.max_sql_bytes.to_string()),
+            ("memory_mb", q.memory_mb.to_string()),
+            ("spill_mb", q.spill_mb.to_string()),
+            ("timeout_seconds", q.timeout_seconds.to_string()),
+            ("per_partner", q.per_partner.to_string()),
+            ("max_json_rows", q.max_json_rows.to_string()),
+            ("threads", q.threads.to_string()),
+            ("concurrent", q.concurrent.to_string()),
+            ("max_groups", q.max_groups.to_string()),
+            (
+                "record_key_file",
+                format!("\"{}\"", q.record_key_file.display()),
+            ),
+        ];
+        for (key, value) in expect {
+            assert!(
+                text.contains(&format!("\n{key} = {value}\n")),
+                "the example states {key} = {value}"
+            );
+        }
+        // Every key the configuration has is in the example (written or commented out).
+        let every = serde_json::to_value(&cfg).expect("json");
+        for (section, keys) in every.as_object().expect("object") {
+            let names: Vec<String> = match keys.as_object() {
+                Some(o) => o.keys().map(|k| k.to_owned()).collect(),
+                None => vec![section.clone()],
+            };
+            for k in names {
+                assert!(
+                    text.contains(&format!("\n{k} = ")) || text.contains(&format!("\n# {k} = ")),
+                    "{section}.{k} is not in the example"
+                );
+            }
+        }
     }
 }

@@ -154,7 +154,11 @@ pub async fn query(
             }
             next = run.batches.recv().await;
         }
-        m.phase("http", "execution", executing.elapsed().saturating_sub(encoding));
+        m.phase(
+            "http",
+            "execution",
+            executing.elapsed().saturating_sub(encoding),
+        );
         m.phase("http", "encoding", encoding);
         let rows_sent = encoder.rows;
         let truncated = encoder.truncated;

@@ -297,7 +297,11 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Response> {
-    let text = |h| headers.get(h).and_then(|v: &header::HeaderValue| v.to_str().ok());
+    let text = |h| {
+        headers
+            .get(h)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
     let call = UploadCall {
         caller: &caller,
         dataset: &name,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use concordat_policy::Policies;
 use concordat_efficiency::Rebuilder;
+use concordat_policy::Policies;
 use concordat_query::{QueryLimits, QueryService};
 use concordat_store::audit::AuditLog;
 use concordat_store::trail::AuditTrail;
@@ -53,9 +53,10 @@ impl AppState {
         config: Config,
         worker: Option<(PathBuf, Vec<String>)>,
     ) -> Result<Arc<AppState>, StartError> {
-        let policies = Policies::load(&config.policies_dir)
-            .map_err(|e| StartError::new("policies", e))?;
-        let verifier = Verifier::from_config(&config.auth).map_err(|e| StartError::new("auth", e))?;
+        let policies =
+            Policies::load(&config.policies_dir).map_err(|e| StartError::new("policies", e))?;
+        let verifier =
+            Verifier::from_config(&config.auth).map_err(|e| StartError::new("auth", e))?;
         let mut store_cfg = StoreConfig::new(&config.data_dir);
         store_cfg.max_upload_bytes = config.limits.max_upload_bytes;
         store_cfg.concurrent_validations = config.limits.concurrent_validations;

@@ -16,12 +16,12 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::StoreError;
 use crate::datafile::{DataFile, Sink, file_schema};
 use crate::inspect::{FileLimits, arrow_type, inspect};
 use crate::store::{Mode, PROVENANCE_KEY, Provenance, Store, UploadOutcome, UploadRequest};
 use crate::validate::RowChecker;
 use crate::violation::{Violation, Violations};
-use crate::StoreError;
 
 impl Store {
     /// Validates the staged file and, if every row passes, commits it as a new version.

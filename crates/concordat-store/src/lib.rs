@@ -18,18 +18,18 @@ pub mod datafile;
 pub mod fault;
 pub mod inspect;
 pub mod recorded;
+mod store;
 pub mod trail;
 mod uploads;
-mod store;
 pub mod validate;
 pub mod violation;
 pub mod worker;
 
-pub use inspect::{FileLimits, arrow_schema};
 pub use commit::Checked;
+pub use inspect::{FileLimits, arrow_schema};
 pub use store::{Mode, StagedFile, Store, StoreConfig, UploadOutcome, UploadRequest, VersionInfo};
-pub use violation::{Violation, Violations};
 pub use uploads::{UploadCall, Uploaded, Uploads};
+pub use violation::{Violation, Violations};
 pub use worker::Validator;
 
 use concordat_core::ErrorKind;

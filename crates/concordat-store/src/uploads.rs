@@ -144,9 +144,7 @@ impl Uploads {
                         "forbidden",
                         format!("no agreement lets {} upload {name}", partner.id),
                     ),
-                    other => {
-                        StoreError::refused(other.kind(), other.code(), other.to_string())
-                    }
+                    other => StoreError::refused(other.kind(), other.code(), other.to_string()),
                 });
             }
         };

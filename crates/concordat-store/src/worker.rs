@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::StoreError;
-use crate::inspect::FileLimits;
 use crate::commit::Checked;
+use crate::inspect::FileLimits;
 use crate::violation::{Violation, Violations};
 
 /// How uploads are validated.
