@@ -140,7 +140,7 @@ pub async fn read_inputs(
     let mut years = std::collections::BTreeSet::new();
     let key = |f: &str, y: &str| (f.to_owned(), y.to_owned());
 
-    let r = rows(&ctx, "SELECT pfa_code, financial_year, avg(population), avg(net_revenue_expenditure_gbp), avg(officers_fte), avg(recorded_crime), avg(charges_summonses) FROM force_resources GROUP BY pfa_code, financial_year").await?;
+    let r = rows(ctx, "SELECT pfa_code, financial_year, avg(population), avg(net_revenue_expenditure_gbp), avg(officers_fte), avg(recorded_crime), avg(charges_summonses) FROM force_resources GROUP BY pfa_code, financial_year").await?;
     let (f, y) = (r.text(0)?, r.text(1)?);
     let cols: Vec<Vec<Option<f64>>> = (2..7).map(|i| r.num(i)).collect::<Result<_, _>>()?;
     for i in 0..f.len() {
@@ -163,7 +163,7 @@ pub async fn read_inputs(
         .map(|i| format!("'{i}'"))
         .collect();
     let r = rows(
-        &ctx,
+        ctx,
         &format!(
             "SELECT pfa_code, quarter, indicator, avg(value) FROM force_performance WHERE indicator IN ({}) GROUP BY pfa_code, quarter, indicator",
             wanted.join(", ")
@@ -199,7 +199,7 @@ pub async fn read_inputs(
     // release an analyst's count of them would (perturbed persons at least min_count),
     // and it is weighted by the released count of cases.
     let r = rows(
-        &ctx,
+        ctx,
         &format!(
             "SELECT pfa_code, {fy} AS fy, median(CAST(completion_date AS BIGINT) - CAST(offence_date AS BIGINT)) \
              FROM court_timeliness WHERE completion_date IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
@@ -209,7 +209,7 @@ pub async fn read_inputs(
     .await?;
     let (f, y, days) = (r.text(0)?, r.text(1)?, r.num(2)?);
     let cases = released(
-        &ctx,
+        ctx,
         &format!(
             "SELECT pfa_code, {fy} AS fy, person_id, count(1) FROM court_timeliness \
              WHERE completion_date IS NOT NULL GROUP BY 1, 2, 3",
@@ -244,7 +244,7 @@ pub async fn read_inputs(
     // `count(*)` and `sum(CASE WHEN reoffended THEN 1 ELSE 0 END)` over the same persons
     // would be, so every route gives the same figure.
     let groups = released(
-        &ctx,
+        ctx,
         &format!(
             "SELECT pfa_code, {fy} AS fy, person_id, count(1), \
              sum(TRY_CAST(CASE WHEN reoffended THEN 1 ELSE 0 END AS DOUBLE)) \
@@ -275,7 +275,7 @@ pub async fn read_inputs(
 
     let names: Vec<&str> = CHARACTERISTICS.iter().map(|(n, _)| *n).collect();
     let r = rows(
-        &ctx,
+        ctx,
         &format!(
             "SELECT pfa_code, {} FROM force_context GROUP BY pfa_code",
             names
@@ -306,7 +306,7 @@ pub async fn read_inputs(
         _ => "force_context has not been uploaded".into(),
     };
     let r = rows(
-        &ctx,
+        ctx,
         "SELECT DISTINCT pfa_code, peer_pfa_code FROM most_similar_groups ORDER BY pfa_code, peer_pfa_code",
     )
     .await?;
