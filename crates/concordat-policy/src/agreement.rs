@@ -210,7 +210,7 @@ impl Agreement {
     }
 
     /// Parses and validates one agreement file against the partners and schemas.
-    pub fn parse(
+    pub(crate) fn parse(
         file: &str,
         stem: &str,
         text: &str,

@@ -8,7 +8,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 
 /// Refuses anything but a single `SELECT`-style query. Returns the reason.
-pub fn check_statement(stmt: &DfStatement) -> Result<(), String> {
+pub(crate) fn check_statement(stmt: &DfStatement) -> Result<(), String> {
     match stmt {
         DfStatement::Statement(s) => match s.as_ref() {
             Statement::Query(_) => Ok(()),
@@ -44,7 +44,7 @@ fn statement_kind(s: &Statement) -> String {
 }
 
 /// Refuses plan nodes that are not plain relational reads, in the plan and its subqueries.
-pub fn check_plan(plan: &LogicalPlan) -> Result<(), String> {
+pub(crate) fn check_plan(plan: &LogicalPlan) -> Result<(), String> {
     let mut refused: Option<String> = None;
     let walk = plan.apply_with_subqueries(|node| {
         let ok = matches!(
@@ -93,7 +93,7 @@ fn node_kind(node: &LogicalPlan) -> &'static str {
 }
 
 /// Refuses joins with no equality condition: their cost grows with the product of inputs.
-pub fn check_physical(plan: &dyn ExecutionPlan) -> Result<(), String> {
+pub(crate) fn check_physical(plan: &dyn ExecutionPlan) -> Result<(), String> {
     // A join against one row (a scalar subquery such as a total) is cheap; any other
     // join without an equality condition is refused.
     let single_row = |p: &std::sync::Arc<dyn ExecutionPlan>| {

@@ -12,13 +12,13 @@
 //! Layout: [`QueryService`] (`service.rs`) owns a request from any door, with its limits,
 //! runtime and audit event; `plan.rs` plans one query; `catalog.rs` provides the tables
 //! a caller gets, from `concordat-policy`'s one decision ([`concordat_policy::Policies::effective_read`]);
-//! [`policy_table`] enforces rows and columns beneath the plan; [`guard`] refuses what is
+//! [`policy_table`] enforces rows and columns beneath the plan; `guard` refuses what is
 //! not a read; [`sdc`] is disclosure control for aggregate-only data; [`session`] is the
 //! DataFusion session every query (and the efficiency rebuild) runs in.
 
 mod catalog;
 mod error;
-pub mod guard;
+mod guard;
 mod plan;
 pub mod policy_table;
 pub mod sdc;

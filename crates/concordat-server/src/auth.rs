@@ -59,6 +59,23 @@ pub enum AuthError {
     UnknownPartner,
 }
 
+/// Keys that could not be read or used; the message names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(pub String);
+
+impl From<String> for KeyError {
+    fn from(s: String) -> Self {
+        KeyError(s)
+    }
+}
+
+impl From<&str> for KeyError {
+    fn from(s: &str) -> Self {
+        KeyError(s.to_owned())
+    }
+}
+
 /// Verifies tokens against the configured keys.
 pub struct Verifier {
     issuer: String,
@@ -91,16 +108,16 @@ fn parse_alg(s: &str) -> Option<Algorithm> {
 
 impl Verifier {
     /// Builds a verifier from configuration, reading the key files.
-    pub fn from_config(cfg: &AuthConfig) -> Result<Verifier, String> {
+    pub fn from_config(cfg: &AuthConfig) -> Result<Verifier, KeyError> {
         let allowed: Vec<Algorithm> = cfg.algorithms.iter().filter_map(|a| parse_alg(a)).collect();
         let hs256 = match (&cfg.dev_secret_file, allowed.contains(&Algorithm::HS256)) {
             (Some(path), true) => {
                 let secret = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
                 if secret.len() < 32 {
-                    return Err(format!(
+                    return Err(KeyError(format!(
                         "{}: the development secret must be at least 32 bytes",
                         path.display()
-                    ));
+                    )));
                 }
                 Some(DecodingKey::from_secret(&secret))
             }
@@ -120,10 +137,10 @@ impl Verifier {
                     }
                     AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
                     _ => {
-                        return Err(format!(
+                        return Err(KeyError(format!(
                             "{}: key {i} is not an RSA, P-256 or Ed25519 public key",
                             path.display()
-                        ));
+                        )));
                     }
                 };
                 if !allowed.contains(&alg) {
@@ -222,7 +239,7 @@ pub struct DevSigner {
 
 impl DevSigner {
     /// The development signer of a configuration: the Ed25519 key if set, else the HS256 secret.
-    pub fn from_config(cfg: &AuthConfig) -> Result<DevSigner, String> {
+    pub fn from_config(cfg: &AuthConfig) -> Result<DevSigner, KeyError> {
         let (key, header) = if let Some(path) = &cfg.dev_signing_key {
             let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let key =
@@ -254,7 +271,7 @@ impl DevSigner {
         partner: &str,
         roles: &[Role],
         ttl: u64,
-    ) -> Result<String, String> {
+    ) -> Result<String, KeyError> {
         let now = chrono::Utc::now().timestamp().max(0) as u64;
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -266,7 +283,7 @@ impl DevSigner {
             partner: partner.to_owned(),
             roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
         };
-        jsonwebtoken::encode(&self.header, &claims, &self.key).map_err(|e| e.to_string())
+        jsonwebtoken::encode(&self.header, &claims, &self.key).map_err(|e| KeyError(e.to_string()))
     }
 }
 

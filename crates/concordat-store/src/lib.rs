@@ -13,6 +13,7 @@
 //! passes. This crate never decides who may upload: it is handed the grant.
 
 pub mod audit;
+mod check;
 mod commit;
 pub mod datafile;
 pub mod fault;
@@ -25,7 +26,7 @@ pub mod validate;
 pub mod violation;
 pub mod worker;
 
-pub use commit::Checked;
+pub use check::Checked;
 pub use inspect::{FileLimits, arrow_schema};
 pub use store::{Mode, StagedFile, Store, StoreConfig, UploadOutcome, UploadRequest, VersionInfo};
 pub use uploads::{UploadCall, Uploaded, Uploads};

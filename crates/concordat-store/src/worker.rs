@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::StoreError;
-use crate::commit::Checked;
+use crate::check::Checked;
 use crate::inspect::FileLimits;
 use crate::violation::{Violation, Violations};
 
@@ -82,7 +82,7 @@ pub fn serve_one(input: &mut dyn Read, output: &mut dyn Write) -> std::io::Resul
             rlimit::setrlimit(rlimit::Resource::DATA, req.memory_bytes, req.memory_bytes)?;
             match Schemas::builtin().get(&req.dataset) {
                 None => WorkerAnswer::Failed(format!("unknown dataset {}", req.dataset)),
-                Some(schema) => match crate::commit::check_file(
+                Some(schema) => match crate::check::check_file(
                     &req.path,
                     schema,
                     &req.scope,

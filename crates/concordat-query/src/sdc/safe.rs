@@ -73,7 +73,7 @@ fn is_temporal(t: &DataType) -> bool {
 /// Rewrites an expression over rows of `schema` so that it cannot fail, or says why it
 /// cannot be allowed. Aggregate and window function calls are left to the caller, but
 /// their arguments are rewritten.
-pub fn total(expr: Expr, schema: &DFSchema) -> Result<Expr, String> {
+pub(crate) fn total(expr: Expr, schema: &DFSchema) -> Result<Expr, String> {
     let rewritten = expr.transform_up(|e| {
         let out = match e {
             Expr::Cast(Cast { expr, field }) => Expr::TryCast(TryCast::new_from_field(expr, field)),

@@ -1,0 +1,209 @@
+//! The systems the benchmark drives: the gateway as a separate `concordat serve`
+//! process, and DuckDB through a Python worker.
+
+use super::*;
+
+pub(crate) struct Gateway {
+    pub(crate) site: Site,
+    pub(crate) server: Server,
+    pub(crate) client: reqwest::Client,
+    pub(crate) tokens: BTreeMap<String, String>,
+}
+
+impl Gateway {
+    /// Waits (up to ten minutes) until `force_efficiency` is rebuilt from the latest
+    /// version of `input`; returns how long that took.
+    pub(crate) async fn efficiency_after(&mut self, input: &str, version: u64) -> Option<f64> {
+        let token = self.token("hmicfrs", "inspector");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(600) {
+            let body: serde_json::Value = self
+                .client
+                .get(format!("{}/v1/datasets/force_efficiency", self.server.url))
+                .bearer_auth(token.clone())
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            if body["versions"][0]["sources"][input]
+                .as_u64()
+                .is_some_and(|v| v >= version)
+            {
+                return Some(started.elapsed().as_secs_f64());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    }
+
+    pub(crate) fn token(&mut self, partner: &str, role: &str) -> String {
+        let key = format!("{partner}/{role}");
+        if let Some(t) = self.tokens.get(&key) {
+            return t.clone();
+        }
+        let t = self.site.token(partner, role);
+        self.tokens.insert(key, t.clone());
+        t
+    }
+
+    pub(crate) async fn upload(
+        &mut self,
+        partner: &str,
+        dataset: &str,
+        path: &Path,
+    ) -> anyhow::Result<(u64, u64)> {
+        let token = self.token(partner, "uploader");
+        let bytes = tokio::fs::read(path).await?;
+        let resp = self
+            .client
+            .post(format!(
+                "{}/v1/datasets/{dataset}/uploads?mode=replace_periods",
+                self.server.url
+            ))
+            .bearer_auth(token)
+            .header("content-type", "application/vnd.apache.parquet")
+            .body(bytes)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("{partner} uploading {dataset}: {status} {body}");
+        }
+        Ok((
+            body["version"].as_u64().unwrap_or(0),
+            body["rows"].as_u64().unwrap_or(0),
+        ))
+    }
+
+    /// Runs one query; returns its wall time and rows.
+    pub(crate) async fn query(
+        client: &reqwest::Client,
+        url: &str,
+        token: &str,
+        purpose: &str,
+        sql: &str,
+    ) -> anyhow::Result<(Duration, usize)> {
+        let started = Instant::now();
+        let resp = client
+            .post(format!("{url}/v1/query"))
+            .bearer_auth(token)
+            .header("accept", "application/vnd.apache.arrow.stream")
+            .json(&serde_json::json!({"sql": sql, "purpose": purpose}))
+            .send()
+            .await?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        let elapsed = started.elapsed();
+        if !status.is_success() {
+            bail!("{status}: {}", String::from_utf8_lossy(&body));
+        }
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)?;
+        let mut rows = 0;
+        for b in reader {
+            rows += b?.num_rows();
+        }
+        Ok((elapsed, rows))
+    }
+}
+
+pub(crate) fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub(crate) fn decode_only(path: &Path) -> anyhow::Result<(Duration, usize)> {
+    let started = Instant::now();
+    let file = std::fs::File::open(path)?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
+        .with_batch_size(8192)
+        .build()?;
+    let mut rows = 0;
+    for b in reader {
+        rows += b?.num_rows();
+    }
+    Ok((started.elapsed(), rows))
+}
+
+/// A DuckDB process that runs one query per line and answers with its time.
+pub(crate) struct DuckDb {
+    pub(crate) child: Child,
+    pub(crate) stdin: ChildStdin,
+    pub(crate) stdout: BufReader<ChildStdout>,
+}
+
+pub(crate) const DUCKDB_WORKER: &str = r#"
+import json, sys, time
+import duckdb
+con = duckdb.connect()
+con.execute("SET threads TO 2")
+for name, path in json.loads(sys.argv[1]).items():
+    con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+print(json.dumps({"ready": duckdb.__version__}), flush=True)
+for line in sys.stdin:
+    sql = json.loads(line)["sql"]
+    t = time.perf_counter()
+    try:
+        rows = len(con.execute(sql).fetchall())
+        print(json.dumps({"ms": (time.perf_counter() - t) * 1000, "rows": rows}), flush=True)
+    except Exception as e:
+        print(json.dumps({"error": str(e)}), flush=True)
+"#;
+
+impl DuckDb {
+    pub(crate) fn start(tables: &BTreeMap<String, PathBuf>) -> Option<(DuckDb, String)> {
+        let map: BTreeMap<&String, String> = tables
+            .iter()
+            .map(|(k, v)| (k, v.display().to_string()))
+            .collect();
+        let mut child = Command::new("python3")
+            .args(["-c", DUCKDB_WORKER])
+            .arg(serde_json::to_string(&map).ok()?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let stdin = child.stdin.take()?;
+        let mut stdout = BufReader::new(child.stdout.take()?);
+        let mut line = String::new();
+        stdout.read_line(&mut line).ok()?;
+        let ready: serde_json::Value = serde_json::from_str(&line).ok()?;
+        let version = ready["ready"].as_str()?.to_owned();
+        Some((
+            DuckDb {
+                child,
+                stdin,
+                stdout,
+            },
+            version,
+        ))
+    }
+
+    pub(crate) fn run(&mut self, sql: &str) -> anyhow::Result<(Duration, usize)> {
+        writeln!(self.stdin, "{}", serde_json::json!({"sql": sql}))?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        if let Some(e) = v["error"].as_str() {
+            bail!("duckdb: {e}");
+        }
+        let ms = v["ms"].as_f64().ok_or_else(|| anyhow!("duckdb: no time"))?;
+        Ok((
+            Duration::from_secs_f64(ms / 1000.0),
+            v["rows"].as_u64().unwrap_or(0) as usize,
+        ))
+    }
+}
+
+impl Drop for DuckDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
