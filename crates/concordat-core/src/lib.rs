@@ -15,7 +15,8 @@ pub mod schema;
 pub use caller::Caller;
 pub use error::{CoreError, ErrorKind};
 pub use names::{
-    DatasetName, FinancialYear, PartnerId, PartnerKind, PfaCode, Purpose, Quarter, Role,
+    AgreementId, DatasetName, FinancialYear, PartnerId, PartnerKind, PfaCode, Purpose, Quarter,
+    Role,
 };
 pub use partners::{Partner, Partners};
 pub use reference::{Force, Reference};

@@ -102,7 +102,40 @@ string_newtype!(
     }
 );
 
+string_newtype!(
+    /// An agreement: the name of its file without `.toml`
+    /// (`probation-pcc-reoffending-mou`).
+    AgreementId,
+    "agreement id",
+    |s| {
+        if s.is_empty() || s.len() > 128 {
+            return Err("must be 1 to 128 characters");
+        }
+        if s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            Ok(())
+        } else {
+            Err("may contain only letters, digits, `-`, `_` and `.`")
+        }
+    }
+);
+
 impl Purpose {
+    /// A purpose agreements can name, or why not.
+    pub fn known(s: &str) -> Result<Purpose, CoreError> {
+        if Self::KNOWN.contains(&s) {
+            s.parse()
+        } else {
+            Err(CoreError::InvalidName {
+                what: "purpose",
+                value: s.chars().take(64).collect(),
+                reason: "not one of the purposes agreements can name",
+            })
+        }
+    }
+
     /// The purposes agreements may name.
     pub const KNOWN: [&'static str; 5] = [
         "reducing-reoffending",

@@ -115,19 +115,15 @@ fn the_rebuild_applies_terms_no_weaker_than_any_partners_own_decision() {
     let mut seen = 0;
     for partner in policies.partners().iter() {
         for dataset in RECORD_LEVEL_INPUTS {
-            let columns: Vec<&str> = Schemas::builtin()
-                .get(dataset)
-                .expect("schema")
-                .columns
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect();
+            let schema = Schemas::builtin().get(dataset).expect("schema");
+            let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
             for purpose in concordat_core::Purpose::KNOWN {
+                let typed = concordat_core::Purpose::known(purpose).expect("purpose");
                 let Ok(read) = policies.effective_read(
                     partner,
-                    dataset,
+                    &schema.name,
                     &columns,
-                    ForPurpose::One(purpose),
+                    ForPurpose::One(&typed),
                     today(),
                 ) else {
                     continue;

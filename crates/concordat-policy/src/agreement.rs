@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 use concordat_core::schema::ColumnType;
-use concordat_core::{DatasetLevel, PartnerId, PartnerKind, Partners, Purpose, Schemas};
+use concordat_core::{
+    AgreementId, DatasetLevel, PartnerId, PartnerKind, Partners, Purpose, Schemas,
+};
 use serde::{Deserialize, Serialize};
 
 /// Who an agreement speaks of: named partners, kinds of partner, or everyone.
@@ -169,7 +171,7 @@ struct AgreementFile {
 #[derive(Debug, Clone, Serialize)]
 pub struct Agreement {
     /// Identifier: the file name without `.toml`.
-    pub id: String,
+    pub id: AgreementId,
     /// Human title.
     pub title: String,
     /// The law that permits the sharing.
@@ -205,8 +207,10 @@ impl Agreement {
     }
 
     /// Whether it permits the purpose.
-    pub fn permits_purpose(&self, purpose: &str) -> bool {
-        self.purposes.iter().any(|p| p == purpose || p == "any")
+    pub fn permits_purpose(&self, purpose: &Purpose) -> bool {
+        self.purposes
+            .iter()
+            .any(|p| p == purpose.as_str() || p == "any")
     }
 
     /// Parses and validates one agreement file against the partners and schemas.
@@ -389,7 +393,9 @@ impl Agreement {
             }
         }
         Ok(Agreement {
-            id: stem.to_owned(),
+            id: stem
+                .parse()
+                .map_err(|e: concordat_core::CoreError| format!("file name: {e}"))?,
             title: raw.title,
             lawful_basis: raw.lawful_basis,
             purposes: raw.purposes,

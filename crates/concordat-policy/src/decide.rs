@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use chrono::NaiveDate;
-use concordat_core::{Partner, Partners, Reference};
+use concordat_core::{AgreementId, DatasetName, Partner, Partners, Purpose, Reference};
 use serde::Serialize;
 
 use crate::PolicyError;
@@ -78,13 +78,13 @@ pub enum RefusalReason {
     NoAgreement,
     /// The granting agreements are not in force today.
     NotInForce {
-        agreement: String,
+        agreement: AgreementId,
         valid_from: NaiveDate,
         valid_until: NaiveDate,
     },
     /// The granting agreements do not cover the declared purpose.
     PurposeNotCovered {
-        agreement: String,
+        agreement: AgreementId,
         purposes: Vec<String>,
     },
 }
@@ -117,7 +117,7 @@ impl std::fmt::Display for RefusalReason {
 #[derive(Debug, Clone)]
 pub struct UploadGrant {
     /// Agreements that grant it.
-    pub agreements: Vec<String>,
+    pub agreements: Vec<AgreementId>,
     /// Rows the partner may write: the union over the agreements.
     pub filter: ScopeFilter,
 }
@@ -126,7 +126,7 @@ pub struct UploadGrant {
 #[derive(Debug, Clone)]
 pub struct ReadGrant {
     /// The agreement.
-    pub agreement: String,
+    pub agreement: AgreementId,
     /// Its terms for the dataset.
     pub terms: DatasetRead,
     /// Rows it covers for this partner.
@@ -163,7 +163,7 @@ pub struct CombinedView {
     /// another would show a column for rows whose grant hides it.
     pub rules: Vec<(String, Option<crate::ColumnRule>)>,
     /// Agreements combined.
-    pub agreements: Vec<String>,
+    pub agreements: Vec<AgreementId>,
 }
 
 impl CombinedView {
@@ -271,9 +271,10 @@ impl Policies {
     pub fn upload_grant(
         &self,
         partner: &Partner,
-        dataset: &str,
+        dataset: &DatasetName,
         today: NaiveDate,
     ) -> Result<UploadGrant, RefusalReason> {
+        let dataset = dataset.as_str();
         let naming: Vec<&Agreement> = self
             .agreements
             .iter()
@@ -303,10 +304,11 @@ impl Policies {
     pub fn read_grants(
         &self,
         partner: &Partner,
-        dataset: &str,
-        purpose: &str,
+        dataset: &DatasetName,
+        purpose: &Purpose,
         today: NaiveDate,
     ) -> Result<Vec<ReadGrant>, RefusalReason> {
+        let dataset = dataset.as_str();
         let naming: Vec<&Agreement> = self
             .agreements
             .iter()
@@ -342,9 +344,10 @@ impl Policies {
     pub fn read_terms(
         &self,
         partner: &Partner,
-        dataset: &str,
+        dataset: &DatasetName,
         today: NaiveDate,
     ) -> Vec<(&Agreement, &DatasetRead)> {
+        let dataset = dataset.as_str();
         self.agreements
             .iter()
             .filter(|a| a.in_force(today) && a.recipients.contains(&partner.id, partner.kind))
@@ -356,7 +359,7 @@ impl Policies {
     pub fn audit_view(
         &self,
         partner: &Partner,
-        purpose: &str,
+        purpose: &Purpose,
         today: NaiveDate,
     ) -> Result<AuditView, RefusalReason> {
         let naming: Vec<&Agreement> = self

@@ -3,7 +3,7 @@
 //! door, the efficiency rebuild, extracts and `policy explain`.
 
 use chrono::NaiveDate;
-use concordat_core::{ErrorKind, Partner};
+use concordat_core::{AgreementId, DatasetName, ErrorKind, Partner, Purpose};
 
 use crate::agreement::{Access, ColumnRule, DatasetRead};
 use crate::decide::{CombinedView, Policies, ReadGrant, RefusalReason, ScopeFilter};
@@ -48,7 +48,7 @@ impl DisclosureTerms {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForPurpose<'a> {
     /// One declared purpose: what a query, extract or upload is decided under.
-    One(&'a str),
+    One(&'a Purpose),
     /// Any purpose the agreements permit: what the dataset catalogue shows, before the
     /// caller has declared one.
     Any,
@@ -71,7 +71,7 @@ pub struct EffectiveRead {
 
 impl EffectiveRead {
     /// The agreements that grant it.
-    pub fn agreements(&self) -> &[String] {
+    pub fn agreements(&self) -> &[AgreementId] {
         &self.view.agreements
     }
 
@@ -123,7 +123,7 @@ impl Policies {
     pub fn effective_read(
         &self,
         partner: &Partner,
-        dataset: &str,
+        dataset: &DatasetName,
         columns: &[&str],
         purpose: ForPurpose<'_>,
         today: NaiveDate,
@@ -141,11 +141,7 @@ impl Policies {
                     })
                     .collect();
                 if grants.is_empty() {
-                    // The same refusal a purpose would get: no agreement, or none in force.
-                    return Err(self
-                        .read_grants(partner, dataset, "", today)
-                        .err()
-                        .unwrap_or(RefusalReason::NoAgreement));
+                    return Err(self.no_read(partner, dataset));
                 }
                 grants
             }
@@ -170,6 +166,23 @@ impl Policies {
             terms,
             grants: chosen,
         })
+    }
+
+    /// Why no agreement in force lets the partner read the dataset: none names it, or
+    /// those that do are not in force.
+    fn no_read(&self, partner: &Partner, dataset: &DatasetName) -> RefusalReason {
+        let naming = self.agreements().iter().find(|a| {
+            a.read.contains_key(dataset.as_str())
+                && a.recipients.contains(&partner.id, partner.kind)
+        });
+        match naming {
+            None => RefusalReason::NoAgreement,
+            Some(a) => RefusalReason::NotInForce {
+                agreement: a.id.clone(),
+                valid_from: a.valid_from,
+                valid_until: a.valid_until,
+            },
+        }
     }
 
     /// The disclosure terms for figures derived from these record-level datasets and

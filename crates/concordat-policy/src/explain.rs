@@ -7,6 +7,7 @@ use chrono::NaiveDate;
 use crate::agreement::{Access, ColumnRule, RowScope};
 use crate::decide::{Policies, ScopeFilter};
 use crate::effective::ForPurpose;
+use concordat_core::{DatasetName, Purpose};
 
 /// The verdict and its reasons.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +72,7 @@ impl Policies {
                 ));
             }
             let Some(r) = read else { continue };
-            if !a.permits_purpose(purpose) {
+            if !Purpose::known(purpose).is_ok_and(|p| a.permits_purpose(&p)) {
                 lines.push(format!(
                     "agreement `{}`: does not apply: it permits the purposes {}, not {purpose}",
                     a.id,
@@ -126,8 +127,12 @@ impl Policies {
             .get(dataset)
             .map(|s| s.columns.iter().map(|c| c.name.as_str()).collect())
             .unwrap_or_default();
-        let decision =
-            self.effective_read(partner, dataset, &columns, ForPurpose::One(purpose), today);
+        let decision = match (dataset.parse::<DatasetName>(), Purpose::known(purpose)) {
+            (Ok(d), Ok(p)) => {
+                self.effective_read(partner, &d, &columns, ForPurpose::One(&p), today)
+            }
+            _ => Err(crate::RefusalReason::NoAgreement),
+        };
         let allowed = decision.is_ok();
         lines.push(match decision {
             Ok(read) => {
@@ -141,7 +146,7 @@ impl Policies {
                 format!(
                     "ALLOWED: {} may read {dataset} for {purpose} on {today}, {how}, under {}",
                     partner.id,
-                    read.agreements().join(", ")
+                    crate::ids(read.agreements()).join(", ")
                 )
             }
             Err(reason) => format!(

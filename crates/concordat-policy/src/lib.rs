@@ -19,6 +19,11 @@ pub use decide::{
 pub use effective::{DisclosureTerms, EffectiveRead, ForPurpose};
 pub use explain::Explanation;
 
+/// Agreement ids as text, for audit events and messages.
+pub fn ids(agreements: &[concordat_core::AgreementId]) -> Vec<String> {
+    agreements.iter().map(|a| a.as_str().to_owned()).collect()
+}
+
 /// Errors raised while loading policies.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {

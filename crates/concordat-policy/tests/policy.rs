@@ -33,12 +33,20 @@ fn scratch(agreement: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+fn ds(s: &str) -> concordat_core::DatasetName {
+    s.parse().expect("dataset")
+}
+
+fn pu(s: &str) -> concordat_core::Purpose {
+    s.parse().expect("purpose")
+}
+
 #[test]
 fn forces_upload_only_their_own_area() {
     let p = shipped();
     let kent = p.partners().get("force-kent").expect("kent");
     let grant = p
-        .upload_grant(kent, "force_performance", day("2025-06-01"))
+        .upload_grant(kent, &ds("force_performance"), day("2025-06-01"))
         .expect("granted");
     assert!(grant.filter.allows("E23000032"));
     assert!(
@@ -46,12 +54,12 @@ fn forces_upload_only_their_own_area() {
         "Kent must not write Essex rows"
     );
     assert!(
-        p.upload_grant(kent, "reoffending_cohort", day("2025-06-01"))
+        p.upload_grant(kent, &ds("reoffending_cohort"), day("2025-06-01"))
             .is_err()
     );
     let probation = p.partners().get("probation").expect("probation");
     let grant = p
-        .upload_grant(probation, "reoffending_cohort", day("2025-06-01"))
+        .upload_grant(probation, &ds("reoffending_cohort"), day("2025-06-01"))
         .expect("granted");
     assert_eq!(grant.filter, ScopeFilter::All);
 }
@@ -62,7 +70,7 @@ fn the_contract_rights_table_holds() {
     let on = day("2025-06-01");
     let read = |partner: &str, dataset: &str, purpose: &str| {
         let partner = p.partners().get(partner).expect("partner");
-        p.read_grants(partner, dataset, purpose, on)
+        p.read_grants(partner, &ds(dataset), &pu(purpose), on)
     };
     let pcc = read("pcc-kent", "reoffending_cohort", "reducing-reoffending")
         .expect("pcc reads reoffending");
@@ -125,8 +133,8 @@ fn agreements_outside_their_dates_refuse_naming_the_dates() {
     let err = p
         .read_grants(
             kent,
-            "reoffending_cohort",
-            "reducing-reoffending",
+            &ds("reoffending_cohort"),
+            &pu("reducing-reoffending"),
             day("2027-04-01"),
         )
         .expect_err("expired");
@@ -134,8 +142,8 @@ fn agreements_outside_their_dates_refuse_naming_the_dates() {
     let err = p
         .read_grants(
             kent,
-            "reoffending_cohort",
-            "reducing-reoffending",
+            &ds("reoffending_cohort"),
+            &pu("reducing-reoffending"),
             day("2024-03-31"),
         )
         .expect_err("future");
@@ -249,12 +257,12 @@ fn combined_grants_take_the_union_of_rows_and_the_strictest_column_rules() {
         round_to: 5,
     };
     let own = ReadGrant {
-        agreement: "own".into(),
+        agreement: "own".parse().expect("id"),
         terms: terms(&[], &[]),
         filter: ScopeFilter::Forces(["E23000032".to_owned()].into()),
     };
     let all = ReadGrant {
-        agreement: "all".into(),
+        agreement: "all".parse().expect("id"),
         terms: terms(&["person_id"], &["offence_date"]),
         filter: ScopeFilter::All,
     };

@@ -45,10 +45,11 @@ impl Context {
         let Some(schema) = Schemas::builtin().get(name) else {
             return Ok(None);
         };
+        let dataset = &schema.name;
         let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
         let read = match self.policies.effective_read(
             &self.caller.partner,
-            name,
+            dataset,
             &columns,
             ForPurpose::One(&self.purpose),
             self.today,
@@ -72,7 +73,7 @@ impl Context {
                 let terms = terms.unwrap_or(concordat_policy::DisclosureTerms::DEFAULT);
                 Some(sdc::Controlled {
                     dataset: name.to_owned(),
-                    agreements: read.agreements().to_vec(),
+                    agreements: concordat_policy::ids(read.agreements()),
                     min_count: terms.min_count,
                     round_to: terms.round_to,
                     person_column,
@@ -135,7 +136,7 @@ impl Context {
                 dataset: name.to_owned(),
                 version,
             },
-            agreements: read.agreements().to_vec(),
+            agreements: concordat_policy::ids(read.agreements()),
             controlled,
         }))
     }
@@ -167,7 +168,7 @@ impl Context {
                     && a.in_force(self.today)
                     && a.recipients.contains(&partner.id, partner.kind)
             })
-            .map(|a| a.id.clone())
+            .map(|a| a.id.to_string())
             .collect();
         Ok(Some(Provided {
             table,

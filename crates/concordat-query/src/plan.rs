@@ -26,7 +26,7 @@ pub(crate) struct Context {
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) policies: Arc<Policies>,
     pub(crate) caller: Caller,
-    pub(crate) purpose: String,
+    pub(crate) purpose: concordat_core::Purpose,
     pub(crate) today: chrono::NaiveDate,
     pub(crate) limits: QueryLimits,
     pub(crate) spill_dir: PathBuf,

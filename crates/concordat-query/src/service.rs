@@ -317,8 +317,8 @@ impl QueryService {
     pub async fn describe(&self, req: QueryRequest<'_>) -> Result<Described, QueryError> {
         let mut ev = self.open_event(&req, "describe");
         let described = async {
-            let (_slot, _permit) = self.admit(&req).await?;
-            let ctx = self.context(&req);
+            let (_slot, _permit, purpose) = self.admit(&req).await?;
+            let ctx = self.context(&req, purpose);
             let sql = req.sql.to_owned();
             let deadline = self.limits.timeout;
             let planned = self
@@ -356,7 +356,7 @@ impl QueryService {
     async fn admit(
         &self,
         req: &QueryRequest<'_>,
-    ) -> Result<(Slot, tokio::sync::OwnedSemaphorePermit), QueryError> {
+    ) -> Result<(Slot, tokio::sync::OwnedSemaphorePermit, Purpose), QueryError> {
         if !req.caller.has_any(&[Role::Analyst, Role::Inspector]) {
             return Err(QueryError::Refused {
                 code: "forbidden",
@@ -368,9 +368,9 @@ impl QueryService {
                 limit: self.limits.max_sql_bytes,
             });
         }
-        if !Purpose::KNOWN.contains(&req.purpose) {
-            return Err(QueryError::Purpose(req.purpose.chars().take(64).collect()));
-        }
+        // Parsed once here; typed from here on, through the policy decision.
+        let purpose = Purpose::known(req.purpose)
+            .map_err(|_| QueryError::Purpose(req.purpose.chars().take(64).collect()))?;
         let slot = self.slot(req.caller.partner.id.as_str())?;
         // Memory is bounded per query; the number of queries running at once bounds the whole.
         let permit =
@@ -391,16 +391,16 @@ impl QueryService {
                     });
                 }
             };
-        Ok((slot, permit))
+        Ok((slot, permit, purpose))
     }
 
-    fn context(&self, req: &QueryRequest<'_>) -> Context {
+    fn context(&self, req: &QueryRequest<'_>, purpose: Purpose) -> Context {
         Context {
             store: self.store.clone(),
             audit: self.audit.clone(),
             policies: self.policies.clone(),
             caller: req.caller.clone(),
-            purpose: req.purpose.to_owned(),
+            purpose,
             today: req.today,
             limits: self.limits.clone(),
             spill_dir: self.spill_dir.clone(),
@@ -429,10 +429,10 @@ impl QueryService {
 
     async fn start(&self, req: &QueryRequest<'_>) -> Result<Started, QueryError> {
         let started = std::time::Instant::now();
-        let (slot, permit) = self.admit(req).await?;
+        let (slot, permit, purpose) = self.admit(req).await?;
         let (planned_tx, planned_rx) = oneshot::channel::<Result<Planned, QueryError>>();
         let (tx, rx) = mpsc::channel(4);
-        let ctx = self.context(req);
+        let ctx = self.context(req, purpose);
         let sql = req.sql.to_owned();
         let timeout = self.limits.timeout;
         let runtime = self

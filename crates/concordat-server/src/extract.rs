@@ -100,25 +100,27 @@ fn asked(
     let format = ExtractFormat::parse(format_text)
         .ok_or_else(|| ApiError::bad_request("format must be csv, parquet, xlsx or json"))?;
     let today = state.today();
-    let columns: Vec<&str> = Schemas::builtin()
+    let schema = Schemas::builtin()
         .get(DATASET)
-        .map(|s| s.columns.iter().map(|c| c.name.as_str()).collect())
-        .unwrap_or_default();
+        .ok_or_else(|| ApiError::internal("no schema for the efficiency dataset"))?;
+    let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
     let purpose = match params.get("purpose") {
         Some(p) => p.clone(),
         None => Purpose::KNOWN
             .iter()
             .find(|p| {
-                state
-                    .policies
-                    .effective_read(
-                        &caller.partner,
-                        DATASET,
-                        &columns,
-                        ForPurpose::One(p),
-                        today,
-                    )
-                    .is_ok()
+                Purpose::known(p).is_ok_and(|p| {
+                    state
+                        .policies
+                        .effective_read(
+                            &caller.partner,
+                            &schema.name,
+                            &columns,
+                            ForPurpose::One(&p),
+                            today,
+                        )
+                        .is_ok()
+                })
             })
             .map(|p| (*p).to_owned())
             .ok_or_else(|| {

@@ -108,7 +108,7 @@ impl View<'_> {
 
 fn view<'a>(state: &AppState, caller: &Caller, schema: &'a DatasetSchema) -> Option<View<'a>> {
     let today = state.today();
-    let name = schema.name.as_str();
+    let name = &schema.name;
     let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
     let read = state
         .policies

@@ -570,9 +570,14 @@ async fn the_catalogue_the_query_service_and_the_rebuild_agree() {
                 .collect();
             assert!(!listed.is_empty(), "{partner} {name}");
             for purpose in concordat_core::Purpose::KNOWN {
-                let Ok(decided) =
-                    policies.effective_read(p, name, &columns, ForPurpose::One(purpose), today)
-                else {
+                let typed = concordat_core::Purpose::known(purpose).expect("purpose");
+                let Ok(decided) = policies.effective_read(
+                    p,
+                    &schema.name,
+                    &columns,
+                    ForPurpose::One(&typed),
+                    today,
+                ) else {
                     assert!(
                         !listed.contains(&purpose),
                         "{partner} {name} {purpose} listed but refused"

@@ -66,7 +66,8 @@ impl AuditTrail {
                 "the audit trail needs the auditor or admin role",
             ));
         }
-        let view = match self.policies.audit_view(&caller.partner, "audit", today) {
+        let audit: concordat_core::Purpose = "audit".parse().map_err(StoreError::internal)?;
+        let view = match self.policies.audit_view(&caller.partner, &audit, today) {
             Ok(v) => v,
             Err(RefusalReason::NoAgreement) => {
                 return Err(StoreError::refused(

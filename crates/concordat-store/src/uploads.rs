@@ -129,13 +129,14 @@ impl Uploads {
             )
         };
         let schema = Schemas::builtin().get(name).ok_or_else(unknown)?;
-        let grant = match self.policies.upload_grant(partner, name, today) {
+        let dataset = &schema.name;
+        let grant = match self.policies.upload_grant(partner, dataset, today) {
             Ok(g) => g,
             Err(reason) => {
                 let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
                 let visible = self
                     .policies
-                    .effective_read(partner, name, &columns, ForPurpose::Any, today)
+                    .effective_read(partner, dataset, &columns, ForPurpose::Any, today)
                     .is_ok();
                 return Err(match reason {
                     _ if !visible => unknown(),
@@ -148,7 +149,8 @@ impl Uploads {
                 });
             }
         };
-        ev.event().agreements = grant.agreements.clone();
+        let agreements = concordat_policy::ids(&grant.agreements);
+        ev.event().agreements = agreements.clone();
         if !call.caller.has_any(&[Role::Uploader]) {
             return Err(StoreError::refused(
                 ErrorKind::Forbidden,
@@ -183,7 +185,7 @@ impl Uploads {
                 mode,
                 partner: partner.id.to_string(),
                 subject: call.caller.subject.clone(),
-                agreements: grant.agreements,
+                agreements,
                 scope: grant.filter,
                 file,
             })
