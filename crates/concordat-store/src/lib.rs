@@ -10,7 +10,16 @@
 //! uploader's row scope in a limited worker that also writes the data files to commit
 //! ([`datafile`]), and only then committed: the server moves those files into the table
 //! and commits the log entry that adds them. Nothing is committed unless every row
-//! passes. This crate never decides who may upload: it is handed the grant.
+//! passes.
+//!
+//! Layout: [`Store`] (`store.rs`: tables, versions, staging, compaction), `check.rs`
+//! (decode and validate one file; runs in the worker), `commit.rs` (move the worker's
+//! files in and commit), [`worker`] (the sandboxed child process), [`Uploads`] (the
+//! upload service every door calls: it asks `concordat-policy` for the grant, checks the
+//! role and format, and records the request's one audit event), [`audit`] (the hash-
+//! chained log), [`recorded`] (one event per request) and [`trail`] (reading the log as
+//! the caller's audit agreements allow). The store itself never decides who may upload:
+//! the upload service hands it the grant.
 
 pub mod audit;
 mod check;
