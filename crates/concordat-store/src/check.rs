@@ -13,7 +13,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
-use crate::datafile::{DataFile, Sink, file_schema};
+use crate::datafile::{DataFile, Sink, file_schema, plain_columns};
 use crate::inspect::{FileLimits, arrow_type, inspect};
 use crate::validate::RowChecker;
 use crate::violation::{Violation, Violations};
@@ -85,7 +85,7 @@ fn decode_validate_write(
     // Encoding runs on a thread of its own while the next batch is decoded and checked,
     // so both cores work; the channel holds at most two batches.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ArrayRef>>(2);
-    let mut sink = Sink::new(out, file_schema(schema));
+    let mut sink = Sink::new(out, file_schema(schema), plain_columns(schema));
     let writer = std::thread::Builder::new()
         .name("concordat-encode".into())
         .stack_size(1 << 20)

@@ -348,7 +348,9 @@ impl Store {
             // Bounded memory: Delta's writer holds a data file and a row group in memory
             // until it flushes them, so both are kept small whatever the upload's size.
             .with_target_file_size(std::num::NonZeroU64::new(32 << 20))
-            .with_writer_properties(crate::datafile::writer_properties())
+            .with_writer_properties(crate::datafile::writer_properties(
+                &crate::datafile::plain_columns(schema),
+            ))
             .with_configuration(self.table_configuration())
             .with_save_mode(SaveMode::Overwrite)
             .with_replace_where(replace_predicate(schema, periods, &req.scope));

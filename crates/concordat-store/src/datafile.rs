@@ -38,13 +38,32 @@ const TARGET_FILE_BYTES: usize = 32 << 20;
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// The writer settings of every stored data file.
-pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+/// Pseudonym columns (`plain`) are nearly all distinct: a dictionary would only cost
+/// hashing every value to fall back to plain encoding, and their minimum and maximum
+/// prune nothing, so they get neither.
+pub fn writer_properties(plain: &[String]) -> WriterProperties {
+    let mut b = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Chunk)
-        .set_created_by("concordat".into())
-        .build()
+        .set_created_by("concordat".into());
+    for c in plain {
+        let path = parquet::schema::types::ColumnPath::from(c.as_str());
+        b = b
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_statistics_enabled(path, EnabledStatistics::None);
+    }
+    b.build()
+}
+
+/// The columns written without dictionary or statistics: the pseudonyms.
+pub fn plain_columns(schema: &concordat_core::DatasetSchema) -> Vec<String> {
+    schema
+        .columns
+        .iter()
+        .filter(|c| c.pseudonym)
+        .map(|c| c.name.clone())
+        .collect()
 }
 
 /// Per-column statistics of the file being written.
@@ -134,6 +153,9 @@ impl ColumnStats {
 pub struct Sink {
     dir: PathBuf,
     schema: SchemaRef,
+    plain: Vec<String>,
+    /// Per column, whether its minimum and maximum are kept.
+    ranged: Vec<bool>,
     current: Option<(ArrowWriter<File>, String)>,
     rows: u64,
     stats: Vec<ColumnStats>,
@@ -145,10 +167,18 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl Sink {
-    /// A sink writing files of `schema` into `dir` (which must exist).
-    pub fn new(dir: &Path, schema: SchemaRef) -> Sink {
+    /// A sink writing files of `schema` into `dir` (which must exist); the `plain`
+    /// columns get no dictionary and no minimum or maximum.
+    pub fn new(dir: &Path, schema: SchemaRef, plain: Vec<String>) -> Sink {
+        let ranged = schema
+            .fields()
+            .iter()
+            .map(|f| !plain.contains(f.name()))
+            .collect();
         Sink {
             dir: dir.to_path_buf(),
+            plain,
+            ranged,
             stats: Vec::new(),
             schema,
             current: None,
@@ -163,16 +193,21 @@ impl Sink {
         if self.current.is_none() {
             let name = format!("part-{:05}.parquet", self.done.len());
             let file = File::create(self.dir.join(&name)).map_err(io)?;
-            let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(writer_properties()))
-                .map_err(io)?;
+            let props = writer_properties(&self.plain);
+            let writer =
+                ArrowWriter::try_new(file, self.schema.clone(), Some(props)).map_err(io)?;
             self.current = Some((writer, name));
             self.rows = 0;
             self.stats = (0..self.schema.fields().len())
                 .map(|_| ColumnStats::default())
                 .collect();
         }
-        for (s, c) in self.stats.iter_mut().zip(batch.columns()) {
-            s.update(c);
+        for ((s, c), ranged) in self.stats.iter_mut().zip(batch.columns()).zip(&self.ranged) {
+            if *ranged {
+                s.update(c);
+            } else {
+                s.nulls += c.null_count() as u64;
+            }
         }
         self.rows += batch.num_rows() as u64;
         let full = match &mut self.current {
@@ -254,7 +289,7 @@ mod tests {
             Field::new("k", DataType::Utf8, true),
             Field::new("n", DataType::Int32, true),
         ]));
-        let mut sink = Sink::new(dir.path(), schema);
+        let mut sink = Sink::new(dir.path(), schema, Vec::new());
         sink.write(vec![
             Arc::new(StringArray::from(vec![Some("b"), None])),
             Arc::new(Int32Array::from(vec![5, 2])),

@@ -5,7 +5,6 @@
 //! rows that break a rule are gathered from its mask.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Scalar, StringArray};
 use arrow::compute::kernels::cmp;
@@ -104,11 +103,22 @@ fn scalar(v: f64) -> Scalar<Float64Array> {
 /// A test of one text value.
 type TextTest = fn(&str) -> bool;
 
-/// A mask from a test of each distinct text value of a batch (each tested once).
+/// A mask from a test of each distinct text value of a batch (each tested once). Runs of
+/// one value (as decoded from a dictionary or a sorted column) are not even looked up.
 fn text_mask(s: &StringArray, test: impl Fn(&str) -> bool) -> BooleanArray {
-    let mut memo: HashMap<&str, bool> = HashMap::new();
+    let mut memo: HashMap<&str, bool, foldhash::fast::RandomState> = HashMap::default();
+    let mut last: Option<(&str, bool)> = None;
     s.iter()
-        .map(|v| v.map(|v| *memo.entry(v).or_insert_with(|| test(v))))
+        .map(|v| {
+            v.map(|v| match last {
+                Some((l, r)) if l == v => r,
+                _ => {
+                    let r = *memo.entry(v).or_insert_with(|| test(v));
+                    last = Some((v, r));
+                    r
+                }
+            })
+        })
         .collect()
 }
 
@@ -136,7 +146,8 @@ pub struct RowChecker<'a> {
     reference: &'static Reference,
     pfa_region: HashMap<String, String>,
     rules: Vec<(&'a Rule, Vec<Cond>)>,
-    unique: HashMap<String, HashSet<u128>>,
+    unique: HashMap<String, HashSet<u128, foldhash::fast::RandomState>>,
+    seeds: (foldhash::quality::FixedState, foldhash::quality::FixedState),
     period_col: Option<usize>,
     force_col: Option<usize>,
     /// Data rows seen so far.
@@ -191,6 +202,10 @@ impl<'a> RowChecker<'a> {
                 .collect(),
             rules,
             unique: HashMap::new(),
+            seeds: (
+                foldhash::quality::FixedState::with_seed(rand_seed(1)),
+                foldhash::quality::FixedState::with_seed(rand_seed(2)),
+            ),
             period_col: schema
                 .period_column
                 .as_deref()
@@ -502,7 +517,7 @@ impl<'a> RowChecker<'a> {
                 let keys = converter.convert_columns(&arrays)?;
                 let seen = self.unique.entry(name.clone()).or_default();
                 let mask: BooleanArray = (0..keys.num_rows())
-                    .map(|r| Some(!seen.insert(row_key(keys.row(r).as_ref()))))
+                    .map(|r| Some(!seen.insert(row_key(&self.seeds, keys.row(r).as_ref()))))
                     .collect();
                 bad.push((columns.last().cloned().unwrap_or_default(), mask));
             }
@@ -514,12 +529,19 @@ impl<'a> RowChecker<'a> {
     }
 }
 
-/// A 128-bit hash of a row's encoded values.
-fn row_key(bytes: &[u8]) -> u128 {
-    let mut h1 = std::collections::hash_map::DefaultHasher::new();
-    let mut h2 = std::collections::hash_map::DefaultHasher::new();
-    0xC0C0_u16.hash(&mut h2);
-    bytes.hash(&mut h1);
-    bytes.hash(&mut h2);
-    (u128::from(h1.finish()) << 64) | u128::from(h2.finish())
+/// A 128-bit hash of a row's encoded values, under two seeds drawn per process (a
+/// collision could only refuse a valid file, never let a duplicate through, and at 128
+/// bits it does not happen).
+fn row_key(
+    seeds: &(foldhash::quality::FixedState, foldhash::quality::FixedState),
+    bytes: &[u8],
+) -> u128 {
+    use std::hash::BuildHasher;
+    (u128::from(seeds.0.hash_one(bytes)) << 64) | u128::from(seeds.1.hash_one(bytes))
+}
+
+/// A seed for the row-key hashers, different in every process.
+fn rand_seed(salt: u64) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(salt)
 }
