@@ -3,6 +3,7 @@
 mod client;
 mod demo;
 mod shipped;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -203,6 +204,44 @@ enum TokenCommand {
         #[arg(long)]
         subject: Option<String>,
     },
+    /// Create a personal access token (`cct_...`), printed once and kept only as a hash.
+    Create {
+        /// Configuration of the gateway (its data directory holds the register).
+        #[arg(long)]
+        config: PathBuf,
+        /// Partner id (from partners.toml).
+        #[arg(long)]
+        partner: String,
+        /// Role; repeat or separate with commas.
+        #[arg(long = "role", value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Purpose the token may declare; repeat for several (default: any).
+        #[arg(long = "purpose")]
+        purposes: Vec<String>,
+        /// Days until it expires (1 to 366).
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// A name for lists.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List personal access tokens (never their secrets).
+    List {
+        /// Configuration of the gateway.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this partner's.
+        #[arg(long)]
+        partner: Option<String>,
+    },
+    /// Revoke a personal access token by id.
+    Revoke {
+        /// Configuration of the gateway.
+        #[arg(long)]
+        config: PathBuf,
+        /// The token's id (from `token list`).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -332,38 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("done in {:.1}s", started.elapsed().as_secs_f64());
             Ok(())
         }
-        Command::Token {
-            command:
-                TokenCommand::Issue {
-                    config,
-                    partner,
-                    roles,
-                    ttl,
-                    subject,
-                },
-        } => {
-            let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
-            let policies = Policies::load(&cfg.policies_dir).map_err(|e| anyhow!("{e}"))?;
-            if policies.partners().get(&partner).is_none() {
-                bail!(
-                    "unknown partner `{partner}` (see {}/partners.toml)",
-                    cfg.policies_dir.display()
-                );
-            }
-            let roles: Vec<Role> = roles
-                .iter()
-                .map(|r| r.parse::<Role>())
-                .collect::<Result<_, _>>()?;
-            let signer = DevSigner::from_config(&cfg.auth).map_err(|e| anyhow!(e))?;
-            let subject = subject.unwrap_or_else(|| format!("dev@{partner}"));
-            println!(
-                "{}",
-                signer
-                    .issue(&subject, &partner, &roles, ttl)
-                    .map_err(|e| anyhow!(e))?
-            );
-            Ok(())
-        }
+        Command::Token { command } => tokens::run(command),
         Command::Upload {
             url,
             token,
@@ -536,4 +544,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `concordat token issue`: a development JWT.
+fn issue(command: TokenCommand) -> anyhow::Result<()> {
+    let TokenCommand::Issue {
+        config,
+        partner,
+        roles,
+        ttl,
+        subject,
+    } = command
+    else {
+        bail!("not a token issue command");
+    };
+    let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
+    let policies = Policies::load(&cfg.policies_dir).map_err(|e| anyhow!("{e}"))?;
+    if policies.partners().get(&partner).is_none() {
+        bail!(
+            "unknown partner `{partner}` (see {}/partners.toml)",
+            cfg.policies_dir.display()
+        );
+    }
+    let roles: Vec<Role> = roles
+        .iter()
+        .map(|r| r.parse::<Role>())
+        .collect::<Result<_, _>>()?;
+    let signer = DevSigner::from_config(&cfg.auth).map_err(|e| anyhow!(e))?;
+    let subject = subject.unwrap_or_else(|| format!("dev@{partner}"));
+    println!(
+        "{}",
+        signer
+            .issue(&subject, &partner, &roles, ttl)
+            .map_err(|e| anyhow!(e))?
+    );
+    Ok(())
 }

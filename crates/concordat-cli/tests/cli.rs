@@ -139,3 +139,70 @@ fn token_issue_signs_for_known_partners_only() {
     ]);
     assert!(!o.status.success());
 }
+
+#[test]
+fn personal_access_tokens_are_created_listed_and_revoked_and_kept_only_as_hashes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("keys");
+    std::fs::write(keys.join("secret"), "0123456789abcdef0123456789abcdef").expect("secret");
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, format!("policies_dir = \"{}\"\n[auth]\nissuer = \"i\"\naudience = \"a\"\nalgorithms = [\"HS256\"]\ndev_secret_file = \"keys/secret\"\n", policies.display())).expect("cfg");
+    let cfg = cfg.to_str().expect("utf8");
+    let o = concordat(&[
+        "token",
+        "create",
+        "--config",
+        cfg,
+        "--partner",
+        "pcc-kent",
+        "--role",
+        "analyst",
+        "--purpose",
+        "performance-scrutiny",
+        "--days",
+        "30",
+        "--name",
+        "power bi",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let token = text(&o.stdout).trim().to_owned();
+    assert!(token.starts_with("cct_"), "{token}");
+    let secret = token.rsplit('_').next().expect("secret").to_owned();
+    let id = token.split('_').nth(1).expect("id").to_owned();
+    let register =
+        std::fs::read_to_string(dir.path().join("data/tokens/tokens.log")).expect("register");
+    assert!(
+        register.contains(&id) && !register.contains(&secret),
+        "only the hash is kept"
+    );
+    let o = concordat(&["token", "list", "--config", cfg, "--partner", "pcc-kent"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains(&id) && text(&o.stdout).contains("performance-scrutiny"));
+    let o = concordat(&["token", "list", "--config", cfg, "--partner", "pcc-essex"]);
+    assert!(!text(&o.stdout).contains(&id));
+    for (args, why) in [
+        (vec!["--purpose", "curiosity"], "unknown purpose"),
+        (vec!["--days", "400"], "days"),
+    ] {
+        let mut all = vec![
+            "token",
+            "create",
+            "--config",
+            cfg,
+            "--partner",
+            "pcc-kent",
+            "--role",
+            "analyst",
+        ];
+        all.extend(args);
+        let o = concordat(&all);
+        assert!(!o.status.success(), "{why}");
+    }
+    let o = concordat(&["token", "revoke", "--config", cfg, &id]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("REVOKED"));
+    let o = concordat(&["token", "revoke", "--config", cfg, &id]);
+    assert!(!o.status.success(), "revoked twice");
+}

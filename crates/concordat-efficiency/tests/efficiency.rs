@@ -81,6 +81,7 @@ async fn reoffending_equals_what_an_analyst_is_released() {
         subject: "analyst@kent".into(),
         partner: policies.partners().get("pcc-kent").expect("kent").clone(),
         roles: vec![Role::Analyst],
+        purposes: Vec::new(),
     };
     let run = service
         .query(QueryRequest {

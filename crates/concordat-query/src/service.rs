@@ -371,6 +371,12 @@ impl QueryService {
         // Parsed once here; typed from here on, through the policy decision.
         let purpose = Purpose::known(req.purpose)
             .map_err(|_| QueryError::Purpose(req.purpose.chars().take(64).collect()))?;
+        if !req.caller.may_declare(&purpose) {
+            return Err(QueryError::Refused {
+                code: "purpose_not_permitted",
+                message: format!("this credential may not be used for {purpose}"),
+            });
+        }
         let slot = self.slot(req.caller.partner.id.as_str())?;
         // Memory is bounded per query; the number of queries running at once bounds the whole.
         let permit =

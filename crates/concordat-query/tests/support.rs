@@ -142,6 +142,7 @@ impl World {
                 .expect("partner")
                 .clone(),
             roles: vec![Role::Analyst, Role::Inspector],
+            purposes: Vec::new(),
         }
     }
 

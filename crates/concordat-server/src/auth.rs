@@ -59,6 +59,24 @@ pub enum AuthError {
     UnknownPartner,
 }
 
+/// A personal access token as a caller: its partner from `partners.toml` (a token
+/// naming a partner that no longer exists is refused), its roles and purposes.
+pub fn token_caller(
+    token: &concordat_store::tokens::TokenInfo,
+    partners: &Partners,
+) -> Result<Caller, AuthError> {
+    let partner = partners
+        .get(token.partner.as_str())
+        .ok_or(AuthError::UnknownPartner)?
+        .clone();
+    Ok(Caller {
+        subject: format!("{} (token {})", token.created_by, token.id),
+        partner,
+        roles: token.roles.clone(),
+        purposes: token.purposes.clone(),
+    })
+}
+
 /// Keys that could not be read or used; the message names the file.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -225,6 +243,7 @@ impl Verifier {
             subject: claims.sub,
             partner,
             roles,
+            purposes: Vec::new(),
         })
     }
 }

@@ -40,6 +40,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/datasets/{name}/uploads", post(routes::upload))
         .route("/v1/query", post(query::query))
         .route("/v1/audit", get(routes::audit))
+        .route(
+            "/v1/tokens",
+            get(routes::token_list).post(routes::token_create),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            axum::routing::delete(routes::token_revoke),
+        )
         .route("/v1/extracts/efficiency", get(extract::efficiency))
         .fallback(routes::not_found)
         .layer(middleware::from_fn(

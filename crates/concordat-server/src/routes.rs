@@ -367,6 +367,58 @@ pub async fn audit(
     Ok(Json(json!({"events": events, "next_after": next})))
 }
 
+/// `POST /v1/tokens`: a personal access token for the caller's own partner, within the
+/// caller's roles (and purposes); the token is shown once.
+pub async fn token_create(
+    State(state): State<Arc<AppState>>,
+    Authed(caller): Authed,
+    body: axum::body::Bytes,
+) -> AppResult<Response> {
+    let mint: concordat_store::tokens::Mint = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            let shown = e.to_string().chars().take(200).collect::<String>();
+            let err = StoreError::refused(
+                concordat_core::ErrorKind::InvalidInput,
+                "bad_request",
+                format!("the body must be JSON {{name, roles, purposes, days}}: {shown}"),
+            );
+            let ev = concordat_store::recorded::Pending::new(
+                state.audit.clone(),
+                &caller,
+                "token_create",
+                "http",
+            );
+            ev.refused(err.kind(), err.code()).await?;
+            return Err(err.into());
+        }
+    };
+    let (token, info) = state.tokens.mint(&caller, mint, "http").await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": info.id, "token": token, "expires": info.expires, "roles": info.roles, "purposes": info.purposes, "name": info.name})),
+    )
+        .into_response())
+}
+
+/// `GET /v1/tokens`: the caller's partner's tokens (never their secrets).
+pub async fn token_list(
+    State(state): State<Arc<AppState>>,
+    Authed(caller): Authed,
+) -> AppResult<Json<Value>> {
+    Ok(Json(json!({"tokens": state.tokens.list(&caller)?})))
+}
+
+/// `DELETE /v1/tokens/{id}`: revokes one of the caller's partner's tokens.
+pub async fn token_revoke(
+    State(state): State<Arc<AppState>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> AppResult<Json<Value>> {
+    let t = state.tokens.revoke(&caller, &id, "http").await?;
+    Ok(Json(json!(t)))
+}
+
 /// Any other path.
 pub async fn not_found() -> ApiError {
     ApiError::new(

@@ -9,6 +9,7 @@ use concordat_efficiency::Rebuilder;
 use concordat_policy::Policies;
 use concordat_query::{QueryLimits, QueryService};
 use concordat_store::audit::AuditLog;
+use concordat_store::tokens::{TokenService, Tokens};
 use concordat_store::trail::AuditTrail;
 use concordat_store::{Store, StoreConfig, Uploads};
 
@@ -34,6 +35,8 @@ pub struct AppState {
     pub uploads: Uploads,
     /// Reading the audit trail, from every door.
     pub trail: AuditTrail,
+    /// Personal access tokens.
+    pub tokens: TokenService,
     /// Token verification.
     pub verifier: Verifier,
     /// Counters and histograms.
@@ -101,6 +104,7 @@ impl AppState {
         Ok(Arc::new(AppState {
             uploads: Uploads::new(store.clone(), policies.clone(), audit.clone()),
             trail: AuditTrail::new(policies.clone(), audit.clone()),
+            tokens: TokenService::new(Arc::new(Tokens::open(&config.data_dir)), audit.clone()),
             config,
             policies,
             store,
@@ -159,11 +163,17 @@ impl FromRequestParts<Arc<AppState>> for Authed {
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or(AuthError::Missing)?;
-        Ok(Authed(
-            state
-                .verifier
-                .verify(token.trim(), state.policies.partners())?,
-        ))
+        let token = token.trim();
+        let partners = state.policies.partners();
+        if token.starts_with(concordat_store::tokens::PREFIX) {
+            let found = state
+                .tokens
+                .tokens()
+                .verify(token)
+                .ok_or(AuthError::Invalid("unknown, expired or revoked token"))?;
+            return Ok(Authed(crate::auth::token_caller(&found, partners)?));
+        }
+        Ok(Authed(state.verifier.verify(token, partners)?))
     }
 }
 

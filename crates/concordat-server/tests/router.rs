@@ -644,3 +644,147 @@ async fn the_catalogue_the_query_service_and_the_rebuild_agree() {
         "{records} record, {aggregates} aggregate"
     );
 }
+
+/// Personal access tokens: minted within the creator's roles, scoped to purposes,
+/// usable in place of a JWT, revocable by their own partner only, each change audited.
+#[tokio::test]
+async fn personal_access_tokens_carry_their_scope_and_stop_when_revoked() {
+    let s = site();
+    let kent = s.token("pcc-kent", &[Role::Analyst]);
+    let essex = s.token("pcc-essex", &[Role::Analyst]);
+    let mint = |token: &str, body: Value| {
+        Request::post("/v1/tokens")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request")
+    };
+    let (a, ev) = s
+        .audited(mint(
+            &kent,
+            json!({"name": "power bi", "roles": ["analyst"], "purposes": ["performance-scrutiny"], "days": 30}),
+        ))
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    one(&ev, "token_create", "ok", None);
+    let pat = a.json()["token"].as_str().expect("token").to_owned();
+    let id = a.json()["id"].as_str().expect("id").to_owned();
+    assert!(pat.starts_with("cct_"));
+
+    // Within its scope it answers like the JWT, and the event names the token.
+    let (a, ev) = s
+        .audited(s.query(
+            &pat,
+            "SELECT count(*) AS n FROM force_performance",
+            "performance-scrutiny",
+        ))
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    one(&ev, "query", "ok", None);
+    assert!(
+        ev[0]
+            .body
+            .subject
+            .as_deref()
+            .is_some_and(|s| s.contains(&id))
+    );
+    assert_eq!(ev[0].body.partner.as_deref(), Some("pcc-kent"));
+    // A purpose Kent's agreements permit but the token does not: refused.
+    let (a, ev) = s
+        .audited(s.query(
+            &pat,
+            "SELECT count(*) FROM reoffending_cohort",
+            "reducing-reoffending",
+        ))
+        .await;
+    assert_eq!(
+        (a.status.as_u16(), a.code().as_str()),
+        (403, "purpose_not_permitted")
+    );
+    one(&ev, "query", "refused", Some("purpose_not_permitted"));
+    // Not more than its creator: a role the creator lacks, or (from the token) a purpose
+    // the token lacks.
+    let (a, ev) = s
+        .audited(mint(&kent, json!({"name": "x", "roles": ["uploader"]})))
+        .await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (403, "forbidden"));
+    one(&ev, "token_create", "refused", Some("forbidden"));
+    let (a, _) = s
+        .audited(mint(
+            &pat,
+            json!({"name": "x", "roles": ["analyst"], "purposes": ["reducing-reoffending"]}),
+        ))
+        .await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (403, "forbidden"));
+
+    // Listed for its partner only, never with its secret.
+    let listed = s.send(s.get("/v1/tokens", Some(&kent))).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&listed.body).to_string();
+    assert!(text.contains(&id) && !text.contains(pat.rsplit('_').next().expect("secret")));
+    assert!(!text.contains("sha256"));
+    let theirs = s.send(s.get("/v1/tokens", Some(&essex))).await;
+    assert!(!String::from_utf8_lossy(&theirs.body).contains(&id));
+
+    // Revoked by Essex: not found (the same as a token that does not exist); by Kent: gone.
+    let revoke = |token: &str| {
+        Request::delete(format!("/v1/tokens/{id}"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request")
+    };
+    let (a, ev) = s.audited(revoke(&essex)).await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (404, "not_found"));
+    one(&ev, "token_revoke", "refused", Some("not_found"));
+    let (a, ev) = s.audited(revoke(&kent)).await;
+    assert_eq!(a.status, StatusCode::OK);
+    one(&ev, "token_revoke", "ok", None);
+    let (a, ev) = s
+        .audited(s.query(&pat, "SELECT 1", "performance-scrutiny"))
+        .await;
+    assert_eq!(
+        (a.status.as_u16(), a.code().as_str()),
+        (401, "unauthorized")
+    );
+    assert!(ev.is_empty());
+    let (a, _) = s
+        .audited(s.query("cct_000000000000_00", "SELECT 1", "performance-scrutiny"))
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+
+    // A token the CLI writes to the register works at once, without a restart.
+    let register = concordat_store::tokens::Tokens::open(&s.state.config.data_dir);
+    let (cli_token, _) = register
+        .create(concordat_store::tokens::NewToken {
+            name: "odbc".into(),
+            partner: "force-kent".parse().expect("partner"),
+            created_by: "cli".into(),
+            roles: vec![Role::Analyst],
+            purposes: Vec::new(),
+            days: 1,
+        })
+        .expect("create");
+    let a = s
+        .send(s.query(
+            &cli_token,
+            "SELECT count(*) FROM force_performance",
+            "performance-scrutiny",
+        ))
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+}

@@ -29,6 +29,7 @@ pub mod fault;
 pub mod inspect;
 pub mod recorded;
 mod store;
+pub mod tokens;
 pub mod trail;
 mod uploads;
 pub mod validate;

@@ -67,6 +67,13 @@ impl AuditTrail {
             ));
         }
         let audit: concordat_core::Purpose = "audit".parse().map_err(StoreError::internal)?;
+        if !caller.may_declare(&audit) {
+            return Err(StoreError::refused(
+                ErrorKind::Forbidden,
+                "purpose_not_permitted",
+                "this credential may not be used for audit",
+            ));
+        }
         let view = match self.policies.audit_view(&caller.partner, &audit, today) {
             Ok(v) => v,
             Err(RefusalReason::NoAgreement) => {
