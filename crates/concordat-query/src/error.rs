@@ -30,8 +30,10 @@ pub enum QueryError {
     /// The SQL text is too long.
     #[error("the SQL text is longer than {limit} bytes")]
     SqlTooLarge { limit: usize },
-    /// The partner already runs as many queries as allowed.
-    #[error("your organisation already has {limit} queries running; retry when one finishes")]
+    /// The partner already runs as many queries as allowed, and as many wait.
+    #[error(
+        "your organisation already has {limit} queries running and as many waiting as may wait; retry in a moment"
+    )]
     Busy { limit: usize },
     /// Over the time limit; the work was cancelled.
     #[error("the query ran longer than {seconds} seconds and was cancelled")]

@@ -44,8 +44,10 @@ pub struct QueryLimits {
     pub spill_bytes: u64,
     /// Wall-clock limit, planning included.
     pub timeout: Duration,
-    /// Queries one partner may run at once; more get 429.
+    /// Queries one partner may run at once; more wait their turn.
     pub per_partner: usize,
+    /// Queries of one partner that may wait for a turn; beyond them, 429 (retry).
+    pub queue: usize,
     /// Worker threads of the query runtime.
     pub threads: usize,
     /// Queries running at once across all partners; others wait (within their timeout).
@@ -62,6 +64,7 @@ impl Default for QueryLimits {
             spill_bytes: 4 << 30,
             timeout: Duration::from_secs(60),
             per_partner: 4,
+            queue: 64,
             threads: 2,
             concurrent: 4,
             max_groups: 100_000,

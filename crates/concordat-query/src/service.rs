@@ -142,23 +142,14 @@ struct Started {
     permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-/// Counts a partner's running queries; released on drop.
-struct Slot {
-    active: Arc<Mutex<HashMap<String, usize>>>,
-    partner: String,
+/// One partner's share: its queries running (permits) and waiting for one.
+struct Gate {
+    permits: Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut active = self
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = active.get_mut(&self.partner) {
-            *n = n.saturating_sub(1);
-        }
-    }
-}
+/// A partner's place among its running queries; released on drop.
+type Slot = tokio::sync::OwnedSemaphorePermit;
 
 /// Runs policy-enforced queries.
 pub struct QueryService {
@@ -167,7 +158,7 @@ pub struct QueryService {
     policies: Arc<Policies>,
     limits: QueryLimits,
     runtime: Option<tokio::runtime::Runtime>,
-    active: Arc<Mutex<HashMap<String, usize>>>,
+    gates: Mutex<HashMap<String, Arc<Gate>>>,
     running: Arc<tokio::sync::Semaphore>,
     spill_dir: PathBuf,
     record_key: Arc<sdc::cellkey::RecordKey>,
@@ -214,7 +205,7 @@ impl QueryService {
             policies,
             limits,
             runtime: Some(runtime),
-            active: Arc::new(Mutex::new(HashMap::new())),
+            gates: Mutex::new(HashMap::new()),
             spill_dir,
         })
     }
@@ -317,7 +308,8 @@ impl QueryService {
     pub async fn describe(&self, req: QueryRequest<'_>) -> Result<Described, QueryError> {
         let mut ev = self.open_event(&req, "describe");
         let described = async {
-            let (_slot, _permit, purpose) = self.admit(&req).await?;
+            let deadline = tokio::time::Instant::now() + self.limits.timeout;
+            let (_slot, _permit, purpose) = self.admit(&req, deadline).await?;
             let ctx = self.context(&req, purpose);
             let sql = req.sql.to_owned();
             let deadline = self.limits.timeout;
@@ -352,10 +344,12 @@ impl QueryService {
     }
 
     /// Checks what needs no planning (role, size, purpose) and takes the caller's slot
-    /// and a place among the queries running.
+    /// and a place among the queries running, waiting for both (in arrival order) until
+    /// the deadline.
     async fn admit(
         &self,
         req: &QueryRequest<'_>,
+        deadline: tokio::time::Instant,
     ) -> Result<(Slot, tokio::sync::OwnedSemaphorePermit, Purpose), QueryError> {
         if !req.caller.has_any(&[Role::Analyst, Role::Inspector]) {
             return Err(QueryError::Refused {
@@ -377,12 +371,10 @@ impl QueryService {
                 message: format!("this credential may not be used for {purpose}"),
             });
         }
-        let slot = self.slot(req.caller.partner.id.as_str())?;
+        let slot = self.slot(req.caller.partner.id.as_str(), deadline).await?;
         // Memory is bounded per query; the number of queries running at once bounds the whole.
         let permit =
-            match tokio::time::timeout(self.limits.timeout, self.running.clone().acquire_owned())
-                .await
-            {
+            match tokio::time::timeout_at(deadline, self.running.clone().acquire_owned()).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(_)) => {
                     return Err(QueryError::door(
@@ -415,27 +407,61 @@ impl QueryService {
         }
     }
 
-    fn slot(&self, partner: &str) -> Result<Slot, QueryError> {
-        let mut active = self
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = active.entry(partner.to_owned()).or_insert(0);
-        if *n >= self.limits.per_partner {
+    /// A place among the partner's running queries. Beyond `per_partner` running, a query
+    /// waits its turn (within its deadline) unless `queue` of the partner's queries are
+    /// already waiting: then it is refused as busy, to be retried.
+    async fn slot(
+        &self,
+        partner: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Slot, QueryError> {
+        use std::sync::atomic::Ordering;
+        let gate = {
+            let mut gates = self
+                .gates
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            gates
+                .entry(partner.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(Gate {
+                        permits: Arc::new(tokio::sync::Semaphore::new(
+                            self.limits.per_partner.max(1),
+                        )),
+                        waiting: std::sync::atomic::AtomicUsize::new(0),
+                    })
+                })
+                .clone()
+        };
+        if let Ok(p) = gate.permits.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        if gate.waiting.fetch_add(1, Ordering::SeqCst) >= self.limits.queue {
+            gate.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(QueryError::Busy {
                 limit: self.limits.per_partner,
             });
         }
-        *n += 1;
-        Ok(Slot {
-            active: self.active.clone(),
-            partner: partner.to_owned(),
-        })
+        let got = tokio::time::timeout_at(deadline, gate.permits.clone().acquire_owned()).await;
+        gate.waiting.fetch_sub(1, Ordering::SeqCst);
+        match got {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(QueryError::door(
+                ErrorKind::Unavailable,
+                "unavailable",
+                "the query service is shutting down",
+            )),
+            Err(_) => Err(QueryError::Timeout {
+                seconds: self.limits.timeout.as_secs(),
+            }),
+        }
     }
 
     async fn start(&self, req: &QueryRequest<'_>) -> Result<Started, QueryError> {
         let started = std::time::Instant::now();
-        let (slot, permit, purpose) = self.admit(req).await?;
+        // One deadline from arrival: waiting for a turn counts against the query's time.
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let (slot, permit, purpose) = self.admit(req, deadline).await?;
         let (planned_tx, planned_rx) = oneshot::channel::<Result<Planned, QueryError>>();
         let (tx, rx) = mpsc::channel(4);
         let ctx = self.context(req, purpose);
@@ -446,7 +472,6 @@ impl QueryService {
             .as_ref()
             .ok_or_else(|| QueryError::internal("the query runtime has stopped"))?;
         runtime.spawn(async move {
-            let deadline = tokio::time::Instant::now() + timeout;
             let timed_out = QueryError::Timeout {
                 seconds: timeout.as_secs(),
             };

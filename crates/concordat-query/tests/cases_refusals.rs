@@ -1,5 +1,6 @@
 //! Purposes, dates, refused statements, invisible datasets and limits.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
@@ -176,6 +177,7 @@ async fn limits_hold_with_clear_errors() {
     let w = world_with(QueryLimits {
         timeout: Duration::from_millis(300),
         per_partner: 1,
+        queue: 0,
         concurrent: 1,
         max_sql_bytes: 2000,
         ..QueryLimits::default()
@@ -245,4 +247,89 @@ async fn limits_hold_with_clear_errors() {
         .await
         .expect_err("memory");
     assert_eq!(err.code(), "memory_limit", "{err}");
+}
+
+/// A burst beyond a partner's running share waits its turn and is answered; only a
+/// burst beyond the bounded queue is refused, and a partner's burst does not stop
+/// another partner.
+#[tokio::test]
+async fn a_burst_waits_its_turn_instead_of_failing() {
+    let w = Arc::new(
+        world_with(QueryLimits {
+            per_partner: 2,
+            queue: 8,
+            concurrent: 3,
+            timeout: Duration::from_secs(30),
+            ..QueryLimits::default()
+        })
+        .await,
+    );
+    let sql = "SELECT pfa_code, count(*) FROM force_performance GROUP BY pfa_code";
+    let burst: Vec<_> = (0..10)
+        .map(|_| {
+            let w = w.clone();
+            tokio::spawn(async move { w.run("pcc-kent", sql, "performance-scrutiny").await })
+        })
+        .collect();
+    let other = w.run("probation", "SELECT 1", "reducing-reoffending").await;
+    assert!(
+        other.is_ok(),
+        "another partner is answered during the burst"
+    );
+    let mut answers = Vec::new();
+    for b in burst {
+        answers.push(b.await.expect("task"));
+    }
+    let failed: Vec<String> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().err().map(|e| e.code().to_owned()))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "2 running + 8 waiting: all answered: {failed:?}"
+    );
+    let first = lines(answers[0].as_ref().expect("answer"));
+    assert!(
+        answers
+            .iter()
+            .all(|a| lines(a.as_ref().expect("answer")) == first)
+    );
+
+    // Past the queue: 2 running and 8 waiting, the 11th is refused at once.
+    let held: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..2 {
+            v.push(
+                w.start("pcc-kent", sql, "performance-scrutiny")
+                    .await
+                    .expect("running"),
+            );
+        }
+        v
+    };
+    let waiting: Vec<_> = (0..8)
+        .map(|_| {
+            let w = w.clone();
+            tokio::spawn(async move { w.run("pcc-kent", "SELECT 1", "performance-scrutiny").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let err = w
+        .run("pcc-kent", "SELECT 1", "performance-scrutiny")
+        .await
+        .expect_err("queue full");
+    assert_eq!(err.code(), "too_many_queries");
+    assert_eq!(err.kind(), concordat_core::ErrorKind::Busy);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
+    drop(held);
+    for q in waiting {
+        assert!(
+            q.await.expect("task").is_ok(),
+            "the waiting ones are answered"
+        );
+    }
 }

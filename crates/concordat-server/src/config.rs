@@ -50,8 +50,10 @@ pub struct QuerySettings {
     pub spill_mb: u64,
     /// Wall-clock limit, seconds.
     pub timeout_seconds: u64,
-    /// Queries one partner may run at once.
+    /// Queries one partner may run at once; more wait their turn (within their timeout).
     pub per_partner: usize,
+    /// Queries of one partner that may wait for a turn; beyond them, 429 with Retry-After.
+    pub queue: usize,
     /// Rows a JSON answer holds at most; more are cut and `truncated` is set.
     pub max_json_rows: usize,
     /// Threads of the query runtime.
@@ -75,6 +77,7 @@ impl Default for QuerySettings {
             spill_mb: 4096,
             timeout_seconds: 60,
             per_partner: 4,
+            queue: 64,
             max_json_rows: 10_000,
             threads: 2,
             concurrent: 4,
@@ -394,6 +397,7 @@ mod tests {
             ("spill_mb", q.spill_mb.to_string()),
             ("timeout_seconds", q.timeout_seconds.to_string()),
             ("per_partner", q.per_partner.to_string()),
+            ("queue", q.queue.to_string()),
             ("max_json_rows", q.max_json_rows.to_string()),
             ("threads", q.threads.to_string()),
             ("concurrent", q.concurrent.to_string()),

@@ -90,6 +90,12 @@ impl IntoResponse for ApiError {
             error["details"] = d;
         }
         let mut response = (status, Json(serde_json::json!({ "error": error }))).into_response();
+        if self.kind == ErrorKind::Busy {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -124,5 +130,29 @@ impl From<StoreError> for ApiError {
             StoreError::Internal(detail) => ApiError::internal(detail),
             _ => ApiError::new(e.kind(), e.code(), e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_is_429_with_retry_after_and_limits_are_429_without() {
+        let busy = ApiError::from(concordat_query::QueryError::Busy { limit: 4 }).into_response();
+        assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            busy.headers().get(axum::http::header::RETRY_AFTER),
+            Some(&axum::http::HeaderValue::from_static("1"))
+        );
+        let timeout =
+            ApiError::from(concordat_query::QueryError::Timeout { seconds: 60 }).into_response();
+        assert_eq!(timeout.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            timeout
+                .headers()
+                .get(axum::http::header::RETRY_AFTER)
+                .is_none()
+        );
     }
 }

@@ -91,6 +91,7 @@ impl AppState {
             spill_bytes: q.spill_mb << 20,
             timeout: std::time::Duration::from_secs(q.timeout_seconds),
             per_partner: q.per_partner,
+            queue: q.queue,
             threads: q.threads,
             concurrent: q.concurrent,
             max_groups: q.max_groups,
