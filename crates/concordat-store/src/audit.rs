@@ -105,10 +105,18 @@ struct Tail {
     hash: String,
 }
 
+/// An event waiting to be written, and where its outcome goes.
+struct Waiting {
+    body: EventBody,
+    reply: std::sync::mpsc::SyncSender<Result<AuditEvent, String>>,
+}
+
 /// The log, open for appending.
 pub struct AuditLog {
     path: PathBuf,
     tail: Mutex<Tail>,
+    /// Events waiting for the next group commit, and whether a writer is at work.
+    queue: Mutex<(Vec<Waiting>, bool)>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -166,6 +174,7 @@ impl AuditLog {
         Ok(AuditLog {
             path: path.to_owned(),
             tail: Mutex::new(Tail { file, seq, hash }),
+            queue: Mutex::new((Vec::new(), false)),
         })
     }
 
@@ -175,36 +184,118 @@ impl AuditLog {
     }
 
     /// Appends an event and syncs it to disk before returning it.
+    ///
+    /// Group commit: events appended at the same time share one write and one sync. The
+    /// first caller to find no writer at work becomes the writer and commits every event
+    /// queued until the queue is empty; the others wait for their event's outcome. No
+    /// call returns before its event is durable.
     pub fn append(&self, body: EventBody) -> Result<AuditEvent, StoreError> {
+        let (reply, outcome) = std::sync::mpsc::sync_channel(1);
+        let lead = {
+            let mut q = self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            q.0.push(Waiting { body, reply });
+            !std::mem::replace(&mut q.1, true)
+        };
+        if lead {
+            loop {
+                let batch = {
+                    let mut q = self
+                        .queue
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if q.0.is_empty() {
+                        q.1 = false;
+                        break;
+                    }
+                    std::mem::take(&mut q.0)
+                };
+                self.commit(batch);
+            }
+        }
+        match outcome.recv() {
+            Ok(r) => r.map_err(StoreError::Internal),
+            Err(_) => Err(StoreError::Internal("the audit writer went away".into())),
+        }
+    }
+
+    /// Writes a batch of events with one write and one sync, then tells each its outcome.
+    fn commit(&self, batch: Vec<Waiting>) {
         let mut tail = self
             .tail
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut event = AuditEvent {
-            seq: tail.seq + 1,
-            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            body,
-            prev_hash: tail.hash.clone(),
-            hash: String::new(),
+        let (mut seq, mut hash) = (tail.seq, tail.hash.clone());
+        let mut lines = Vec::new();
+        let mut events = Vec::with_capacity(batch.len());
+        let mut failed: Option<String> = None;
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        for w in &batch {
+            let mut event = AuditEvent {
+                seq: seq + 1,
+                time: time.clone(),
+                body: w.body.clone(),
+                prev_hash: hash.clone(),
+                hash: String::new(),
+            };
+            event.hash = event.compute_hash();
+            match serde_json::to_vec(&event) {
+                Ok(line) => {
+                    lines.extend_from_slice(&line);
+                    lines.push(b'\n');
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+            seq = event.seq;
+            hash = event.hash.clone();
+            events.push(event);
+        }
+        let written = match failed {
+            Some(e) => Err(e),
+            None => self.write_durably(&mut tail.file, &lines, seq, &hash),
         };
-        event.hash = event.compute_hash();
-        let mut line = serde_json::to_vec(&event).map_err(StoreError::internal)?;
-        line.push(b'\n');
-        tail.file.write_all(&line).map_err(StoreError::internal)?;
-        tail.file.sync_data().map_err(StoreError::internal)?;
+        match written {
+            Ok(()) => {
+                tail.seq = seq;
+                tail.hash = hash;
+                for (w, e) in batch.into_iter().zip(events) {
+                    let _ = w.reply.send(Ok(e));
+                }
+            }
+            Err(e) => {
+                for w in batch {
+                    let _ = w.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn write_durably(
+        &self,
+        file: &mut File,
+        lines: &[u8],
+        seq: u64,
+        hash: &str,
+    ) -> Result<(), String> {
+        let e = |e: std::io::Error| e.to_string();
+        file.write_all(lines).map_err(e)?;
+        file.sync_data().map_err(e)?;
         let head = serde_json::to_vec(&Head {
-            seq: event.seq,
-            hash: event.hash.clone(),
+            seq,
+            hash: hash.to_owned(),
         })
-        .map_err(StoreError::internal)?;
+        .map_err(|x| x.to_string())?;
         let tmp = self.path.with_extension("head.tmp");
-        let mut f = File::create(&tmp).map_err(StoreError::internal)?;
-        f.write_all(&head).map_err(StoreError::internal)?;
-        f.sync_data().map_err(StoreError::internal)?;
-        std::fs::rename(&tmp, head_path(&self.path)).map_err(StoreError::internal)?;
-        tail.seq = event.seq;
-        tail.hash = event.hash.clone();
-        Ok(event)
+        let mut f = File::create(&tmp).map_err(e)?;
+        f.write_all(&head).map_err(e)?;
+        f.sync_data().map_err(e)?;
+        std::fs::rename(&tmp, head_path(&self.path)).map_err(e)?;
+        Ok(())
     }
 
     /// Events with `seq > after`, up to `limit`, that `keep` accepts.
@@ -326,6 +417,40 @@ mod tests {
             log.append(body(&format!("query{i}"))).expect("append");
         }
         (dir, path)
+    }
+
+    #[test]
+    fn concurrent_appends_share_syncs_and_keep_one_unbroken_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit/audit.log");
+        let log = std::sync::Arc::new(AuditLog::open(&path).expect("open"));
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|i| log.append(body(&format!("q{t}-{i}"))).expect("append").seq)
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let mut seqs: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("thread"))
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=800).collect::<Vec<u64>>(),
+            "every event once, no gaps"
+        );
+        let v = verify(&path).expect("verify");
+        assert_eq!((v.events, v.broken), (800, None));
+        // Reopened, the chain continues where it ended.
+        drop(log);
+        let log = AuditLog::open(&path).expect("reopen");
+        assert_eq!(log.append(body("after")).expect("append").seq, 801);
+        assert!(verify(&path).expect("verify").broken.is_none());
     }
 
     fn rewrite(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
