@@ -547,17 +547,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `concordat token issue`: a development JWT.
-fn issue(command: TokenCommand) -> anyhow::Result<()> {
-    let TokenCommand::Issue {
-        config,
-        partner,
-        roles,
-        ttl,
-        subject,
-    } = command
-    else {
-        bail!("not a token issue command");
-    };
+fn issue(
+    config: PathBuf,
+    partner: String,
+    roles: Vec<String>,
+    ttl: u64,
+    subject: Option<String>,
+) -> anyhow::Result<()> {
     let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
     let policies = Policies::load(&cfg.policies_dir).map_err(|e| anyhow!("{e}"))?;
     if policies.partners().get(&partner).is_none() {

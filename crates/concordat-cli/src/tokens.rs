@@ -46,7 +46,13 @@ fn line(t: &TokenInfo) -> String {
 /// Runs a token command.
 pub fn run(command: TokenCommand) -> anyhow::Result<()> {
     match command {
-        TokenCommand::Issue { .. } => crate::issue(command),
+        TokenCommand::Issue {
+            config,
+            partner,
+            roles,
+            ttl,
+            subject,
+        } => crate::issue(config, partner, roles, ttl, subject),
         TokenCommand::Create {
             config,
             partner,
