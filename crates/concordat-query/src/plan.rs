@@ -68,6 +68,7 @@ impl Context {
             &self.footers,
         )
         .map_err(QueryError::internal)?;
+        let t_session = t0.elapsed();
         let state = ctx.state();
         let stmt = state
             .sql_to_statement(sql, &datafusion::config::Dialect::Generic)
@@ -124,6 +125,7 @@ impl Context {
         let physical = state.create_physical_plan(&plan).await.map_err(sql_error)?;
         guard::check_physical(physical.as_ref()).map_err(QueryError::NotAllowed)?;
         tracing::debug!(
+            session_ms = t_session.as_secs_f64() * 1000.0,
             tables_ms = t_tables.as_secs_f64() * 1000.0,
             logical_ms = t_logical.as_secs_f64() * 1000.0,
             physical_ms = t0.elapsed().as_secs_f64() * 1000.0,
