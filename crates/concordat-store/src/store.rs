@@ -200,7 +200,10 @@ pub struct Store {
     pub(crate) cfg: StoreConfig,
     /// The latest snapshot of each dataset, brought up to date on each use: reading
     /// only the log entries since, instead of the whole log, per query.
-    pub(crate) snapshots: tokio::sync::Mutex<HashMap<String, DeltaTable>>,
+    /// One lock per dataset, so refreshing one dataset's snapshot never holds up a
+    /// query of another.
+    pub(crate) snapshots:
+        std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<DeltaTable>>>>>,
     pub(crate) locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) validations: tokio::sync::Semaphore,
 }
@@ -220,7 +223,7 @@ impl Store {
         std::fs::create_dir_all(cfg.data_dir.join("staging")).map_err(StoreError::internal)?;
         let permits = cfg.concurrent_validations.max(1);
         Ok(Store {
-            snapshots: tokio::sync::Mutex::new(HashMap::new()),
+            snapshots: std::sync::Mutex::new(HashMap::new()),
             cfg,
             locks: std::sync::Mutex::new(HashMap::new()),
             validations: tokio::sync::Semaphore::new(permits),
@@ -342,13 +345,20 @@ impl Store {
     }
 
     pub(crate) async fn latest(&self, dataset: &str) -> Result<DeltaTable, StoreError> {
-        let mut cache = self.snapshots.lock().await;
-        if let Some(table) = cache.get_mut(dataset) {
+        let slot = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(dataset.to_owned())
+            .or_default()
+            .clone();
+        let mut cached = slot.lock().await;
+        if let Some(table) = cached.as_mut() {
             match table.update_incremental(None).await {
                 Ok(()) => return Ok(table.clone()),
                 Err(e) => {
                     tracing::warn!(dataset, error = %e, "cached snapshot could not be refreshed; reloading");
-                    cache.remove(dataset);
+                    *cached = None;
                 }
             }
         }
@@ -358,7 +368,7 @@ impl Store {
                 "dataset {dataset} has no data yet"
             )));
         }
-        cache.insert(dataset.to_owned(), table.clone());
+        *cached = Some(table.clone());
         Ok(table)
     }
 
