@@ -10,10 +10,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
-use concordat_core::Role;
 use concordat_policy::Policies;
 use concordat_server::Config;
-use concordat_server::auth::DevSigner;
 use concordat_synth::Synth;
 
 #[derive(Parser)]
@@ -544,35 +542,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// `concordat token issue`: a development JWT.
-fn issue(
-    config: PathBuf,
-    partner: String,
-    roles: Vec<String>,
-    ttl: u64,
-    subject: Option<String>,
-) -> anyhow::Result<()> {
-    let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
-    let policies = Policies::load(&cfg.policies_dir).map_err(|e| anyhow!("{e}"))?;
-    if policies.partners().get(&partner).is_none() {
-        bail!(
-            "unknown partner `{partner}` (see {}/partners.toml)",
-            cfg.policies_dir.display()
-        );
-    }
-    let roles: Vec<Role> = roles
-        .iter()
-        .map(|r| r.parse::<Role>())
-        .collect::<Result<_, _>>()?;
-    let signer = DevSigner::from_config(&cfg.auth).map_err(|e| anyhow!(e))?;
-    let subject = subject.unwrap_or_else(|| format!("dev@{partner}"));
-    println!(
-        "{}",
-        signer
-            .issue(&subject, &partner, &roles, ttl)
-            .map_err(|e| anyhow!(e))?
-    );
-    Ok(())
 }

@@ -1,11 +1,12 @@
-//! `concordat token create|list|revoke`: personal access tokens, managed offline against
-//! a gateway's configuration (its data directory holds the register; a running server
+//! `concordat token issue` (a development JWT) and `token create|list|revoke`: personal
+//! access tokens, managed offline against a gateway's configuration (its data directory holds the register; a running server
 //! sees changes at once).
 
 use anyhow::{anyhow, bail};
-use concordat_core::{Purpose, Role};
+use concordat_core::{PartnerId, Purpose, Role};
 use concordat_policy::Policies;
 use concordat_server::Config;
+use concordat_server::auth::DevSigner;
 use concordat_store::tokens::{NewToken, TokenInfo, Tokens};
 
 use crate::TokenCommand;
@@ -15,6 +16,26 @@ fn open(config: &std::path::Path) -> anyhow::Result<(Config, Policies, Tokens)> 
     let policies = Policies::load(&cfg.policies_dir).map_err(|e| anyhow!("{e}"))?;
     let tokens = Tokens::open(&cfg.data_dir);
     Ok((cfg, policies, tokens))
+}
+
+/// The partner (which must be in partners.toml) and roles a credential is for.
+fn grantee(
+    cfg: &Config,
+    policies: &Policies,
+    partner: &str,
+    roles: &[String],
+) -> anyhow::Result<(PartnerId, Vec<Role>)> {
+    let Some(p) = policies.partners().get(partner) else {
+        bail!(
+            "unknown partner `{partner}` (see {}/partners.toml)",
+            cfg.policies_dir.display()
+        );
+    };
+    let roles = roles
+        .iter()
+        .map(|r| r.parse::<Role>())
+        .collect::<Result<_, _>>()?;
+    Ok((p.id.clone(), roles))
 }
 
 fn line(t: &TokenInfo) -> String {
@@ -52,7 +73,17 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
             roles,
             ttl,
             subject,
-        } => crate::issue(config, partner, roles, ttl, subject),
+        } => {
+            let (cfg, policies, _) = open(&config)?;
+            let (partner, roles) = grantee(&cfg, &policies, &partner, &roles)?;
+            let signer = DevSigner::from_config(&cfg.auth).map_err(|e| anyhow!(e))?;
+            let subject = subject.unwrap_or_else(|| format!("dev@{partner}"));
+            let token = signer
+                .issue(&subject, partner.as_str(), &roles, ttl)
+                .map_err(|e| anyhow!(e))?;
+            println!("{token}");
+            Ok(())
+        }
         TokenCommand::Create {
             config,
             partner,
@@ -62,16 +93,7 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
             name,
         } => {
             let (cfg, policies, tokens) = open(&config)?;
-            let Some(p) = policies.partners().get(&partner) else {
-                bail!(
-                    "unknown partner `{partner}` (see {}/partners.toml)",
-                    cfg.policies_dir.display()
-                );
-            };
-            let roles: Vec<Role> = roles
-                .iter()
-                .map(|r| r.parse::<Role>())
-                .collect::<Result<_, _>>()?;
+            let (partner, roles) = grantee(&cfg, &policies, &partner, &roles)?;
             let purposes: Vec<Purpose> = purposes
                 .iter()
                 .map(|p| Purpose::known(p))
@@ -79,7 +101,7 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
             let (text, info) = tokens
                 .create(NewToken {
                     name,
-                    partner: p.id.clone(),
+                    partner,
                     created_by: "cli".into(),
                     roles,
                     purposes,
