@@ -308,14 +308,8 @@ impl Policies {
         purpose: &Purpose,
         today: NaiveDate,
     ) -> Result<Vec<ReadGrant>, RefusalReason> {
+        let naming = self.naming_read(partner, dataset);
         let dataset = dataset.as_str();
-        let naming: Vec<&Agreement> = self
-            .agreements
-            .iter()
-            .filter(|a| {
-                a.read.contains_key(dataset) && a.recipients.contains(&partner.id, partner.kind)
-            })
-            .collect();
         let in_force: Vec<&&Agreement> = naming.iter().filter(|a| a.in_force(today)).collect();
         if in_force.is_empty() {
             return Err(not_in_force(&naming));
@@ -362,11 +356,7 @@ impl Policies {
         purpose: &Purpose,
         today: NaiveDate,
     ) -> Result<AuditView, RefusalReason> {
-        let naming: Vec<&Agreement> = self
-            .agreements
-            .iter()
-            .filter(|a| a.audit.is_some() && a.recipients.contains(&partner.id, partner.kind))
-            .collect();
+        let naming = self.naming_audit(partner);
         let in_force: Vec<&&Agreement> = naming.iter().filter(|a| a.in_force(today)).collect();
         if in_force.is_empty() {
             return Err(not_in_force(&naming));
@@ -400,8 +390,38 @@ impl Policies {
     }
 }
 
+impl Policies {
+    /// Agreements that name the partner as a recipient of the dataset, in force or not.
+    pub(crate) fn naming_read(&self, partner: &Partner, dataset: &DatasetName) -> Vec<&Agreement> {
+        self.agreements
+            .iter()
+            .filter(|a| {
+                a.read.contains_key(dataset.as_str())
+                    && a.recipients.contains(&partner.id, partner.kind)
+            })
+            .collect()
+    }
+
+    /// Agreements that let the partner read the audit trail, in force or not.
+    fn naming_audit(&self, partner: &Partner) -> Vec<&Agreement> {
+        self.agreements
+            .iter()
+            .filter(|a| a.audit.is_some() && a.recipients.contains(&partner.id, partner.kind))
+            .collect()
+    }
+
+    /// The audit agreements in force today for the partner: those an audit read applies.
+    pub fn audit_agreements(&self, partner: &Partner, today: NaiveDate) -> Vec<AgreementId> {
+        self.naming_audit(partner)
+            .into_iter()
+            .filter(|a| a.in_force(today))
+            .map(|a| a.id.clone())
+            .collect()
+    }
+}
+
 /// The refusal for a request that agreements name but none is in force today.
-fn not_in_force(naming: &[&Agreement]) -> RefusalReason {
+pub(crate) fn not_in_force(naming: &[&Agreement]) -> RefusalReason {
     match naming.first() {
         None => RefusalReason::NoAgreement,
         Some(a) => RefusalReason::NotInForce {

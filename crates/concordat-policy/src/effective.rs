@@ -141,7 +141,10 @@ impl Policies {
                     })
                     .collect();
                 if grants.is_empty() {
-                    return Err(self.no_read(partner, dataset));
+                    // None names it, or those that do are not in force.
+                    return Err(crate::decide::not_in_force(
+                        &self.naming_read(partner, dataset),
+                    ));
                 }
                 grants
             }
@@ -166,23 +169,6 @@ impl Policies {
             terms,
             grants: chosen,
         })
-    }
-
-    /// Why no agreement in force lets the partner read the dataset: none names it, or
-    /// those that do are not in force.
-    fn no_read(&self, partner: &Partner, dataset: &DatasetName) -> RefusalReason {
-        let naming = self.agreements().iter().find(|a| {
-            a.read.contains_key(dataset.as_str())
-                && a.recipients.contains(&partner.id, partner.kind)
-        });
-        match naming {
-            None => RefusalReason::NoAgreement,
-            Some(a) => RefusalReason::NotInForce {
-                agreement: a.id.clone(),
-                valid_from: a.valid_from,
-                valid_until: a.valid_until,
-            },
-        }
     }
 
     /// The disclosure terms for figures derived from these record-level datasets and

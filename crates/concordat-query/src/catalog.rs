@@ -159,17 +159,8 @@ impl Context {
             .read(0, usize::MAX, &|e| view.allows(e.body.partner.as_deref()))
             .map_err(QueryError::internal)?;
         let table = audit_batch(&events).map_err(QueryError::internal)?;
-        let agreements = self
-            .policies
-            .agreements()
-            .iter()
-            .filter(|a| {
-                a.audit.is_some()
-                    && a.in_force(self.today)
-                    && a.recipients.contains(&partner.id, partner.kind)
-            })
-            .map(|a| a.id.to_string())
-            .collect();
+        let agreements =
+            concordat_policy::ids(&self.policies.audit_agreements(partner, self.today));
         Ok(Some(Provided {
             table,
             read: DatasetRead {

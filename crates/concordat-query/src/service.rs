@@ -252,8 +252,7 @@ impl QueryService {
 
     /// Records a request a door refused before it could be asked (a malformed body, an
     /// answer format it cannot give), and returns the error to answer with.
-    pub async fn refuse_at_door(&self, mut ev: Pending, err: QueryError) -> QueryError {
-        ev.event().code = Some(err.code().to_owned());
+    pub async fn refuse_at_door(&self, ev: Pending, err: QueryError) -> QueryError {
         match ev.refused(err.kind(), err.code()).await {
             Ok(()) => err,
             Err(a) => QueryError::Audit(a.to_string()),

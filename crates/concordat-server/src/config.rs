@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Format, Toml};
 use serde::{Deserialize, Serialize};
 
 /// Environment variables that are not settings.
@@ -177,14 +177,11 @@ pub struct ConfigError(pub String);
 impl Config {
     /// Loads a file and applies `CONCORDAT_*` overrides from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Self::extract(
-            path,
-            Figment::new().merge(Env::prefixed("CONCORDAT_").split("__").filter(|k| {
-                !NOT_SETTINGS
-                    .iter()
-                    .any(|n| k.as_str().eq_ignore_ascii_case(&n["CONCORDAT_".len()..]))
-            })),
-        )
+        // The same path as `load_with_env`, so what the tests check is what runs. Only
+        // variables whose name and value are text can be settings.
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Self::load_with_env(path, vars)
     }
 
     /// Loads a file and applies overrides from the given variables instead of the
@@ -234,7 +231,8 @@ impl Config {
                     .as_ref()
                     .map_or(String::new(), |m| match &m.source {
                         Some(src) => format!(" (from {src})"),
-                        None => format!(" (from {})", m.name),
+                        // The file has a source; the other provider is the environment.
+                        None => " (from a CONCORDAT_ environment variable)".to_owned(),
                     });
                 if key.is_empty() {
                     text.push_str(&format!("{}{from}", e.kind));

@@ -41,12 +41,7 @@ impl ApiError {
 
     /// 404 for a dataset the caller may not know of, or that does not exist: the same answer.
     pub fn unknown_dataset(name: &str) -> Self {
-        let shown: String = name.chars().take(64).collect();
-        Self::new(
-            ErrorKind::NotFound,
-            "not_found",
-            format!("no dataset `{shown}` is available to you"),
-        )
+        StoreError::unknown_dataset(name).into()
     }
 
     /// 500; the detail goes to the log only.

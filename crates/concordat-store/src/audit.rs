@@ -228,15 +228,17 @@ impl AuditLog {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (mut seq, mut hash) = (tail.seq, tail.hash.clone());
+        let (bodies, replies): (Vec<EventBody>, Vec<_>) =
+            batch.into_iter().map(|w| (w.body, w.reply)).unzip();
         let mut lines = Vec::new();
-        let mut events = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(bodies.len());
         let mut failed: Option<String> = None;
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        for w in &batch {
+        for body in bodies {
             let mut event = AuditEvent {
                 seq: seq + 1,
                 time: time.clone(),
-                body: w.body.clone(),
+                body,
                 prev_hash: hash.clone(),
                 hash: String::new(),
             };
@@ -263,13 +265,13 @@ impl AuditLog {
             Ok(()) => {
                 tail.seq = seq;
                 tail.hash = hash;
-                for (w, e) in batch.into_iter().zip(events) {
-                    let _ = w.reply.send(Ok(e));
+                for (reply, e) in replies.into_iter().zip(events) {
+                    let _ = reply.send(Ok(e));
                 }
             }
             Err(e) => {
-                for w in batch {
-                    let _ = w.reply.send(Err(e.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }

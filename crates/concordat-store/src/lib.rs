@@ -103,6 +103,17 @@ impl StoreError {
         }
     }
 
+    /// The answer for a dataset the caller may not know of, or that does not exist:
+    /// the same answer, so a refusal never tells which.
+    pub fn unknown_dataset(name: &str) -> Self {
+        let shown: String = name.chars().take(64).collect();
+        Self::refused(
+            ErrorKind::NotFound,
+            "not_found",
+            format!("no dataset `{shown}` is available to you"),
+        )
+    }
+
     /// A refusal of the given kind and code.
     pub fn refused(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
         StoreError::Refused {

@@ -153,12 +153,12 @@ impl Tokens {
 
     /// Every token (of a partner), without secrets' hashes.
     pub fn list(&self, partner: Option<&PartnerId>) -> Result<Vec<TokenInfo>, StoreError> {
-        Ok(self
-            .all()?
-            .into_iter()
-            .filter(|t| partner.is_none_or(|p| &t.partner == p))
-            .map(|t| t.shown())
-            .collect())
+        self.with_all(|all| {
+            all.iter()
+                .filter(|t| partner.is_none_or(|p| &t.partner == p))
+                .map(|t| t.clone().shown())
+                .collect()
+        })
     }
 
     /// The token a presented text is, if it is one, unrevoked and unexpired.
@@ -167,8 +167,9 @@ impl Tokens {
         let (id, secret) = rest.split_once('_')?;
         let presented = hash(secret);
         let now = Utc::now();
-        let all = self.all().ok()?;
-        let t = all.into_iter().find(|t| t.id == id)?;
+        let t = self
+            .with_all(|all| all.iter().find(|t| t.id == id).cloned())
+            .ok()??;
         // Constant-time comparison of the hashes.
         let same = t.sha256.len() == presented.len()
             && t.sha256
@@ -179,7 +180,8 @@ impl Tokens {
         (same && t.revoked.is_none() && t.expires > now).then(|| t.shown())
     }
 
-    fn all(&self) -> Result<Vec<TokenInfo>, StoreError> {
+    /// Calls `f` with the register as it is now (reread only when the file changed).
+    fn with_all<R>(&self, f: impl FnOnce(&[TokenInfo]) -> R) -> Result<R, StoreError> {
         let len = match std::fs::metadata(&self.path) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
@@ -210,7 +212,7 @@ impl Tokens {
             }
             *cache = (len, tokens);
         }
-        Ok(cache.1.clone())
+        Ok(f(&cache.1))
     }
 
     fn append(&self, entry: &Entry) -> Result<(), StoreError> {

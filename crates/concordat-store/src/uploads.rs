@@ -120,14 +120,7 @@ impl Uploads {
     {
         let name = call.dataset;
         let partner = &call.caller.partner;
-        let unknown = || {
-            let shown: String = name.chars().take(64).collect();
-            StoreError::refused(
-                ErrorKind::NotFound,
-                "not_found",
-                format!("no dataset `{shown}` is available to you"),
-            )
-        };
+        let unknown = || StoreError::unknown_dataset(name);
         let schema = Schemas::builtin().get(name).ok_or_else(unknown)?;
         let dataset = &schema.name;
         let grant = match self.policies.upload_grant(partner, dataset, today) {
