@@ -4,6 +4,7 @@ mod e2e {
     pub mod efficiency;
     pub mod fixtures;
     pub mod fuzz;
+    pub mod pg;
     pub mod query;
     pub mod serve;
     pub mod upload;

@@ -150,10 +150,19 @@ impl Site {
                 std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
             panic!("server did not start: {line} {log}");
         };
+        // With the Postgres door on, its address is the next line.
+        let pg = if env.iter().any(|(k, _)| *k == "CONCORDAT_PG__ADDR") {
+            let line = lines.next().and_then(Result::ok).unwrap_or_default();
+            line.strip_prefix("concordat postgres wire on ")
+                .map(str::to_owned)
+        } else {
+            None
+        };
         std::thread::spawn(move || lines.for_each(drop));
         Server {
             child,
             url: url.to_owned(),
+            pg,
             log: self.dir.path().join("server.log"),
         }
     }
@@ -176,6 +185,8 @@ pub struct Server {
     pub child: Child,
     /// Base URL.
     pub url: String,
+    /// The Postgres door's `host:port`, when it was started.
+    pub pg: Option<String>,
     /// The server's log file.
     pub log: PathBuf,
 }

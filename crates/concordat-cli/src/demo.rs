@@ -25,6 +25,8 @@ pub struct DemoArgs {
     pub dir: PathBuf,
     /// Address to serve on.
     pub addr: SocketAddr,
+    /// Address of the Postgres wire door.
+    pub pg_addr: SocketAddr,
     /// Synthetic data scale (1.0 is about a million rows per record-level dataset).
     pub scale: f64,
     /// Synthetic data seed.
@@ -71,6 +73,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let mut config = Config::load(&config_path).map_err(|e| anyhow!("{e}"))?;
     config.listen = args.addr;
+    // The Postgres door, with a self-signed certificate made once for the demo.
+    let keys = dir.join("keys");
+    let (cert, key) = (keys.join("door.crt"), keys.join("door.key"));
+    if !cert.exists() || !key.exists() {
+        concordat_server::tls::write_self_signed(&keys)?;
+    }
+    config.pg = Some(concordat_server::config::DoorSettings {
+        addr: args.pg_addr,
+        tls_cert: Some(cert),
+        tls_key: Some(key),
+    });
+    let data_dir = config.data_dir.clone();
     let signer = DevSigner::from_config(&config.auth).map_err(|e| anyhow!(e))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(concordat_server::serve(
@@ -89,12 +103,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             });
         }
     };
-    let base = format!("http://{bound}");
+    let base = format!("http://{}", bound.http);
     if !dir.join(LOADED_MARKER).exists() {
         load(&args, &base, &signer).await?;
         std::fs::write(dir.join(LOADED_MARKER), b"")?;
     }
-    print_welcome(&args, &base, &signer)?;
+    let pat = personal_token(&data_dir)?;
+    print_welcome(&args, &base, bound.pg, &pat, &signer)?;
     server.await?.map_err(|e| anyhow!(e))
 }
 
@@ -159,7 +174,30 @@ async fn load(args: &DemoArgs, base: &str, signer: &DevSigner) -> anyhow::Result
     Ok(())
 }
 
-fn print_welcome(args: &DemoArgs, base: &str, signer: &DevSigner) -> anyhow::Result<()> {
+/// A personal access token for Kent's PCC analyst, as a tool that stores a password
+/// (Power BI, an ODBC DSN) would use: 30 days, any purpose.
+fn personal_token(data_dir: &Path) -> anyhow::Result<String> {
+    let tokens = concordat_store::tokens::Tokens::open(data_dir);
+    let (text, _) = tokens
+        .create(concordat_store::tokens::NewToken {
+            name: "demo: Power BI and Excel".to_owned(),
+            partner: "pcc-kent".parse().map_err(|e| anyhow!("{e}"))?,
+            created_by: "concordat demo".to_owned(),
+            roles: vec![Role::Analyst],
+            purposes: Vec::new(),
+            days: 30,
+        })
+        .map_err(|e| anyhow!(e))?;
+    Ok(text)
+}
+
+fn print_welcome(
+    args: &DemoArgs,
+    base: &str,
+    pg: Option<SocketAddr>,
+    pat: &str,
+    signer: &DevSigner,
+) -> anyhow::Result<()> {
     let token = |partner: &str, roles: &[Role]| {
         signer
             .issue(&format!("demo-user@{partner}"), partner, roles, TOKEN_TTL)
@@ -170,6 +208,29 @@ fn print_welcome(args: &DemoArgs, base: &str, signer: &DevSigner) -> anyhow::Res
     let hmicfrs = token("hmicfrs", &[Role::Inspector])?;
     let kent_force = token("force-kent", &[Role::Uploader, Role::Analyst])?;
     let dir = args.dir.display();
+    let pg_text = match pg {
+        None => String::new(),
+        Some(pg) => {
+            let (host, port) = (pg.ip(), pg.port());
+            format!(
+                r#"
+Postgres wire (psql, Power BI, Excel, DBeaver): user any name, password a token, database = purpose.
+A personal access token for Kent's PCC analyst (30 days; more: concordat token create --config {dir}/concordat.toml ...):
+export KENT_PAT={pat}
+  PGPASSWORD="$KENT_PAT" psql "host={host} port={port} dbname=performance-scrutiny user=kent sslmode=require"
+  # then: \dt   \d force_performance   SELECT indicator, avg(value) FROM force_performance GROUP BY indicator;
+ODBC (Excel: Data > Get Data > From ODBC; needs the PostgreSQL Unicode driver):
+  Driver={{PostgreSQL Unicode}};Server={host};Port={port};Database=performance-scrutiny;Uid=kent;Pwd={pat};SSLmode=require
+Power BI: Get Data > PostgreSQL database, server {host}:{port}, database performance-scrutiny, Database credentials: any user, the token as password.
+psycopg (Python):
+  import psycopg
+  with psycopg.connect(host="{host}", port={port}, dbname="performance-scrutiny", user="kent", password="{pat}", sslmode="require") as conn:
+      rows = conn.execute("SELECT quarter, avg(value) FROM force_performance WHERE indicator = %s GROUP BY quarter ORDER BY quarter", ("knife_offences",)).fetchall()
+      print(rows)
+"#
+            )
+        }
+    };
     println!(
         r#"
 Concordat demo is serving at {base}   (data and keys in {dir})
@@ -194,7 +255,7 @@ Try, in another shell after pasting the exports:
   concordat query --url {base} --token "$KENT_PCC_TOKEN" --purpose reducing-reoffending "SELECT age_band, count(*) AS offenders, avg(CASE WHEN reoffended THEN 100.0 ELSE 0 END) AS pct_reoffending FROM reoffending_cohort WHERE cohort_quarter LIKE '2023%' GROUP BY age_band ORDER BY age_band"
   # HMICFRS: the efficiency comparison for 2023-24 as a spreadsheet (data + notes sheets)
   concordat extract efficiency --url {base} --token "$HMICFRS_TOKEN" --financial-year 2023-24 --format xlsx --out efficiency-2023-24.xlsx
-
+{pg_text}
 Press Ctrl-C to stop.
 "#
     );

@@ -41,6 +41,9 @@ enum Command {
         /// Address to serve on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: SocketAddr,
+        /// Address of the Postgres wire door (psql, Power BI, Excel through ODBC).
+        #[arg(long, default_value = "127.0.0.1:5433")]
+        pg_addr: SocketAddr,
         /// Synthetic data scale: 1.0 is about a million rows per record-level dataset.
         #[arg(long, default_value_t = 0.05)]
         scale: f64,
@@ -310,8 +313,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging("info");
             let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
             runtime
-                .block_on(concordat_server::serve(cfg, worker_command(), |addr| {
-                    println!("concordat listening on http://{addr}");
+                .block_on(concordat_server::serve(cfg, worker_command(), |bound| {
+                    println!("concordat listening on http://{}", bound.http);
+                    if let Some(pg) = bound.pg {
+                        println!("concordat postgres wire on {pg}");
+                    }
                     use std::io::Write;
                     let _ = std::io::stdout().flush();
                 }))
@@ -320,6 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo {
             dir,
             addr,
+            pg_addr,
             scale,
             seed,
         } => {
@@ -327,6 +334,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(demo::run(demo::DemoArgs {
                 dir,
                 addr,
+                pg_addr,
                 scale,
                 seed,
             }))

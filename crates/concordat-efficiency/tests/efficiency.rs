@@ -91,6 +91,8 @@ async fn reoffending_equals_what_an_analyst_is_released() {
                   FROM reoffending_cohort WHERE cohort_quarter IN ('2023Q2', '2023Q3', '2023Q4', '2024Q1')",
             door: "test",
             today: today(),
+            params: &[],
+            dialect: concordat_query::Dialect::Standard,
         })
         .await
         .expect("analyst");

@@ -32,6 +32,19 @@ pub(crate) struct Provided {
 /// The audit trail's table name.
 pub const AUDIT_TABLE: &str = "audit_log";
 
+/// Whether a Postgres client's statement looks at its catalog rather than at data: it
+/// names `pg_catalog` or `information_schema` tables, or no table at all (`SELECT
+/// version()`, `SELECT current_schema()`).
+pub(crate) fn asks_catalog(refs: &[datafusion::common::TableReference]) -> bool {
+    refs.is_empty()
+        || refs.iter().any(|r| match r.schema() {
+            Some(s) => {
+                s.eq_ignore_ascii_case("pg_catalog") || s.eq_ignore_ascii_case("information_schema")
+            }
+            None => r.table().to_ascii_lowercase().starts_with("pg_"),
+        })
+}
+
 impl Context {
     /// The table a caller sees under a name, or `None` if no agreement names it for them.
     pub(crate) async fn provide(
@@ -39,8 +52,35 @@ impl Context {
         ctx: &SessionContext,
         name: &str,
     ) -> Result<Option<Provided>, QueryError> {
+        self.provide_in(Some(ctx), name).await
+    }
+
+    /// The table a caller sees under a name with its columns but no rows, for a client's
+    /// look at its catalog: `None` when the caller may not read it today, for any reason.
+    pub(crate) async fn provide_shape(&self, name: &str) -> Result<Option<Provided>, QueryError> {
+        match self.provide_in(None, name).await {
+            Err(QueryError::Refused { .. }) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// Every name a caller might be given: the contract's datasets and the audit trail.
+    pub(crate) fn visible_names(&self) -> Vec<String> {
+        Schemas::builtin()
+            .iter()
+            .map(|s| s.name.to_string())
+            .chain(std::iter::once(AUDIT_TABLE.to_owned()))
+            .collect()
+    }
+
+    /// With a session, the table over its latest version; without, over no rows.
+    async fn provide_in(
+        &self,
+        ctx: Option<&SessionContext>,
+        name: &str,
+    ) -> Result<Option<Provided>, QueryError> {
         if name == AUDIT_TABLE {
-            return self.audit_table();
+            return self.audit_table(ctx.is_some());
         }
         let Some(schema) = Schemas::builtin().get(name) else {
             return Ok(None);
@@ -106,11 +146,17 @@ impl Context {
             force_column: schema.force_column.clone(),
             rules,
         };
-        let (inner, version): (Arc<dyn TableProvider>, Option<u64>) = if schema.level
-            == DatasetLevel::Reference
+        let empty = || -> Result<Arc<dyn TableProvider>, QueryError> {
+            let table = MemTable::try_new(
+                Arc::new(concordat_store::arrow_schema(schema)),
+                vec![vec![]],
+            )
+            .map_err(QueryError::internal)?;
+            Ok(Arc::new(table))
+        };
+        let (inner, version): (Arc<dyn TableProvider>, Option<u64>) = if let Some(ctx) =
+            ctx.filter(|_| schema.level != DatasetLevel::Reference)
         {
-            (reference_table().map_err(QueryError::internal)?, None)
-        } else {
             match self.store.table(name, None).await {
                 Ok(table) => {
                     table
@@ -119,16 +165,13 @@ impl Context {
                     let provider = table.table_provider().await.map_err(QueryError::internal)?;
                     (provider, table.version())
                 }
-                Err(StoreError::NotFound(_)) => {
-                    let empty = MemTable::try_new(
-                        Arc::new(concordat_store::arrow_schema(schema)),
-                        vec![vec![]],
-                    )
-                    .map_err(QueryError::internal)?;
-                    (Arc::new(empty), None)
-                }
+                Err(StoreError::NotFound(_)) => (empty()?, None),
                 Err(e) => return Err(QueryError::internal(e)),
             }
+        } else if ctx.is_some() {
+            (reference_table().map_err(QueryError::internal)?, None)
+        } else {
+            (empty()?, None)
         };
         Ok(Some(Provided {
             table: Arc::new(PolicyTable::new(inner, view)),
@@ -141,8 +184,9 @@ impl Context {
         }))
     }
 
-    /// The audit events the caller's audit agreements show, as a table.
-    fn audit_table(&self) -> Result<Option<Provided>, QueryError> {
+    /// The audit events the caller's audit agreements show, as a table (with no rows
+    /// when `rows` is false).
+    fn audit_table(&self, rows: bool) -> Result<Option<Provided>, QueryError> {
         let partner = &self.caller.partner;
         let view = match self.policies.audit_view(partner, &self.purpose, self.today) {
             Ok(v) => v,
@@ -154,10 +198,13 @@ impl Context {
                 });
             }
         };
-        let events = self
-            .audit
-            .read(0, usize::MAX, &|e| view.allows(e.body.partner.as_deref()))
-            .map_err(QueryError::internal)?;
+        let events = if rows {
+            self.audit
+                .read(0, usize::MAX, &|e| view.allows(e.body.partner.as_deref()))
+                .map_err(QueryError::internal)?
+        } else {
+            Vec::new()
+        };
         let table = audit_batch(&events).map_err(QueryError::internal)?;
         let agreements =
             concordat_policy::ids(&self.policies.audit_agreements(partner, self.today));

@@ -7,6 +7,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 
+use crate::error::QueryError;
+
 /// Refuses anything but a single `SELECT`-style query. Returns the reason.
 pub(crate) fn check_statement(stmt: &DfStatement) -> Result<(), String> {
     match stmt {
@@ -27,6 +29,27 @@ pub(crate) fn check_statement(stmt: &DfStatement) -> Result<(), String> {
         DfStatement::CopyTo(_) => Err("only read queries are allowed; COPY is refused".into()),
         _ => Err("only read queries are allowed".into()),
     }
+}
+
+/// For text that does not parse: a statement whose first word says it is not a read is
+/// refused as such (`COPY t TO STDOUT` is not DataFusion's COPY syntax, but is still a
+/// COPY), so the refusal does not depend on the details of its syntax.
+pub(crate) fn refuse_by_keyword(sql: &str) -> Option<QueryError> {
+    let first = sql
+        .trim_start_matches(|c: char| c.is_whitespace() || c == '(' || c == ';')
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()?
+        .to_ascii_uppercase();
+    let message = match first.as_str() {
+        "COPY" => "only read queries are allowed; COPY is refused".to_owned(),
+        "CREATE" | "DROP" | "ALTER" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "TRUNCATE"
+        | "GRANT" | "REVOKE" | "SET" | "RESET" | "VACUUM" | "ANALYZE" | "CALL" | "DO" | "LOAD"
+        | "ATTACH" | "INSTALL" | "PREPARE" | "EXECUTE" => {
+            format!("only read queries are allowed; this is a {first} statement")
+        }
+        _ => return None,
+    };
+    Some(QueryError::NotAllowed(message))
 }
 
 fn statement_kind(s: &Statement) -> String {

@@ -19,6 +19,7 @@
 mod catalog;
 mod error;
 mod guard;
+mod pgcatalog;
 mod plan;
 pub mod policy_table;
 pub mod sdc;
@@ -28,10 +29,23 @@ pub mod session;
 use std::time::Duration;
 
 pub use catalog::AUDIT_TABLE;
+pub use datafusion::scalar::ScalarValue;
 pub use error::QueryError;
 pub use policy_table::{PolicyBoundary, PolicyTable, TableView};
 pub use sdc::{Disclosure, MARKER};
 pub use service::{DatasetRead, Described, QueryRequest, QueryRun, QueryService};
+
+/// How the SQL text is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// DataFusion's own SQL (HTTP, Flight SQL, the console).
+    #[default]
+    Standard,
+    /// What Postgres clients send: PostgreSQL syntax, and the catalog a client looks
+    /// itself up in (`pg_catalog`, `information_schema`, `version()`), answered from the
+    /// caller's own datasets and columns, never from data.
+    Postgres,
+}
 
 /// Limits on queries.
 #[derive(Debug, Clone)]

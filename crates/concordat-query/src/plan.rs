@@ -10,15 +10,16 @@ use concordat_core::Caller;
 use concordat_policy::Policies;
 use concordat_store::Store;
 use concordat_store::audit::AuditLog;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 use crate::error::{QueryError, classify, sql_error};
 use crate::service::DatasetRead;
-use crate::{Disclosure, QueryLimits, guard, sdc, session};
+use crate::{Dialect, Disclosure, QueryLimits, guard, sdc, session};
 
 /// Everything one query needs, moved onto the query runtime.
 pub(crate) struct Context {
@@ -32,6 +33,9 @@ pub(crate) struct Context {
     pub(crate) spill_dir: PathBuf,
     pub(crate) record_key: Arc<sdc::cellkey::RecordKey>,
     pub(crate) footers: session::FooterCache,
+    pub(crate) params: Vec<datafusion::scalar::ScalarValue>,
+    pub(crate) dialect: Dialect,
+    pub(crate) pg_catalogs: Arc<crate::pgcatalog::PgCatalogs>,
 }
 
 /// What planning learnt.
@@ -40,6 +44,7 @@ pub(crate) struct Planned {
     pub(crate) datasets: Vec<DatasetRead>,
     pub(crate) agreements: Vec<String>,
     pub(crate) disclosure: Option<Disclosure>,
+    pub(crate) params: Vec<Option<DataType>>,
 }
 
 impl Context {
@@ -70,11 +75,18 @@ impl Context {
         .map_err(QueryError::internal)?;
         let t_session = t0.elapsed();
         let state = ctx.state();
+        let dialect = match self.dialect {
+            Dialect::Standard => datafusion::config::Dialect::Generic,
+            Dialect::Postgres => datafusion::config::Dialect::PostgreSQL,
+        };
         let stmt = state
-            .sql_to_statement(sql, &datafusion::config::Dialect::Generic)
-            .map_err(sql_error)?;
+            .sql_to_statement(sql, &dialect)
+            .map_err(|e| guard::refuse_by_keyword(sql).unwrap_or_else(|| sql_error(e)))?;
         guard::check_statement(&stmt).map_err(QueryError::NotAllowed)?;
         let refs = state.resolve_table_references(&stmt).map_err(sql_error)?;
+        if self.dialect == Dialect::Postgres && crate::catalog::asks_catalog(&refs) {
+            return self.plan_catalog(sql).await;
+        }
         let mut datasets = Vec::new();
         let mut agreements = BTreeSet::new();
         let mut seen = BTreeSet::new();
@@ -100,13 +112,8 @@ impl Context {
         let t_tables = t0.elapsed();
         let state = ctx.state();
         let plan = state.statement_to_plan(stmt).await.map_err(sql_error)?;
-        SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false)
-            .verify_plan(&plan)
-            .map_err(|_| QueryError::NotAllowed("only read queries are allowed".into()))?;
-        guard::check_plan(&plan).map_err(QueryError::NotAllowed)?;
+        let (plan, params) = self.bind(plan)?;
+        verify_read(&plan)?;
         let (plan, disclosure) = if controlled.is_empty() {
             (plan, None)
         } else {
@@ -138,9 +145,127 @@ impl Context {
                 datasets,
                 agreements: agreements.into_iter().collect(),
                 disclosure,
+                params,
             },
             physical,
             ctx,
         ))
     }
+
+    /// Puts the request's values in the plan's placeholders, each cast to the type its
+    /// place needs; with no values (a describe), the placeholders stay and their types are
+    /// returned in order.
+    fn bind(&self, plan: LogicalPlan) -> Result<(LogicalPlan, Vec<Option<DataType>>), QueryError> {
+        let found = plan.get_parameter_types().map_err(sql_error)?;
+        let mut types: Vec<Option<DataType>> = Vec::new();
+        for (name, ty) in found {
+            let Some(place) = name
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| (1..=65_535).contains(n))
+            else {
+                return Err(QueryError::Sql(format!(
+                    "placeholders are written $1, $2, ...; `{}` is not one",
+                    name.chars().take(32).collect::<String>()
+                )));
+            };
+            if types.len() < place {
+                types.resize(place, None);
+            }
+            types[place - 1] = ty;
+        }
+        if self.params.is_empty() {
+            return Ok((plan, types));
+        }
+        if self.params.len() != types.len() {
+            return Err(QueryError::Sql(format!(
+                "the query has {} placeholders; {} values were given",
+                types.len(),
+                self.params.len()
+            )));
+        }
+        let mut values = Vec::with_capacity(self.params.len());
+        for (i, (value, ty)) in self.params.iter().zip(&types).enumerate() {
+            let value = match ty {
+                Some(ty) if value.data_type() != *ty => value.cast_to(ty).map_err(|_| {
+                    QueryError::Sql(format!(
+                        "the value given for ${} is not a valid {ty}",
+                        i + 1
+                    ))
+                })?,
+                _ => value.clone(),
+            };
+            values.push(value);
+        }
+        let plan = plan.with_param_values(values).map_err(sql_error)?;
+        Ok((plan, types))
+    }
+
+    /// Plans a Postgres client's look at its catalog: a session holding the caller's
+    /// datasets, under this purpose, as empty tables with the columns it may see, and the
+    /// `pg_catalog` and `information_schema` built from them. No data is read.
+    async fn plan_catalog(
+        &self,
+        sql: &str,
+    ) -> Result<(Planned, Arc<dyn ExecutionPlan>, SessionContext), QueryError> {
+        let ctx = session::catalog_session(
+            self.limits.memory_bytes,
+            &self.spill_dir,
+            self.limits.spill_bytes,
+            &self.footers,
+            self.purpose.as_str(),
+        )
+        .map_err(QueryError::internal)?;
+        let mut agreements = BTreeSet::new();
+        let mut tables = std::collections::BTreeMap::new();
+        for name in self.visible_names() {
+            if let Some(provided) = self.provide_shape(&name).await? {
+                tables.insert(name.clone(), provided.table.schema());
+                ctx.register_table(name.as_str(), provided.table)
+                    .map_err(QueryError::internal)?;
+                agreements.extend(provided.agreements);
+            }
+        }
+        let visible = crate::pgcatalog::Visible::new(self.purpose.as_str(), tables);
+        self.pg_catalogs
+            .install(&ctx, self.caller.partner.id.as_str(), &visible, self.today)
+            .map_err(QueryError::internal)?;
+        let mut statements = datafusion_pg_catalog::sql::PostgresCompatibilityParser::new()
+            .parse(sql)
+            .map_err(|e| QueryError::Sql(e.to_string().chars().take(500).collect()))?;
+        if statements.len() != 1 {
+            return Err(QueryError::NotAllowed(
+                "send one statement at a time".into(),
+            ));
+        }
+        let stmt = datafusion::sql::parser::Statement::Statement(Box::new(statements.remove(0)));
+        guard::check_statement(&stmt).map_err(QueryError::NotAllowed)?;
+        let state = ctx.state();
+        let plan = state.statement_to_plan(stmt).await.map_err(sql_error)?;
+        let (plan, params) = self.bind(plan)?;
+        verify_read(&plan)?;
+        let physical = state.create_physical_plan(&plan).await.map_err(sql_error)?;
+        Ok((
+            Planned {
+                schema: physical.schema(),
+                datasets: Vec::new(),
+                agreements: agreements.into_iter().collect(),
+                disclosure: None,
+                params,
+            },
+            physical,
+            ctx,
+        ))
+    }
+}
+
+/// Refuses a plan that is not a plain read.
+fn verify_read(plan: &LogicalPlan) -> Result<(), QueryError> {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(plan)
+        .map_err(|_| QueryError::NotAllowed("only read queries are allowed".into()))?;
+    guard::check_plan(plan).map_err(QueryError::NotAllowed)
 }

@@ -52,6 +52,11 @@ pub struct QueryRequest<'a> {
     pub door: &'a str,
     /// Agreements in force on this day apply.
     pub today: chrono::NaiveDate,
+    /// Values of the statement's `$1`, `$2`, ... placeholders; a value is cast to the type
+    /// its place in the query needs (a Postgres client may send every value as text).
+    pub params: &'a [datafusion::scalar::ScalarValue],
+    /// How the SQL is read.
+    pub dialect: crate::Dialect,
 }
 
 /// A query that planned and is running.
@@ -131,6 +136,8 @@ pub struct Described {
     pub datasets: Vec<DatasetRead>,
     /// Agreements that would apply.
     pub agreements: Vec<String>,
+    /// The types the query's placeholders take (`None` where the query does not say).
+    pub params: Vec<Option<arrow::datatypes::DataType>>,
 }
 
 /// A query planned and running, before its event is attached.
@@ -163,6 +170,7 @@ pub struct QueryService {
     spill_dir: PathBuf,
     record_key: Arc<sdc::cellkey::RecordKey>,
     footers: session::FooterCache,
+    pg_catalogs: Arc<crate::pgcatalog::PgCatalogs>,
 }
 
 impl std::fmt::Debug for QueryService {
@@ -207,6 +215,7 @@ impl QueryService {
             runtime: Some(runtime),
             gates: Mutex::new(HashMap::new()),
             spill_dir,
+            pg_catalogs: Arc::default(),
         })
     }
 
@@ -314,8 +323,10 @@ impl QueryService {
             let deadline = self.limits.timeout;
             let planned = self
                 .run(async move {
-                    tokio::time::timeout(deadline, async { ctx.plan(&sql).await.map(|p| p.0) })
-                        .await
+                    tokio::time::timeout(deadline, async {
+                        ctx.plan(&sql).await.map(|(planned, _, _)| planned)
+                    })
+                    .await
                 })
                 .await?;
             match planned {
@@ -336,6 +347,7 @@ impl QueryService {
                     schema: p.schema,
                     datasets: p.datasets,
                     agreements: p.agreements,
+                    params: p.params,
                 })
             }
             Err(e) => Err(self.refuse_at_door(ev, e).await),
@@ -403,6 +415,9 @@ impl QueryService {
             spill_dir: self.spill_dir.clone(),
             record_key: self.record_key.clone(),
             footers: self.footers.clone(),
+            params: req.params.to_vec(),
+            dialect: req.dialect,
+            pg_catalogs: self.pg_catalogs.clone(),
         }
     }
 

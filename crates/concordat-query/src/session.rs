@@ -71,10 +71,36 @@ pub fn locked_session(
     target_partitions: usize,
     footers: &FooterCache,
 ) -> Result<SessionContext> {
-    let mut config = SessionConfig::new()
+    let config = SessionConfig::new()
         .with_information_schema(false)
         .with_target_partitions(target_partitions.max(1))
         .with_batch_size(8192);
+    build(config, memory_bytes, spill_dir, spill_bytes, footers)
+}
+
+/// Builds the session a Postgres client's catalog lookups run in: one partition, the
+/// `information_schema` on, and the database (the purpose) as its catalog's name.
+pub fn catalog_session(
+    memory_bytes: usize,
+    spill_dir: &Path,
+    spill_bytes: u64,
+    footers: &FooterCache,
+    database: &str,
+) -> Result<SessionContext> {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema(database, "public")
+        .with_target_partitions(1);
+    build(config, memory_bytes, spill_dir, spill_bytes, footers)
+}
+
+fn build(
+    mut config: SessionConfig,
+    memory_bytes: usize,
+    spill_dir: &Path,
+    spill_bytes: u64,
+    footers: &FooterCache,
+) -> Result<SessionContext> {
     config.options_mut().execution.enable_recursive_ctes = false;
     let disk = DiskManagerBuilder::default()
         .with_mode(DiskManagerMode::Directories(vec![spill_dir.to_path_buf()]))

@@ -175,6 +175,8 @@ impl World {
                 sql,
                 door: "test",
                 today: day,
+                params: &[],
+                dialect: concordat_query::Dialect::Standard,
             })
             .await
     }

@@ -36,6 +36,39 @@ pub struct Config {
     /// Query limits.
     #[serde(default)]
     pub query: QuerySettings,
+    /// The Postgres wire door (psql, Power BI, Excel through ODBC); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg: Option<DoorSettings>,
+}
+
+/// Where a door other than HTTP listens, and its certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoorSettings {
+    /// Address to listen on; port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// PEM certificate chain for TLS. Without one, only a loopback address is allowed.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl DoorSettings {
+    fn validate(&self, name: &str) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), Some(_)) => Ok(()),
+            (Some(_), None) | (None, Some(_)) => Err(format!(
+                "{name}: tls_cert and tls_key are given together or not at all"
+            )),
+            (None, None) if self.addr.ip().is_loopback() => Ok(()),
+            (None, None) => Err(format!(
+                "{name}.addr: {} is not a loopback address, so {name}.tls_cert and {name}.tls_key are required (plaintext only on loopback)",
+                self.addr
+            )),
+        }
+    }
 }
 
 /// Limits on SQL queries.
@@ -265,6 +298,14 @@ impl Config {
         fix(&mut self.data_dir);
         fix(&mut self.policies_dir);
         fix(&mut self.query.record_key_file);
+        if let Some(door) = &mut self.pg {
+            for p in [&mut door.tls_cert, &mut door.tls_key]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
         for p in [
             &mut self.auth.jwks_file,
             &mut self.auth.dev_secret_file,
@@ -299,6 +340,9 @@ impl Config {
         }
         if self.limits.max_upload_bytes == 0 {
             return Err("limits.max_upload_bytes must be positive".into());
+        }
+        if let Some(door) = &self.pg {
+            door.validate("pg")?;
         }
         Ok(())
     }

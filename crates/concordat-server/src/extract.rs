@@ -174,6 +174,8 @@ pub async fn efficiency(
         sql: &sql,
         door: "http",
         today: state.today(),
+        params: &[],
+        dialect: concordat_query::Dialect::Standard,
     };
     {
         let body = ev.event();

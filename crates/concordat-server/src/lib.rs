@@ -13,9 +13,11 @@ pub mod encode;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod pg;
 pub mod query;
 pub mod routes;
 pub mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,14 +74,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves until SIGINT or SIGTERM; calls `ready` with the bound address first. `worker`
-/// is the command that validates one upload in a child process (see `concordat_store::worker`).
+/// The addresses the doors listen on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// HTTP.
+    pub http: SocketAddr,
+    /// Postgres wire, when configured.
+    pub pg: Option<SocketAddr>,
+}
+
+/// Serves every configured door until SIGINT or SIGTERM; calls `ready` with the bound
+/// addresses first. `worker` is the command that validates one upload in a child
+/// process (see `concordat_store::worker`).
 pub async fn serve(
     config: Config,
     worker: Option<(std::path::PathBuf, Vec<String>)>,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(Bound),
 ) -> Result<(), StartError> {
     let listen = config.listen;
+    let pg = match &config.pg {
+        Some(settings) => Some(pg::PgListener::bind(settings).await?),
+        None => None,
+    };
     let state = AppState::new(config, worker)?;
     state.spawn_efficiency_rebuilder();
     let listener = tokio::net::TcpListener::bind(listen)
@@ -88,7 +104,21 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::new("listen", e))?;
-    ready(addr);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let pg_addr = match pg {
+        Some(pg) => {
+            let at = pg.local_addr()?;
+            let stopped = stop.clone();
+            let state = state.clone();
+            tokio::spawn(async move { pg.serve(state, stopped.cancelled_owned()).await });
+            Some(at)
+        }
+        None => None,
+    };
+    ready(Bound {
+        http: addr,
+        pg: pg_addr,
+    });
     // Answers stream in several writes (head, batches, the tail after the audit event);
     // without TCP_NODELAY a small write waits for the client's delayed ACK (40 ms).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -96,10 +126,15 @@ pub async fn serve(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
+    let stopping = stop.clone();
     let served = axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            stopping.cancel();
+        })
         .await
         .map_err(|e| StartError::new("serve", e));
+    stop.cancel();
     state
         .stop_background(std::time::Duration::from_secs(60))
         .await;

@@ -66,6 +66,8 @@ pub async fn query(
         sql,
         door: "http",
         today: state.today(),
+        params: &[],
+        dialect: concordat_query::Dialect::Standard,
     };
     let refused = |e: QueryError| {
         state.metrics.queries_refused.inc();

@@ -164,21 +164,28 @@ impl FromRequestParts<Arc<AppState>> for Authed {
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or(AuthError::Missing)?;
-        let token = token.trim();
-        let partners = state.policies.partners();
-        if token.starts_with(concordat_store::tokens::PREFIX) {
-            let found = state
-                .tokens
-                .tokens()
-                .verify(token)
-                .ok_or(AuthError::Invalid("unknown, expired or revoked token"))?;
-            return Ok(Authed(crate::auth::token_caller(&found, partners)?));
-        }
-        Ok(Authed(state.verifier.verify(token, partners)?))
+        Ok(Authed(state.authenticate(token)?))
     }
 }
 
 impl AppState {
+    /// The caller a credential stands for, at any door: a personal access token (`cct_`)
+    /// from the register, or a JWT from the configured issuer. The partner record, never
+    /// the credential, gives the force area.
+    pub fn authenticate(&self, credential: &str) -> Result<Caller, AuthError> {
+        let credential = credential.trim();
+        let partners = self.policies.partners();
+        if credential.starts_with(concordat_store::tokens::PREFIX) {
+            let found = self
+                .tokens
+                .tokens()
+                .verify(credential)
+                .ok_or(AuthError::Invalid("unknown, expired or revoked token"))?;
+            return crate::auth::token_caller(&found, partners);
+        }
+        self.verifier.verify(credential, partners)
+    }
+
     /// Work after a committed upload, off the request: compact the dataset's small files
     /// once there are enough of them, then wake the efficiency rebuilder if the dataset is
     /// one of its inputs.

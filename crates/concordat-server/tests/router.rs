@@ -50,6 +50,7 @@ fn site() -> Site {
             record_key_file: dir.path().join("record-key.secret"),
             ..QuerySettings::default()
         },
+        pg: None,
     };
     let state = AppState::new(config, None).expect("state");
     Site {
