@@ -3,6 +3,7 @@
 mod e2e {
     pub mod efficiency;
     pub mod fixtures;
+    pub mod flight;
     pub mod fuzz;
     pub mod pg;
     pub mod query;

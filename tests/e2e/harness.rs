@@ -150,19 +150,23 @@ impl Site {
                 std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
             panic!("server did not start: {line} {log}");
         };
-        // With the Postgres door on, its address is the next line.
-        let pg = if env.iter().any(|(k, _)| *k == "CONCORDAT_PG__ADDR") {
-            let line = lines.next().and_then(Result::ok).unwrap_or_default();
-            line.strip_prefix("concordat postgres wire on ")
-                .map(str::to_owned)
-        } else {
-            None
+        // With the Postgres or Flight SQL door on, their addresses are the next lines.
+        let mut door = |var: &str, prefix: &str| {
+            if env.iter().any(|(k, _)| *k == var) {
+                let line = lines.next().and_then(Result::ok).unwrap_or_default();
+                line.strip_prefix(prefix).map(str::to_owned)
+            } else {
+                None
+            }
         };
+        let pg = door("CONCORDAT_PG__ADDR", "concordat postgres wire on ");
+        let flight = door("CONCORDAT_FLIGHT__ADDR", "concordat flight sql on ");
         std::thread::spawn(move || lines.for_each(drop));
         Server {
             child,
             url: url.to_owned(),
             pg,
+            flight,
             log: self.dir.path().join("server.log"),
         }
     }
@@ -187,6 +191,8 @@ pub struct Server {
     pub url: String,
     /// The Postgres door's `host:port`, when it was started.
     pub pg: Option<String>,
+    /// The Flight SQL door's `host:port`, when it was started.
+    pub flight: Option<String>,
     /// The server's log file.
     pub log: PathBuf,
 }

@@ -27,6 +27,8 @@ pub struct DemoArgs {
     pub addr: SocketAddr,
     /// Address of the Postgres wire door.
     pub pg_addr: SocketAddr,
+    /// Address of the Flight SQL door.
+    pub flight_addr: SocketAddr,
     /// Synthetic data scale (1.0 is about a million rows per record-level dataset).
     pub scale: f64,
     /// Synthetic data seed.
@@ -81,8 +83,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     config.pg = Some(concordat_server::config::DoorSettings {
         addr: args.pg_addr,
-        tls_cert: Some(cert),
-        tls_key: Some(key),
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key.clone()),
+    });
+    // Flight SQL: plaintext gRPC on loopback (what ADBC expects without certificates),
+    // TLS with the demo's certificate anywhere else.
+    let loopback = args.flight_addr.ip().is_loopback();
+    config.flight = Some(concordat_server::config::DoorSettings {
+        addr: args.flight_addr,
+        tls_cert: (!loopback).then_some(cert),
+        tls_key: (!loopback).then_some(key),
     });
     let data_dir = config.data_dir.clone();
     let signer = DevSigner::from_config(&config.auth).map_err(|e| anyhow!(e))?;
@@ -109,7 +119,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         std::fs::write(dir.join(LOADED_MARKER), b"")?;
     }
     let pat = personal_token(&data_dir)?;
-    print_welcome(&args, &base, bound.pg, &pat, &signer)?;
+    print_welcome(&args, &base, bound, &pat, &signer)?;
     server.await?.map_err(|e| anyhow!(e))
 }
 
@@ -194,7 +204,7 @@ fn personal_token(data_dir: &Path) -> anyhow::Result<String> {
 fn print_welcome(
     args: &DemoArgs,
     base: &str,
-    pg: Option<SocketAddr>,
+    bound: concordat_server::Bound,
     pat: &str,
     signer: &DevSigner,
 ) -> anyhow::Result<()> {
@@ -208,7 +218,27 @@ fn print_welcome(
     let hmicfrs = token("hmicfrs", &[Role::Inspector])?;
     let kent_force = token("force-kent", &[Role::Uploader, Role::Analyst])?;
     let dir = args.dir.display();
-    let pg_text = match pg {
+    let flight_text = match bound.flight {
+        None => String::new(),
+        Some(at) => {
+            let scheme = if at.ip().is_loopback() {
+                "grpc"
+            } else {
+                "grpc+tls"
+            };
+            format!(
+                r#"
+Arrow Flight SQL (pandas/polars through ADBC: pip install adbc-driver-flightsql pyarrow pandas):
+  import adbc_driver_flightsql.dbapi as flight
+  conn = flight.connect("{scheme}://{at}", db_kwargs={{"adbc.flight.sql.authorization_header": "Bearer {pat}",
+      "adbc.flight.sql.rpc.call_header.concordat-purpose": "performance-scrutiny"}})
+  cur = conn.cursor(); cur.execute("SELECT quarter, indicator, avg(value) AS mean FROM force_performance GROUP BY 1, 2 ORDER BY 1, 2")
+  print(cur.fetch_df())
+"#
+            )
+        }
+    };
+    let pg_text = match bound.pg {
         None => String::new(),
         Some(pg) => {
             let (host, port) = (pg.ip(), pg.port());
@@ -255,7 +285,7 @@ Try, in another shell after pasting the exports:
   concordat query --url {base} --token "$KENT_PCC_TOKEN" --purpose reducing-reoffending "SELECT age_band, count(*) AS offenders, avg(CASE WHEN reoffended THEN 100.0 ELSE 0 END) AS pct_reoffending FROM reoffending_cohort WHERE cohort_quarter LIKE '2023%' GROUP BY age_band ORDER BY age_band"
   # HMICFRS: the efficiency comparison for 2023-24 as a spreadsheet (data + notes sheets)
   concordat extract efficiency --url {base} --token "$HMICFRS_TOKEN" --financial-year 2023-24 --format xlsx --out efficiency-2023-24.xlsx
-{pg_text}
+{pg_text}{flight_text}
 Press Ctrl-C to stop.
 "#
     );

@@ -44,6 +44,9 @@ enum Command {
         /// Address of the Postgres wire door (psql, Power BI, Excel through ODBC).
         #[arg(long, default_value = "127.0.0.1:5433")]
         pg_addr: SocketAddr,
+        /// Address of the Arrow Flight SQL door (ADBC from pandas or polars).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        flight_addr: SocketAddr,
         /// Synthetic data scale: 1.0 is about a million rows per record-level dataset.
         #[arg(long, default_value_t = 0.05)]
         scale: f64,
@@ -318,6 +321,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     if let Some(pg) = bound.pg {
                         println!("concordat postgres wire on {pg}");
                     }
+                    if let Some(flight) = bound.flight {
+                        println!("concordat flight sql on {flight}");
+                    }
                     use std::io::Write;
                     let _ = std::io::stdout().flush();
                 }))
@@ -327,6 +333,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             addr,
             pg_addr,
+            flight_addr,
             scale,
             seed,
         } => {
@@ -335,6 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir,
                 addr,
                 pg_addr,
+                flight_addr,
                 scale,
                 seed,
             }))

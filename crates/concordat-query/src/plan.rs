@@ -201,6 +201,21 @@ impl Context {
         Ok((plan, types))
     }
 
+    /// Every table the caller may query under the purpose today, with its columns and no
+    /// rows, in name order.
+    pub(crate) async fn shapes(
+        &self,
+    ) -> Result<Vec<(String, crate::catalog::Provided)>, QueryError> {
+        let mut out = Vec::new();
+        for name in self.visible_names() {
+            if let Some(provided) = self.provide_shape(&name).await? {
+                out.push((name, provided));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
     /// Plans a Postgres client's look at its catalog: a session holding the caller's
     /// datasets, under this purpose, as empty tables with the columns it may see, and the
     /// `pg_catalog` and `information_schema` built from them. No data is read.
@@ -218,13 +233,11 @@ impl Context {
         .map_err(QueryError::internal)?;
         let mut agreements = BTreeSet::new();
         let mut tables = std::collections::BTreeMap::new();
-        for name in self.visible_names() {
-            if let Some(provided) = self.provide_shape(&name).await? {
-                tables.insert(name.clone(), provided.table.schema());
-                ctx.register_table(name.as_str(), provided.table)
-                    .map_err(QueryError::internal)?;
-                agreements.extend(provided.agreements);
-            }
+        for (name, provided) in self.shapes().await? {
+            tables.insert(name.clone(), provided.table.schema());
+            ctx.register_table(name.as_str(), provided.table)
+                .map_err(QueryError::internal)?;
+            agreements.extend(provided.agreements);
         }
         let visible = crate::pgcatalog::Visible::new(self.purpose.as_str(), tables);
         self.pg_catalogs

@@ -354,6 +354,44 @@ impl QueryService {
         }
     }
 
+    /// The tables a caller may query under the purpose today (the datasets and, for
+    /// auditors, the audit trail), each with the columns it shows, in name order: what a
+    /// client's catalog calls list (Flight SQL `GetTables`). Nothing is read. Audited as
+    /// `catalog`, with the door's name for the call as its SQL text.
+    pub async fn tables(
+        &self,
+        req: QueryRequest<'_>,
+    ) -> Result<Vec<(String, SchemaRef)>, QueryError> {
+        let mut ev = self.open_event(&req, "catalog");
+        let listed = async {
+            let deadline = tokio::time::Instant::now() + self.limits.timeout;
+            let (_slot, _permit, purpose) = self.admit(&req, deadline).await?;
+            let ctx = self.context(&req, purpose);
+            self.run(async move {
+                let shapes = ctx.shapes().await?;
+                let mut agreements = std::collections::BTreeSet::new();
+                let mut tables = Vec::with_capacity(shapes.len());
+                for (name, provided) in shapes {
+                    agreements.extend(provided.agreements);
+                    tables.push((name, provided.table.schema()));
+                }
+                Ok::<_, QueryError>((tables, agreements))
+            })
+            .await?
+        }
+        .await;
+        match listed {
+            Ok((tables, agreements)) => {
+                ev.event().agreements = agreements.into_iter().collect();
+                ev.ok(200)
+                    .await
+                    .map_err(|a| QueryError::Audit(a.to_string()))?;
+                Ok(tables)
+            }
+            Err(e) => Err(self.refuse_at_door(ev, e).await),
+        }
+    }
+
     /// Checks what needs no planning (role, size, purpose) and takes the caller's slot
     /// and a place among the queries running, waiting for both (in arrival order) until
     /// the deadline.

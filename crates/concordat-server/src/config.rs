@@ -39,6 +39,9 @@ pub struct Config {
     /// The Postgres wire door (psql, Power BI, Excel through ODBC); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pg: Option<DoorSettings>,
+    /// The Arrow Flight SQL door (ADBC, the Flight SQL JDBC driver); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flight: Option<DoorSettings>,
 }
 
 /// Where a door other than HTTP listens, and its certificate.
@@ -343,6 +346,9 @@ impl Config {
         }
         if let Some(door) = &self.pg {
             door.validate("pg")?;
+        }
+        if let Some(door) = &self.flight {
+            door.validate("flight")?;
         }
         Ok(())
     }

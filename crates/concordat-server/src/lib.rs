@@ -12,6 +12,7 @@ pub mod config;
 pub mod encode;
 pub mod error;
 pub mod extract;
+pub mod flight;
 pub mod metrics;
 pub mod pg;
 pub mod query;
@@ -81,6 +82,8 @@ pub struct Bound {
     pub http: SocketAddr,
     /// Postgres wire, when configured.
     pub pg: Option<SocketAddr>,
+    /// Flight SQL, when configured.
+    pub flight: Option<SocketAddr>,
 }
 
 /// Serves every configured door until SIGINT or SIGTERM; calls `ready` with the bound
@@ -94,6 +97,10 @@ pub async fn serve(
     let listen = config.listen;
     let pg = match &config.pg {
         Some(settings) => Some(pg::PgListener::bind(settings).await?),
+        None => None,
+    };
+    let flight = match &config.flight {
+        Some(settings) => Some(flight::FlightListener::bind(settings).await?),
         None => None,
     };
     let state = AppState::new(config, worker)?;
@@ -115,9 +122,20 @@ pub async fn serve(
         }
         None => None,
     };
+    let flight_addr = match flight {
+        Some(flight) => {
+            let at = flight.local_addr()?;
+            let stopped = stop.clone();
+            let state = state.clone();
+            tokio::spawn(async move { flight.serve(state, stopped.cancelled_owned()).await });
+            Some(at)
+        }
+        None => None,
+    };
     ready(Bound {
         http: addr,
         pg: pg_addr,
+        flight: flight_addr,
     });
     // Answers stream in several writes (head, batches, the tail after the audit event);
     // without TCP_NODELAY a small write waits for the client's delayed ACK (40 ms).

@@ -51,6 +51,7 @@ fn site() -> Site {
             ..QuerySettings::default()
         },
         pg: None,
+        flight: None,
     };
     let state = AppState::new(config, None).expect("state");
     Site {

@@ -110,6 +110,19 @@ impl RecordKey {
         }
     }
 
+    /// A 256-bit key for another purpose (`label`), derived from this secret so that every
+    /// replica sharing the record key shares it too (signing Flight tickets), and no use of
+    /// one reveals the other.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"concordat derived key\0");
+        h.update(self.k0.to_le_bytes());
+        h.update(self.k1.to_le_bytes());
+        h.update(label.as_bytes());
+        h.finalize().into()
+    }
+
     /// The record key of one pseudonym.
     pub fn of(&self, pseudonym: &[u8]) -> u64 {
         use std::hash::Hasher;
