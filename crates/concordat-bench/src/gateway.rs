@@ -1,5 +1,6 @@
 //! The systems the benchmark drives: the gateway as a separate `concordat serve`
-//! process, and DuckDB through a Python worker.
+//! process (over HTTP, and over Postgres wire and Flight SQL through the Python clients
+//! analysts use), and DuckDB through a Python worker.
 
 use super::*;
 
@@ -202,6 +203,108 @@ impl DuckDb {
 }
 
 impl Drop for DuckDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The analysts' own clients through the other doors: psycopg over Postgres wire (text
+/// rows, as psql and Power BI read them) and ADBC over Flight SQL (Arrow, as pandas
+/// reads it). One connection per caller and purpose is kept, as a tool would; the time is
+/// the client's, from sending the SQL to holding every row.
+pub(crate) const DOORS_WORKER: &str = r#"
+import json, sys, time
+import psycopg
+import adbc_driver_flightsql.dbapi as flight
+pg_addr, flight_addr = sys.argv[1], sys.argv[2]
+host, port = pg_addr.rsplit(":", 1)
+conns = {}
+def conn(door, token, purpose):
+    key = (door, token, purpose)
+    if key not in conns:
+        if door == "pg":
+            conns[key] = psycopg.connect(host=host, port=port, dbname=purpose, user="bench",
+                                         password=token, sslmode="disable", autocommit=True)
+        else:
+            conns[key] = flight.connect("grpc://" + flight_addr, db_kwargs={
+                "adbc.flight.sql.authorization_header": "Bearer " + token,
+                "adbc.flight.sql.rpc.call_header.concordat-purpose": purpose})
+    return conns[key]
+print(json.dumps({"ready": psycopg.__version__}), flush=True)
+for line in sys.stdin:
+    q = json.loads(line)
+    try:
+        c = conn(q["door"], q["token"], q["purpose"])
+        t = time.perf_counter()
+        if q["door"] == "pg":
+            rows = len(c.execute(q["sql"]).fetchall())
+        else:
+            cur = c.cursor()
+            cur.execute(q["sql"])
+            rows = cur.fetch_arrow_table().num_rows
+            cur.close()
+        print(json.dumps({"ms": (time.perf_counter() - t) * 1000, "rows": rows}), flush=True)
+    except Exception as e:
+        print(json.dumps({"error": str(e)[:300]}), flush=True)
+"#;
+
+/// A Python process running [`DOORS_WORKER`].
+pub(crate) struct Doors {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Doors {
+    /// Starts the worker, or `None` when its client libraries are not installed.
+    pub(crate) fn start(pg: &str, flight: &str) -> Option<Doors> {
+        let mut child = Command::new("python3")
+            .args(["-c", DOORS_WORKER, pg, flight])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let stdin = child.stdin.take()?;
+        let mut stdout = BufReader::new(child.stdout.take()?);
+        let mut line = String::new();
+        stdout.read_line(&mut line).ok()?;
+        let ready: serde_json::Value = serde_json::from_str(&line).ok()?;
+        ready["ready"].as_str()?;
+        Some(Doors {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Runs one query through `door` (`pg` or `flight`); its client-side time and rows.
+    pub(crate) fn run(
+        &mut self,
+        door: &str,
+        token: &str,
+        purpose: &str,
+        sql: &str,
+    ) -> anyhow::Result<(Duration, usize)> {
+        let ask = serde_json::json!({"door": door, "token": token, "purpose": purpose, "sql": sql});
+        writeln!(self.stdin, "{ask}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        if let Some(e) = v["error"].as_str() {
+            bail!("{door}: {e}");
+        }
+        let ms = v["ms"].as_f64().ok_or_else(|| anyhow!("{door}: no time"))?;
+        Ok((
+            Duration::from_secs_f64(ms / 1000.0),
+            v["rows"].as_u64().unwrap_or(0) as usize,
+        ))
+    }
+}
+
+impl Drop for Doors {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -183,6 +183,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // The in-process baseline has no memory limit; the joins of two 5-million-row
         // tables build hash tables of a few GB, past the gateway's default of 512 MB.
         ("CONCORDAT_QUERY__MEMORY_MB", "8192"),
+        // The other doors, for the door comparison.
+        ("CONCORDAT_PG__ADDR", "127.0.0.1:0"),
+        ("CONCORDAT_FLIGHT__ADDR", "127.0.0.1:0"),
     ]);
     let pid = server.child.id();
     let idle = peak_rss_mib(pid);
@@ -483,6 +486,76 @@ async fn run(args: Args) -> anyhow::Result<()> {
         serde_json::json!(if gac.is_finite() { Some(gac) } else { None }),
     );
     drop(duck);
+
+    // 2b. The same queries through each door, as analysts' tools ask them.
+    let doors = match (&gw.server.pg, &gw.server.flight) {
+        (Some(pg), Some(flight)) => Doors::start(pg, flight),
+        _ => None,
+    };
+    match doors {
+        None => eprintln!(
+            "door comparison skipped: pip install psycopg[binary] adbc-driver-flightsql pyarrow"
+        ),
+        Some(mut doors) => {
+            let mut door_times: Vec<[Vec<f64>; 3]> =
+                qs.iter().map(|_| [vec![], vec![], vec![]]).collect();
+            for round in 0..=args.runs {
+                for (i, q) in qs.iter().enumerate() {
+                    let token = gw.token(q.partner, q.role);
+                    for k in 0..3 {
+                        let door = (k + round + i) % 3;
+                        let (t, _) = match door {
+                            0 => {
+                                Gateway::query(&gw.client, &gw.server.url, &token, q.purpose, q.sql)
+                                    .await
+                                    .with_context(|| format!("http: {}", q.name))?
+                            }
+                            1 => doors
+                                .run("pg", &token, q.purpose, q.sql)
+                                .with_context(|| format!("pg: {}", q.name))?,
+                            _ => doors
+                                .run("flight", &token, q.purpose, q.sql)
+                                .with_context(|| format!("flight: {}", q.name))?,
+                        };
+                        if round > 0 {
+                            door_times[i][door].push(t.as_secs_f64() * 1000.0);
+                        }
+                    }
+                }
+            }
+            println!(
+                "\n## Doors (median of {} runs, milliseconds, client side: HTTP Arrow stream, psycopg text rows, ADBC Arrow)\n",
+                args.runs
+            );
+            println!(
+                "| # | query | rows | HTTP | Postgres wire | Flight SQL | pg/HTTP | Flight/HTTP |"
+            );
+            println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+            let (mut pg_ratio, mut fl_ratio) = (Vec::new(), Vec::new());
+            let mut per_door = Vec::new();
+            for (i, q) in qs.iter().enumerate() {
+                let [h, p, f] = [0, 1, 2].map(|d| median(door_times[i][d].clone()));
+                pg_ratio.push(p / h);
+                fl_ratio.push(f / h);
+                println!(
+                    "| {} | {} | {} | {h:.1} | {p:.1} | {f:.1} | {:.2} | {:.2} |",
+                    i + 1,
+                    q.name,
+                    rows[i][0],
+                    p / h,
+                    f / h
+                );
+                per_door.push(
+                    serde_json::json!({"query": q.name, "http_ms": h, "pg_ms": p, "flight_ms": f}),
+                );
+            }
+            let (gp, gf) = (geomean(&pg_ratio), geomean(&fl_ratio));
+            println!("\nGeometric mean: Postgres wire/HTTP {gp:.2}, Flight SQL/HTTP {gf:.2}");
+            report.insert("doors".into(), serde_json::json!(per_door));
+            report.insert("geomean_pg_over_http".into(), serde_json::json!(gp));
+            report.insert("geomean_flight_over_http".into(), serde_json::json!(gf));
+        }
+    }
 
     // 3. Concurrent analysts.
     let forces: Vec<String> = concordat_core::Reference::builtin()

@@ -51,6 +51,15 @@ fn the_benchmark_runs_end_to_end_at_a_tiny_scale() {
             .as_f64()
             .is_some_and(|r| r > 0.0)
     );
+    // The door comparison ran every query through Postgres wire and Flight SQL (CI
+    // installs their clients).
+    let doors = report["doors"].as_array().expect("the door comparison ran");
+    assert_eq!(doors.len(), queries.len());
+    for d in doors {
+        for door in ["http_ms", "pg_ms", "flight_ms"] {
+            assert!(d[door].as_f64().is_some_and(|t| t > 0.0), "{d}");
+        }
+    }
     let level = &report["concurrency"][0];
     assert_eq!(level["errors"], 0, "{report}");
     assert!(level["queries"].as_u64().is_some_and(|n| n > 0));
