@@ -128,6 +128,13 @@ for purpose, sql in queries:
         table = cur.fetch_arrow_table()
         out["answers"].append([[v for v in row.values()] for row in table.to_pylist()])
         cur.close()
+# A prepared statement, as clients that insist on them use it.
+with connect("performance-scrutiny") as conn:
+    cur = conn.cursor()
+    cur.adbc_prepare("SELECT count(*) AS n FROM force_performance")
+    cur.execute("SELECT count(*) AS n FROM force_performance")
+    out["prepared"] = cur.fetchone()[0]
+    cur.close()
 for purpose in ["performance-scrutiny", "reducing-reoffending"]:
     with connect(purpose) as conn:
         objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
@@ -175,6 +182,13 @@ fn adbc_gets_the_answers_http_gives_and_sees_only_granted_datasets() {
         assert_eq!(rows_of(answer), over_http, "{sql}");
     }
     assert_eq!(rows_of(&answers[0]).len(), 1, "Kent sees one force");
+    let count = http_rows(
+        &server,
+        &kent,
+        "performance-scrutiny",
+        "SELECT count(*) AS n FROM force_performance",
+    );
+    assert_eq!(cell(&got["prepared"]), count[0][0], "{got}");
     let scrutiny = &got["objects"]["performance-scrutiny"];
     let reducing = &got["objects"]["reducing-reoffending"];
     let has = |v: &serde_json::Value, t: &str| v.as_array().expect("names").iter().any(|n| n == t);
@@ -257,6 +271,7 @@ out["tampered"] = attempt(lambda: client.do_get(fl.Ticket(bytes(raw)), options(k
 out["no_token"] = attempt(lambda: client.get_flight_info(fl.FlightDescriptor.for_command(command(sql)), options(None, purpose)).schema.names)
 out["no_purpose"] = attempt(lambda: client.get_flight_info(fl.FlightDescriptor.for_command(command(sql)), options(kent, None)).schema.names)
 out["bad_token"] = attempt(lambda: client.get_flight_info(fl.FlightDescriptor.for_command(command(sql)), options("cct_0_0", purpose)).schema.names)
+out["wrong_purpose"] = attempt(lambda: client.get_flight_info(fl.FlightDescriptor.for_command(command(sql)), options(kent, "inspection")).schema.names)
 out["refused"] = attempt(lambda: client.get_flight_info(fl.FlightDescriptor.for_command(command(os.environ["REFUSED_SQL"])), options(kent, purpose)).schema.names)
 token_pair = client.authenticate_basic_token(b"analyst", kent.encode())
 out["handshake"] = token_pair[1].decode() == "Bearer " + kent

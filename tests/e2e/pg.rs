@@ -580,3 +580,165 @@ fn excel_s_path_through_the_odbc_driver_answers_a_query() {
         "{tables:?}"
     );
 }
+
+const CANCEL: &str = r#"
+import json, os, threading, time, psycopg
+conn = psycopg.connect(host=os.environ["PG_HOST"], port=os.environ["PG_PORT"], dbname=os.environ["DB"],
+                       user="analyst", password=os.environ["TOKEN"], sslmode="disable", autocommit=True)
+sql = os.environ["SQL"]
+timer = threading.Timer(1.0, conn.cancel)
+timer.start()
+started = time.time()
+out = {}
+try:
+    conn.execute(sql).fetchall()
+    out["answered"] = True
+except psycopg.errors.QueryCanceled as e:
+    out["cancelled"] = e.diag.sqlstate
+out["seconds"] = time.time() - started
+out["after"] = conn.execute("SELECT 1").fetchone()[0]
+print(json.dumps(out))
+"#;
+
+#[test]
+fn a_cancel_request_stops_the_query_and_the_trail_says_so() {
+    let site = Site::new();
+    let server = loaded(&site);
+    let kent = site.token("pcc-kent", "analyst");
+    // Billions of joined rows: far longer than the second before the cancel.
+    let sql = "SELECT count(*) FROM force_performance a JOIN force_performance b ON a.pfa_code = b.pfa_code JOIN force_performance c ON b.pfa_code = c.pfa_code JOIN force_performance d ON c.pfa_code = d.pfa_code";
+    let script = CANCEL.replace("os.environ[\"SQL\"]", &format!("{sql:?}"));
+    let got = python(&server, &kent, "performance-scrutiny", &script);
+    assert_eq!(got["cancelled"], "57014", "{got}");
+    assert!(got["seconds"].as_f64().is_some_and(|s| s < 10.0), "{got}");
+    assert_eq!(got["after"], 1, "the connection is usable after a cancel");
+    let (_, trail) = get(
+        &server,
+        &site.token("operator", "auditor"),
+        "/v1/audit?limit=1000",
+    );
+    let events: Vec<&serde_json::Value> = trail["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["sql"] == sql)
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["outcome"], "cancelled", "{:?}", events[0]);
+    assert_eq!(events[0]["door"], "pg");
+}
+
+/// DBeaver's path: pgjdbc's metadata calls (its own `pg_catalog` queries) and a prepared
+/// statement with a parameter.
+const JDBC: &str = r#"import java.sql.*;
+public class Jdbc {
+    public static void main(String[] a) throws Exception {
+        String url = "jdbc:postgresql://" + System.getenv("PG") + "/" + System.getenv("DB") + "?sslmode=disable";
+        try (Connection c = DriverManager.getConnection(url, "analyst", System.getenv("TOKEN"))) {
+            DatabaseMetaData md = c.getMetaData();
+            StringBuilder tables = new StringBuilder();
+            try (ResultSet rs = md.getTables(null, null, "%", new String[]{"TABLE"})) {
+                while (rs.next()) tables.append(rs.getString("TABLE_NAME")).append(",");
+            }
+            StringBuilder cols = new StringBuilder();
+            try (ResultSet rs = md.getColumns(null, null, "force_performance", "%")) {
+                while (rs.next()) cols.append(rs.getString("COLUMN_NAME")).append(",");
+            }
+            long n = 0;
+            try (PreparedStatement ps = c.prepareStatement("SELECT count(*) FROM force_performance WHERE quarter > ?")) {
+                ps.setString(1, "2020Q1");
+                try (ResultSet rs = ps.executeQuery()) { rs.next(); n = rs.getLong(1); }
+            }
+            System.out.println("{\"tables\":\"" + tables + "\",\"columns\":\"" + cols + "\",\"count\":" + n + "}");
+        }
+    }
+}
+"#;
+
+#[test]
+fn dbeaver_s_path_through_jdbc_lists_tables_and_runs_a_prepared_query() {
+    let site = Site::new();
+    let server = loaded(&site);
+    let kent = site.token("pcc-kent", "analyst");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = dir.path().join("Jdbc.java");
+    std::fs::write(&source, JDBC).expect("source");
+    let out = Command::new("java")
+        .args(["-cp", "/usr/share/java/postgresql.jar"])
+        .arg(&source)
+        .env("PG", server.pg.clone().expect("pg"))
+        .env("DB", "performance-scrutiny")
+        .env("TOKEN", &kent)
+        .output()
+        .expect("java runs (Debian default-jre-headless and libpostgresql-jdbc-java)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let tables = got["tables"].as_str().expect("tables");
+    assert!(tables.contains("force_performance,"), "{tables}");
+    assert!(!tables.contains("reoffending_cohort"), "{tables}");
+    assert_eq!(
+        got["columns"],
+        "pfa_code,quarter,measure,indicator,value,baseline_value,"
+    );
+    let (_, rows) = http_rows(
+        &server,
+        &kent,
+        "performance-scrutiny",
+        "SELECT count(*) FROM force_performance WHERE quarter > '2020Q1'",
+    );
+    assert_eq!(got["count"].to_string(), rows[0]);
+    assert!(got["count"].as_u64().is_some_and(|n| n > 0), "{got}");
+}
+
+#[test]
+fn beyond_loopback_the_door_takes_only_tls() {
+    let site = Site::new();
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("certificate");
+    let (cert, key) = (
+        site.dir.path().join("pg.crt"),
+        site.dir.path().join("pg.key"),
+    );
+    std::fs::write(&cert, made.cert.pem()).expect("cert");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("key");
+    let server = site.serve_with(&[
+        ("CONCORDAT_PG__ADDR", "0.0.0.0:0"),
+        ("CONCORDAT_PG__TLS_CERT", cert.to_str().expect("path")),
+        ("CONCORDAT_PG__TLS_KEY", key.to_str().expect("path")),
+    ]);
+    let (_, port) = pg_addr(&server);
+    let kent = site.token("pcc-kent", "analyst");
+    let connect = |sslmode: &str| {
+        Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={port} dbname=performance-scrutiny user=analyst sslmode={sslmode} connect_timeout=20"
+            ))
+            .args(["-X", "-w", "-A", "-t", "-c", "\\conninfo", "-c", "SELECT 7"])
+            .env("PGPASSWORD", &kent)
+            .output()
+            .expect("psql")
+    };
+    let plain = connect("disable");
+    assert!(!plain.status.success());
+    assert!(
+        String::from_utf8_lossy(&plain.stderr).contains("only TLS connections"),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let secure = connect("require");
+    let said = String::from_utf8_lossy(&secure.stdout);
+    assert!(
+        secure.status.success(),
+        "{}",
+        String::from_utf8_lossy(&secure.stderr)
+    );
+    assert!(
+        said.contains("SSL connection") && said.trim_end().ends_with('7'),
+        "{said}"
+    );
+}

@@ -115,18 +115,29 @@ fn the_demo_starts_loads_data_and_answers_me_with_a_printed_token() {
         .args(["demo", "--dir"])
         .arg(&demo)
         .args(["--addr", "127.0.0.1:0", "--scale", "0.002"])
+        .args(["--pg-addr", "127.0.0.1:0", "--flight-addr", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("demo");
     let stdout = child.stdout.take().expect("stdout");
     let (mut base, mut token) = (None, None);
+    let (mut pat, mut psql_line, mut grpc) = (None, None, None);
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
         if let Some(rest) = line.strip_prefix("Concordat demo is serving at ") {
             base = rest.split_whitespace().next().map(str::to_owned);
         }
         if let Some(t) = line.strip_prefix("export KENT_PCC_TOKEN=") {
             token = Some(t.to_owned());
+        }
+        if let Some(t) = line.strip_prefix("export KENT_PAT=") {
+            pat = Some(t.to_owned());
+        }
+        if line.contains("psql \"host=") {
+            psql_line = line.split('"').nth(3).map(str::to_owned);
+        }
+        if let Some(at) = line.split("flight.connect(\"").nth(1) {
+            grpc = at.split('"').next().map(str::to_owned);
         }
         if line.starts_with("Press Ctrl-C") {
             break;
@@ -166,6 +177,61 @@ fn the_demo_starts_loads_data_and_answers_me_with_a_printed_token() {
         reo["latest_version"].as_u64().is_some(),
         "the demo loaded reoffending data: {reo}"
     );
+
+    // The printed Postgres line works, over TLS, with the printed personal access token;
+    // and so does the printed Flight SQL address.
+    let pat = pat.expect("a personal access token printed");
+    let conninfo = psql_line.expect("a psql line printed");
+    assert!(conninfo.contains("sslmode=require"), "{conninfo}");
+    let out = Command::new("psql")
+        .arg(&conninfo)
+        .args([
+            "-X",
+            "-w",
+            "-A",
+            "-t",
+            "-c",
+            "\\conninfo",
+            "-c",
+            "SELECT count(*) > 0 FROM force_performance",
+        ])
+        .env("PGPASSWORD", &pat)
+        .output()
+        .expect("psql");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("SSL connection"), "{said}");
+    assert!(said.trim_end().ends_with('t'), "{said}");
+    let grpc = grpc.expect("a Flight SQL address printed");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, adbc_driver_flightsql.dbapi as f\n\
+             c = f.connect(os.environ['AT'], db_kwargs={'adbc.flight.sql.authorization_header': 'Bearer ' + os.environ['T'], 'adbc.flight.sql.rpc.call_header.concordat-purpose': 'performance-scrutiny'})\n\
+             cur = c.cursor(); cur.execute('SELECT count(*) AS n FROM force_performance'); print(cur.fetchone()[0])",
+        ])
+        .env("AT", &grpc)
+        .env("T", &pat)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .is_ok_and(|n| n > 0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     let _ = child.kill();
     let _ = child.wait();
     assert!(demo.join("concordat.toml").exists() && demo.join("keys/jwks.json").exists());

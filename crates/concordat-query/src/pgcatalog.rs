@@ -50,7 +50,15 @@ impl CatalogInfo for Visible {
     }
 
     async fn schema_names(&self, catalog: &str) -> Result<Option<Vec<String>>, DataFusionError> {
-        Ok((catalog == self.database).then(|| vec![SCHEMA.to_owned()]))
+        // The system schemas are listed too (with no tables of their own here): clients
+        // join types and functions to `pg_catalog`'s namespace to name them.
+        Ok((catalog == self.database).then(|| {
+            vec![
+                "information_schema".to_owned(),
+                "pg_catalog".to_owned(),
+                SCHEMA.to_owned(),
+            ]
+        }))
     }
 
     async fn table_names(
@@ -58,8 +66,14 @@ impl CatalogInfo for Visible {
         catalog: &str,
         schema: &str,
     ) -> Result<Option<Vec<String>>, DataFusionError> {
-        Ok((catalog == self.database && schema == SCHEMA)
-            .then(|| self.tables.keys().cloned().collect()))
+        if catalog != self.database {
+            return Ok(None);
+        }
+        Ok(Some(if schema == SCHEMA {
+            self.tables.keys().cloned().collect()
+        } else {
+            Vec::new()
+        }))
     }
 
     async fn table_schema(

@@ -542,7 +542,13 @@ impl QueryService {
                 return;
             }
             loop {
-                let next = match tokio::time::timeout_at(deadline, stream.next()).await {
+                // A door that stops listening (a cancel request, a client gone) stops the
+                // work now, not at the next batch.
+                let pulled = tokio::select! {
+                    pulled = tokio::time::timeout_at(deadline, stream.next()) => pulled,
+                    () = tx.closed() => break,
+                };
+                let next = match pulled {
                     Ok(Some(Ok(batch))) => Ok(batch),
                     Ok(Some(Err(e))) => Err(classify(&e)),
                     Ok(None) => break,

@@ -381,6 +381,30 @@ mod tests {
     const BASE: &str = "listen = \"127.0.0.1:0\"\n[auth]\nissuer = \"i\"\naudience = \"a\"\nalgorithms = [\"HS256\"]\ndev_secret_file = \"secret\"\n";
 
     #[test]
+    fn a_door_beyond_loopback_needs_a_certificate() {
+        for (door, extra) in [
+            ("pg", "[pg]\naddr = \"0.0.0.0:5433\"\n"),
+            ("flight", "[flight]\naddr = \"10.0.0.1:50051\"\n"),
+            (
+                "pg",
+                "[pg]\naddr = \"127.0.0.1:5433\"\ntls_cert = \"c.pem\"\n",
+            ),
+        ] {
+            let (_d, path) = write(&format!("{BASE}{extra}"));
+            let err = Config::load_with_env(&path, []).expect_err(extra);
+            assert!(err.to_string().contains(&format!("{door}")), "{err}");
+            assert!(err.to_string().contains("tls_"), "{err}");
+        }
+        let (d, path) = write(&format!(
+            "{BASE}[pg]\naddr = \"0.0.0.0:5433\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n[flight]\naddr = \"127.0.0.1:0\"\n"
+        ));
+        let cfg = Config::load_with_env(&path, []).expect("loads");
+        let pg = cfg.pg.expect("pg");
+        assert_eq!(pg.tls_cert, Some(d.path().join("c.pem")));
+        assert!(cfg.flight.is_some_and(|f| f.tls_cert.is_none()));
+    }
+
+    #[test]
     fn environment_overrides_the_file_and_paths_are_relative_to_it() {
         let (dir, path) = write(BASE);
         let env = [

@@ -70,11 +70,15 @@ struct Shared {
     state: Arc<AppState>,
     connections: Arc<ConnectionManager>,
     parameters: DefaultServerParameterProvider,
+    /// Plaintext connections are refused (a certificate is configured and the door
+    /// listens beyond loopback).
+    require_tls: bool,
 }
 
 impl PgDoor {
-    /// A door onto the server's services.
-    pub fn new(state: Arc<AppState>) -> PgDoor {
+    /// A door onto the server's services; with `require_tls`, a client that does not
+    /// ask for TLS is refused at startup.
+    pub fn new(state: Arc<AppState>, require_tls: bool) -> PgDoor {
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = SERVER_VERSION.to_owned();
         parameters.is_superuser = false;
@@ -83,6 +87,7 @@ impl PgDoor {
             state,
             connections: Arc::new(ConnectionManager::new()),
             parameters,
+            require_tls,
         }))
     }
 }
@@ -119,7 +124,11 @@ impl PgListener {
         state: Arc<AppState>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        let door = PgDoor::new(state);
+        let beyond_loopback = self
+            .listener
+            .local_addr()
+            .map_or(true, |a| !a.ip().is_loopback());
+        let door = PgDoor::new(state, self.tls.is_some() && beyond_loopback);
         let connections = tokio_util::task::TaskTracker::new();
         tokio::pin!(shutdown);
         loop {
@@ -201,6 +210,13 @@ impl StartupHandler for Login {
     {
         match message {
             PgWireFrontendMessage::Startup(ref startup) => {
+                if self.door.require_tls && !client.is_secure() {
+                    return Err(fatal(
+                        "28000",
+                        "this server accepts only TLS connections: connect with sslmode=require"
+                            .to_owned(),
+                    ));
+                }
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
