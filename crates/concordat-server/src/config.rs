@@ -392,7 +392,7 @@ mod tests {
         ] {
             let (_d, path) = write(&format!("{BASE}{extra}"));
             let err = Config::load_with_env(&path, []).expect_err(extra);
-            assert!(err.to_string().contains(&format!("{door}")), "{err}");
+            assert!(err.to_string().contains(door), "{err}");
             assert!(err.to_string().contains("tls_"), "{err}");
         }
         let (d, path) = write(&format!(
