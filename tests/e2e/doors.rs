@@ -6,7 +6,7 @@ use std::process::Command;
 
 use concordat_e2e::*;
 
-use super::fixtures::parquet;
+use super::fixtures::{ask, loaded};
 
 /// (partner, purpose, SQL).
 const CASES: [(&str, &str, &str); 10] = [
@@ -116,28 +116,13 @@ fn cell(v: &serde_json::Value) -> String {
 #[test]
 fn every_door_gives_the_same_answer_or_the_same_refusal() {
     let site = Site::new();
-    let server = site.serve_with(&[
-        ("CONCORDAT_PG__ADDR", "127.0.0.1:0"),
-        ("CONCORDAT_FLIGHT__ADDR", "127.0.0.1:0"),
-    ]);
-    for force in ["kent", "essex"] {
-        let (status, body) = upload(
-            &server,
-            &site.token(&format!("force-{force}"), "uploader"),
-            "force_performance",
-            "append",
-            parquet("force_performance", &[force], 0.01),
-        );
-        assert_eq!(status, 201, "{body}");
-    }
-    let (status, body) = upload(
-        &server,
-        &site.token("probation", "uploader"),
-        "reoffending_cohort",
-        "append",
-        parquet("reoffending_cohort", &["kent", "essex"], 0.02),
+    let server = loaded(
+        &site,
+        &[
+            ("CONCORDAT_PG__ADDR", "127.0.0.1:0"),
+            ("CONCORDAT_FLIGHT__ADDR", "127.0.0.1:0"),
+        ],
     );
-    assert_eq!(status, 201, "{body}");
 
     let tokens: std::collections::HashMap<&str, String> = ["pcc-kent", "pcc-essex"]
         .iter()
@@ -155,14 +140,7 @@ fn every_door_gives_the_same_answer_or_the_same_refusal() {
     // HTTP, the reference.
     let mut expected = Vec::new();
     for (token, purpose, sql) in &cases {
-        let (status, body) = json(
-            client()
-                .post(format!("{}/v1/query", server.url))
-                .bearer_auth(token)
-                .json(&serde_json::json!({"sql": sql, "purpose": purpose}))
-                .send()
-                .expect("query"),
-        );
+        let (status, body) = ask(&server, token, purpose, sql);
         expected.push(if status == 200 {
             let rows: Vec<Vec<String>> = body["rows"]
                 .as_array()

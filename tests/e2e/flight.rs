@@ -7,32 +7,9 @@ use std::process::Command;
 
 use concordat_e2e::*;
 
-use super::fixtures::parquet;
+use super::fixtures::{ask, loaded, refusal};
 
 const DOORS: [(&str, &str); 1] = [("CONCORDAT_FLIGHT__ADDR", "127.0.0.1:0")];
-
-fn loaded(site: &Site) -> Server {
-    let server = site.serve_with(&DOORS);
-    for force in ["kent", "essex"] {
-        let (status, body) = upload(
-            &server,
-            &site.token(&format!("force-{force}"), "uploader"),
-            "force_performance",
-            "append",
-            parquet("force_performance", &[force], 0.01),
-        );
-        assert_eq!(status, 201, "{body}");
-    }
-    let (status, body) = upload(
-        &server,
-        &site.token("probation", "uploader"),
-        "reoffending_cohort",
-        "append",
-        parquet("reoffending_cohort", &["kent", "essex"], 0.02),
-    );
-    assert_eq!(status, 201, "{body}");
-    server
-}
 
 /// Runs a Python script with `FLIGHT` (`host:port`) and the given variables; its stdout
 /// parsed as JSON.
@@ -61,14 +38,7 @@ fn python(server: &Server, vars: &[(&str, &str)], script: &str) -> serde_json::V
 
 /// The rows of an HTTP JSON answer, each cell as text.
 fn http_rows(server: &Server, token: &str, purpose: &str, sql: &str) -> Vec<Vec<String>> {
-    let (status, body) = json(
-        client()
-            .post(format!("{}/v1/query", server.url))
-            .bearer_auth(token)
-            .json(&serde_json::json!({"sql": sql, "purpose": purpose}))
-            .send()
-            .expect("query"),
-    );
+    let (status, body) = ask(server, token, purpose, sql);
     assert_eq!(status, 200, "{sql}: {body}");
     body["rows"]
         .as_array()
@@ -76,22 +46,6 @@ fn http_rows(server: &Server, token: &str, purpose: &str, sql: &str) -> Vec<Vec<
         .iter()
         .map(|r| r.as_array().expect("row").iter().map(cell).collect())
         .collect()
-}
-
-fn http_error(server: &Server, token: &str, purpose: &str, sql: &str) -> String {
-    let (status, body) = json(
-        client()
-            .post(format!("{}/v1/query", server.url))
-            .bearer_auth(token)
-            .json(&serde_json::json!({"sql": sql, "purpose": purpose}))
-            .send()
-            .expect("query"),
-    );
-    assert!(status >= 400, "{body}");
-    body["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// One cell as text, numbers to six places (both sides print floats their own way).
@@ -148,7 +102,7 @@ print(json.dumps(out, default=str))
 #[test]
 fn adbc_gets_the_answers_http_gives_and_sees_only_granted_datasets() {
     let site = Site::new();
-    let server = loaded(&site);
+    let server = loaded(&site, &DOORS);
     let kent = site.token("pcc-kent", "analyst");
     let queries = [
         (
@@ -281,7 +235,7 @@ print(json.dumps(out))
 #[test]
 fn tickets_serve_only_their_caller_and_purpose_and_unauthenticated_calls_are_refused() {
     let site = Site::new();
-    let server = loaded(&site);
+    let server = loaded(&site, &DOORS);
     let kent = site.token("pcc-kent", "analyst");
     let essex = site.token("pcc-essex", "analyst");
     let purpose = "reducing-reoffending";
@@ -322,7 +276,7 @@ fn tickets_serve_only_their_caller_and_purpose_and_unauthenticated_calls_are_ref
         "{got}"
     );
     // A refusal says what HTTP says.
-    let expected = http_error(&server, &kent, purpose, refused_sql);
+    let expected = refusal(&server, &kent, purpose, refused_sql);
     assert!(!expected.is_empty());
     assert!(
         got["refused"]["error"]

@@ -6,33 +6,9 @@ use std::process::Command;
 
 use concordat_e2e::*;
 
-use super::fixtures::parquet;
+use super::fixtures::{ask, loaded, refusal};
 
 const PG: (&str, &str) = ("CONCORDAT_PG__ADDR", "127.0.0.1:0");
-
-/// A server with the Postgres door, Kent's and Essex's force data and reoffending data.
-fn loaded(site: &Site) -> Server {
-    let server = site.serve_with(&[PG]);
-    for force in ["kent", "essex"] {
-        let (status, body) = upload(
-            &server,
-            &site.token(&format!("force-{force}"), "uploader"),
-            "force_performance",
-            "append",
-            parquet("force_performance", &[force], 0.01),
-        );
-        assert_eq!(status, 201, "{body}");
-    }
-    let (status, body) = upload(
-        &server,
-        &site.token("probation", "uploader"),
-        "reoffending_cohort",
-        "append",
-        parquet("reoffending_cohort", &["kent", "essex"], 0.02),
-    );
-    assert_eq!(status, 201, "{body}");
-    server
-}
 
 fn pg_addr(server: &Server) -> (String, String) {
     let addr = server.pg.clone().expect("the Postgres door's address");
@@ -91,14 +67,7 @@ fn python(server: &Server, token: &str, database: &str, script: &str) -> serde_j
 
 /// The rows of an HTTP JSON answer as text, in psql's unaligned form.
 fn http_rows(server: &Server, token: &str, purpose: &str, sql: &str) -> (u16, Vec<String>) {
-    let (status, body) = json(
-        client()
-            .post(format!("{}/v1/query", server.url))
-            .bearer_auth(token)
-            .json(&serde_json::json!({"sql": sql, "purpose": purpose}))
-            .send()
-            .expect("query"),
-    );
+    let (status, body) = ask(server, token, purpose, sql);
     let rows = body["rows"]
         .as_array()
         .map(|rows| {
@@ -122,23 +91,6 @@ fn http_rows(server: &Server, token: &str, purpose: &str, sql: &str) -> (u16, Ve
         })
         .unwrap_or_default();
     (status, rows)
-}
-
-fn http_error(server: &Server, token: &str, purpose: &str, sql: &str) -> String {
-    let (status, body) = json(
-        client()
-            .post(format!("{}/v1/query", server.url))
-            .bearer_auth(token)
-            .json(&serde_json::json!({"sql": sql, "purpose": purpose}))
-            .send()
-            .expect("query"),
-    );
-    assert!(status >= 400, "{sql} was answered over HTTP: {body}");
-    body["error"]["message"]
-        .as_str()
-        .or_else(|| body["message"].as_str())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn lines(text: &str) -> Vec<String> {
@@ -304,13 +256,11 @@ fn the_catalog_a_client_sees_holds_only_the_callers_datasets_and_columns() {
     for hidden in ["person_id", "case_id"] {
         assert!(!d.out.contains(hidden), "{hidden} shown: {}", d.out);
     }
-    let (status, body) = json(
-        client()
-            .post(format!("{}/v1/query", server.url))
-            .bearer_auth(&home)
-            .json(&serde_json::json!({"sql": "SELECT * FROM court_timeliness", "purpose": "inspection"}))
-            .send()
-            .expect("query"),
+    let (status, body) = ask(
+        &server,
+        &home,
+        "inspection",
+        "SELECT * FROM court_timeliness",
     );
     assert_eq!(status, 200, "{body}");
     let http_columns: Vec<String> = body["columns"]
@@ -336,7 +286,7 @@ fn the_catalog_a_client_sees_holds_only_the_callers_datasets_and_columns() {
 #[test]
 fn answers_through_postgres_are_the_answers_over_http_and_each_is_audited_once() {
     let site = Site::new();
-    let server = loaded(&site);
+    let server = loaded(&site, &[PG]);
     let kent = site.token("pcc-kent", "analyst");
     let cases = [
         // Scope: Kent's analyst sees Kent's rows only, whatever the query.
@@ -449,7 +399,7 @@ fn what_clients_send_on_their_own_is_accepted_and_engine_or_write_statements_are
         "CREATE EXTERNAL TABLE e STORED AS CSV LOCATION '/etc/passwd'",
     ] {
         let r = psql(&server, &kent, db, &[sql]);
-        let expected = http_error(&server, &kent, db, sql);
+        let expected = refusal(&server, &kent, db, sql);
         assert!(!expected.is_empty(), "{sql}");
         assert!(
             r.err.contains(&format!("ERROR:  {expected}")),
@@ -483,7 +433,7 @@ print(json.dumps(out))
 #[test]
 fn psycopg_runs_parameterised_queries_over_the_extended_protocol() {
     let site = Site::new();
-    let server = loaded(&site);
+    let server = loaded(&site, &[PG]);
     let kent = site.token("pcc-kent", "analyst");
     let got = python(&server, &kent, "performance-scrutiny", PSYCOPG);
     let (status, expected) = http_rows(
@@ -521,7 +471,7 @@ fn psycopg_runs_parameterised_queries_over_the_extended_protocol() {
     assert_eq!(got["count"].to_string(), count[0]);
     assert_eq!(got["again"], got["count"]);
     // A dataset not granted for the purpose is unknown, as over HTTP.
-    let expected = http_error(
+    let expected = refusal(
         &server,
         &kent,
         "performance-scrutiny",
@@ -546,7 +496,7 @@ print(json.dumps({"rows": rows, "tables": tables}))
 #[test]
 fn excel_s_path_through_the_odbc_driver_answers_a_query() {
     let site = Site::new();
-    let server = loaded(&site);
+    let server = loaded(&site, &[PG]);
     let kent = site.token("pcc-kent", "analyst");
     let got = python(&server, &kent, "performance-scrutiny", ODBC);
     let (_, expected) = http_rows(
@@ -603,7 +553,7 @@ print(json.dumps(out))
 #[test]
 fn a_cancel_request_stops_the_query_and_the_trail_says_so() {
     let site = Site::new();
-    let server = loaded(&site);
+    let server = loaded(&site, &[PG]);
     let kent = site.token("pcc-kent", "analyst");
     // Billions of joined rows: far longer than the second before the cancel.
     let sql = "SELECT count(*) FROM force_performance a JOIN force_performance b ON a.pfa_code = b.pfa_code JOIN force_performance c ON b.pfa_code = c.pfa_code JOIN force_performance d ON c.pfa_code = d.pfa_code";
@@ -658,7 +608,7 @@ public class Jdbc {
 #[test]
 fn dbeaver_s_path_through_jdbc_lists_tables_and_runs_a_prepared_query() {
     let site = Site::new();
-    let server = loaded(&site);
+    let server = loaded(&site, &[PG]);
     let kent = site.token("pcc-kent", "analyst");
     let dir = tempfile::tempdir().expect("tempdir");
     let source = dir.path().join("Jdbc.java");

@@ -131,12 +131,6 @@ pub(crate) fn decode_only(path: &Path) -> anyhow::Result<(Duration, usize)> {
 }
 
 /// A DuckDB process that runs one query per line and answers with its time.
-pub(crate) struct DuckDb {
-    pub(crate) child: Child,
-    pub(crate) stdin: ChildStdin,
-    pub(crate) stdout: BufReader<ChildStdout>,
-}
-
 pub(crate) const DUCKDB_WORKER: &str = r#"
 import json, sys, time
 import duckdb
@@ -154,60 +148,6 @@ for line in sys.stdin:
     except Exception as e:
         print(json.dumps({"error": str(e)}), flush=True)
 "#;
-
-impl DuckDb {
-    pub(crate) fn start(tables: &BTreeMap<String, PathBuf>) -> Option<(DuckDb, String)> {
-        let map: BTreeMap<&String, String> = tables
-            .iter()
-            .map(|(k, v)| (k, v.display().to_string()))
-            .collect();
-        let mut child = Command::new("python3")
-            .args(["-c", DUCKDB_WORKER])
-            .arg(serde_json::to_string(&map).ok()?)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let stdin = child.stdin.take()?;
-        let mut stdout = BufReader::new(child.stdout.take()?);
-        let mut line = String::new();
-        stdout.read_line(&mut line).ok()?;
-        let ready: serde_json::Value = serde_json::from_str(&line).ok()?;
-        let version = ready["ready"].as_str()?.to_owned();
-        Some((
-            DuckDb {
-                child,
-                stdin,
-                stdout,
-            },
-            version,
-        ))
-    }
-
-    pub(crate) fn run(&mut self, sql: &str) -> anyhow::Result<(Duration, usize)> {
-        writeln!(self.stdin, "{}", serde_json::json!({"sql": sql}))?;
-        self.stdin.flush()?;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
-        let v: serde_json::Value = serde_json::from_str(&line)?;
-        if let Some(e) = v["error"].as_str() {
-            bail!("duckdb: {e}");
-        }
-        let ms = v["ms"].as_f64().ok_or_else(|| anyhow!("duckdb: no time"))?;
-        Ok((
-            Duration::from_secs_f64(ms / 1000.0),
-            v["rows"].as_u64().unwrap_or(0) as usize,
-        ))
-    }
-}
-
-impl Drop for DuckDb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The analysts' own clients through the other doors: psycopg over Postgres wire (text
 /// rows, as psql and Power BI read them) and ADBC over Flight SQL (Arrow, as pandas
@@ -249,18 +189,23 @@ for line in sys.stdin:
         print(json.dumps({"error": str(e)[:300]}), flush=True)
 "#;
 
-/// A Python process running [`DOORS_WORKER`].
-pub(crate) struct Doors {
+/// A Python process answering one JSON line per JSON line: DuckDB on the files, or the
+/// analysts' clients through the other doors. Its answer carries `ms` and `rows`, or
+/// `error`.
+pub(crate) struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
 }
 
-impl Doors {
-    /// Starts the worker, or `None` when its client libraries are not installed.
-    pub(crate) fn start(pg: &str, flight: &str) -> Option<Doors> {
+impl Worker {
+    /// Starts `script` with `args`; `None` when Python or the script's libraries are
+    /// missing. Returns the worker and what its first line said it is (`ready`).
+    pub(crate) fn start(script: &str, args: &[String]) -> Option<(Worker, String)> {
         let mut child = Command::new("python3")
-            .args(["-c", DOORS_WORKER, pg, flight])
+            .arg("-c")
+            .arg(script)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -271,32 +216,28 @@ impl Doors {
         let mut line = String::new();
         stdout.read_line(&mut line).ok()?;
         let ready: serde_json::Value = serde_json::from_str(&line).ok()?;
-        ready["ready"].as_str()?;
-        Some(Doors {
-            child,
-            stdin,
-            stdout,
-        })
+        let version = ready["ready"].as_str()?.to_owned();
+        Some((
+            Worker {
+                child,
+                stdin,
+                stdout,
+            },
+            version,
+        ))
     }
 
-    /// Runs one query through `door` (`pg` or `flight`); its client-side time and rows.
-    pub(crate) fn run(
-        &mut self,
-        door: &str,
-        token: &str,
-        purpose: &str,
-        sql: &str,
-    ) -> anyhow::Result<(Duration, usize)> {
-        let ask = serde_json::json!({"door": door, "token": token, "purpose": purpose, "sql": sql});
+    /// Sends one request; the time and rows it reports.
+    pub(crate) fn run(&mut self, ask: &serde_json::Value) -> anyhow::Result<(Duration, usize)> {
         writeln!(self.stdin, "{ask}")?;
         self.stdin.flush()?;
         let mut line = String::new();
         self.stdout.read_line(&mut line)?;
         let v: serde_json::Value = serde_json::from_str(&line)?;
         if let Some(e) = v["error"].as_str() {
-            bail!("{door}: {e}");
+            bail!("{e}");
         }
-        let ms = v["ms"].as_f64().ok_or_else(|| anyhow!("{door}: no time"))?;
+        let ms = v["ms"].as_f64().ok_or_else(|| anyhow!("no time"))?;
         Ok((
             Duration::from_secs_f64(ms / 1000.0),
             v["rows"].as_u64().unwrap_or(0) as usize,
@@ -304,9 +245,18 @@ impl Doors {
     }
 }
 
-impl Drop for Doors {
+impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// DuckDB over the benchmark's files, with views named as the gateway's tables.
+pub(crate) fn duckdb(tables: &BTreeMap<String, PathBuf>) -> Option<(Worker, String)> {
+    let map: BTreeMap<&String, String> = tables
+        .iter()
+        .map(|(k, v)| (k, v.display().to_string()))
+        .collect();
+    Worker::start(DUCKDB_WORKER, &[serde_json::to_string(&map).ok()?])
 }

@@ -371,7 +371,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut duck = if args.no_duckdb {
         None
     } else {
-        DuckDb::start(&tables)
+        duckdb(&tables)
     };
     match &duck {
         Some((_, v)) => eprintln!("DuckDB {v} found"),
@@ -404,7 +404,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     }
                     _ => match &mut duck {
                         Some((d, _)) => Some(
-                            d.run(q.sql)
+                            d.run(&serde_json::json!({"sql": q.sql}))
                                 .with_context(|| format!("duckdb: {}", q.name))?,
                         ),
                         None => None,
@@ -489,7 +489,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // 2b. The same queries through each door, as analysts' tools ask them.
     let doors = match (&gw.server.pg, &gw.server.flight) {
-        (Some(pg), Some(flight)) => Doors::start(pg, flight),
+        (Some(pg), Some(flight)) => {
+            Worker::start(DOORS_WORKER, &[pg.clone(), flight.clone()]).map(|(w, _)| w)
+        }
         _ => None,
     };
     match doors {
@@ -510,12 +512,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                                     .await
                                     .with_context(|| format!("http: {}", q.name))?
                             }
-                            1 => doors
-                                .run("pg", &token, q.purpose, q.sql)
-                                .with_context(|| format!("pg: {}", q.name))?,
-                            _ => doors
-                                .run("flight", &token, q.purpose, q.sql)
-                                .with_context(|| format!("flight: {}", q.name))?,
+                            door => {
+                                let name = if door == 1 { "pg" } else { "flight" };
+                                let ask = serde_json::json!({"door": name, "token": token, "purpose": q.purpose, "sql": q.sql});
+                                doors
+                                    .run(&ask)
+                                    .with_context(|| format!("{name}: {}", q.name))?
+                            }
                         };
                         if round > 0 {
                             door_times[i][door].push(t.as_secs_f64() * 1000.0);

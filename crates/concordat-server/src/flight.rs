@@ -336,6 +336,16 @@ fn one_batch<E: std::fmt::Display>(
     Ok(Box::pin(encoded))
 }
 
+/// The FlightInfo of a catalog or metadata call: its ticket is the command itself.
+fn listing<M: ProstMessageExt>(
+    command: &M,
+    schema: &Schema,
+    request: Request<FlightDescriptor>,
+) -> Result<Response<FlightInfo>, Status> {
+    let ticket = Ticket::new(command.as_any().encode_to_vec());
+    Ok(Response::new(info(schema, ticket, request.into_inner())?))
+}
+
 fn info(
     schema: &Schema,
     ticket: Ticket,
@@ -479,8 +489,7 @@ impl FlightSqlService for FlightDoor {
             .as_ref()
             .ok_or_else(|| Status::internal("internal error"))?;
         let schema = query.clone().into_builder(infos).schema();
-        let ticket = Ticket::new(query.as_any().encode_to_vec());
-        Ok(Response::new(info(&schema, ticket, request.into_inner())?))
+        listing(&query, &schema, request)
     }
 
     async fn do_get_sql_info(
@@ -502,8 +511,7 @@ impl FlightSqlService for FlightDoor {
     ) -> Result<Response<FlightInfo>, Status> {
         self.asker(&request)?;
         let schema = query.into_builder().schema();
-        let ticket = Ticket::new(query.as_any().encode_to_vec());
-        Ok(Response::new(info(&schema, ticket, request.into_inner())?))
+        listing(&query, &schema, request)
     }
 
     async fn do_get_catalogs(
@@ -527,8 +535,7 @@ impl FlightSqlService for FlightDoor {
     ) -> Result<Response<FlightInfo>, Status> {
         self.asker(&request)?;
         let schema = query.clone().into_builder().schema();
-        let ticket = Ticket::new(query.as_any().encode_to_vec());
-        Ok(Response::new(info(&schema, ticket, request.into_inner())?))
+        listing(&query, &schema, request)
     }
 
     async fn do_get_schemas(
@@ -551,8 +558,7 @@ impl FlightSqlService for FlightDoor {
     ) -> Result<Response<FlightInfo>, Status> {
         self.asker(&request)?;
         let schema = query.clone().into_builder().schema();
-        let ticket = Ticket::new(query.as_any().encode_to_vec());
-        Ok(Response::new(info(&schema, ticket, request.into_inner())?))
+        listing(&query, &schema, request)
     }
 
     async fn do_get_tables(
@@ -579,8 +585,7 @@ impl FlightSqlService for FlightDoor {
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
         let schema = query.into_builder().schema();
-        let ticket = Ticket::new(query.as_any().encode_to_vec());
-        Ok(Response::new(info(&schema, ticket, request.into_inner())?))
+        listing(&query, &schema, request)
     }
 
     async fn do_get_table_types(
