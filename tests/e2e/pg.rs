@@ -93,6 +93,22 @@ fn http_rows(server: &Server, token: &str, purpose: &str, sql: &str) -> (u16, Ve
     (status, rows)
 }
 
+/// Rows a script printed as lists of text, in psql's unaligned form.
+fn text_rows(rows: &serde_json::Value) -> Vec<String> {
+    rows.as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|c| c.as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}
+
 fn lines(text: &str) -> Vec<String> {
     text.lines()
         .map(str::trim_end)
@@ -443,19 +459,7 @@ fn psycopg_runs_parameterised_queries_over_the_extended_protocol() {
         "SELECT quarter, indicator, value FROM force_performance WHERE indicator = 'knife_offences' AND value >= 0 ORDER BY quarter, indicator, value",
     );
     assert_eq!(status, 200);
-    let rows: Vec<String> = got["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .expect("row")
-                .iter()
-                .map(|c| c.as_str().unwrap_or_default().to_owned())
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .collect();
+    let rows = text_rows(&got["rows"]);
     assert!(!rows.is_empty());
     assert_eq!(normalise(&rows), normalise(&expected));
     assert_eq!(
@@ -505,19 +509,7 @@ fn excel_s_path_through_the_odbc_driver_answers_a_query() {
         "performance-scrutiny",
         "SELECT pfa_code, count(*) AS n FROM force_performance GROUP BY pfa_code ORDER BY pfa_code",
     );
-    let rows: Vec<String> = got["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .expect("row")
-                .iter()
-                .map(|c| c.as_str().unwrap_or_default().to_owned())
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .collect();
+    let rows = text_rows(&got["rows"]);
     assert_eq!(rows, expected);
     assert_eq!(rows.len(), 1, "Kent only");
     let tables = got["tables"].as_array().expect("tables");
