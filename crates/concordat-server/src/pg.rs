@@ -51,6 +51,9 @@ use crate::state::{AppState, StartError};
 
 /// The door's name in audit events.
 const DOOR: &str = "pg";
+/// Connections one door holds at once; beyond, a new one is told so and closed (each
+/// connection costs a task and buffers whether or not it asks anything).
+const MAX_CONNECTIONS: usize = 1024;
 /// What `SHOW server_version` and the startup parameters say.
 const SERVER_VERSION: &str = "16.6";
 
@@ -130,6 +133,7 @@ impl PgListener {
             .map_or(true, |a| !a.ip().is_loopback());
         let door = PgDoor::new(state, self.tls.is_some() && beyond_loopback);
         let connections = tokio_util::task::TaskTracker::new();
+        let room = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -144,9 +148,15 @@ impl PgListener {
                 }
             };
             let _ = socket.set_nodelay(true);
+            let Ok(place) = room.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "pg: connection refused: {MAX_CONNECTIONS} already open");
+                connections.spawn(too_many(socket));
+                continue;
+            };
             let door = door.clone();
             let tls = self.tls.clone();
             connections.spawn(async move {
+                let _place = place;
                 if let Err(e) = pgwire::tokio::process_socket(socket, tls, door).await {
                     tracing::debug!(%peer, error = %e, "pg: connection ended with an error");
                 }
@@ -157,6 +167,31 @@ impl PgListener {
         // end with the process.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), connections.wait()).await;
     }
+}
+
+/// Tells a client over the connection limit why, as Postgres does (`53300`), and closes.
+async fn too_many(mut socket: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut fields = Vec::new();
+    for (code, text) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "53300"),
+        (b'M', "sorry, too many clients already"),
+    ] {
+        fields.push(code);
+        fields.extend_from_slice(text.as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+    message.extend_from_slice(&fields);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = socket.write_all(&message).await;
+        let _ = socket.shutdown().await;
+    })
+    .await;
 }
 
 impl PgWireServerHandlers for PgDoor {
