@@ -236,6 +236,29 @@ fn the_catalog_a_client_sees_holds_only_the_callers_datasets_and_columns() {
     for hidden in ["audit_log", "most_similar_groups_private"] {
         assert!(!scrutiny.out.contains(hidden), "{hidden}: {}", scrutiny.out);
     }
+    // What Npgsql (Power BI) asks when it loads types: function columns join pg_proc by
+    // object id, and types resolve to their namespace.
+    let types = psql(
+        &server,
+        &kent,
+        "performance-scrutiny",
+        &[
+            "SELECT ns.nspname, typ.typname, CASE WHEN proc.proname = 'array_recv' THEN 'a' ELSE typ.typtype END AS typtype \
+           FROM pg_type AS typ JOIN pg_namespace AS ns ON ns.oid = typ.typnamespace \
+           LEFT JOIN pg_proc AS proc ON proc.oid = typ.typreceive \
+           LEFT JOIN pg_range ON pg_range.rngtypid = typ.oid \
+           WHERE typ.typname IN ('int4', '_int4', 'text') ORDER BY typ.typname",
+        ],
+    );
+    assert!(types.ok && types.err.is_empty(), "{}", types.err);
+    assert_eq!(
+        lines(&types.out),
+        [
+            "pg_catalog|_int4|a",
+            "pg_catalog|int4|b",
+            "pg_catalog|text|b"
+        ]
+    );
     // \dt lists exactly the tables a query can name under the purpose.
     let listed: Vec<String> = lines(&psql(&server, &kent, "performance-scrutiny", &["\\dt"]).out)
         .iter()

@@ -124,7 +124,9 @@ impl PgCatalogs {
         if let Some(s) = self.statics.get() {
             return Ok(s.clone());
         }
-        let made = Arc::new(PgCatalogStaticTables::try_new()?);
+        let mut made = PgCatalogStaticTables::try_new()?;
+        with_function_oids(&mut made)?;
+        let made = Arc::new(made);
         Ok(self.statics.get_or_init(|| made).clone())
     }
 
@@ -214,4 +216,75 @@ impl PgCatalogs {
         *state.write() = with_types;
         Ok(())
     }
+}
+
+/// `pg_type`'s function columns (`typinput`, `typreceive`, ...) as the object ids of the
+/// functions they name, as in Postgres, where a `regproc` is an oid: clients join them to
+/// `pg_proc.oid` (Npgsql, under Power BI, does when it loads types, and a name compared
+/// with an oid fails the whole query). A name with no function is 0, Postgres' `-`.
+fn with_function_oids(statics: &mut PgCatalogStaticTables) -> Result<(), DataFusionError> {
+    use datafusion::arrow::array::{Array, ArrayRef, Int32Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let mut oid_of: HashMap<String, i32> = HashMap::new();
+    for batch in statics.pg_proc.data() {
+        let names = batch
+            .column_by_name("proname")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+        let oids = batch
+            .column_by_name("oid")
+            .and_then(|c| c.as_any().downcast_ref::<Int32Array>());
+        let (Some(names), Some(oids)) = (names, oids) else {
+            return Ok(());
+        };
+        for i in 0..batch.num_rows() {
+            oid_of
+                .entry(names.value(i).to_owned())
+                .or_insert(oids.value(i));
+        }
+    }
+    let schema = statics.pg_type.schema();
+    let is_regproc = |f: &Field| {
+        f.data_type() == &DataType::Utf8
+            && f.metadata().get("pg.oid_alias").map(String::as_str) == Some("regproc")
+    };
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if is_regproc(f) {
+                Field::new(f.name(), DataType::Int32, f.is_nullable()).with_metadata(
+                    [("pg.oid_alias".to_owned(), "oid".to_owned())]
+                        .into_iter()
+                        .collect(),
+                )
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    let changed = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    let mut bytes = Vec::new();
+    {
+        let mut w = datafusion::arrow::ipc::writer::FileWriter::try_new(&mut bytes, &changed)?;
+        for batch in statics.pg_type.data() {
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+            for (column, field) in batch.columns().iter().zip(schema.fields()) {
+                let names = column.as_any().downcast_ref::<StringArray>();
+                columns.push(match names {
+                    Some(names) if is_regproc(field) => Arc::new(
+                        names
+                            .iter()
+                            .map(|n| n.map(|n| oid_of.get(n).copied().unwrap_or(0)))
+                            .collect::<Int32Array>(),
+                    ),
+                    _ => column.clone(),
+                });
+            }
+            w.write(&RecordBatch::try_new(changed.clone(), columns)?)?;
+        }
+        w.finish()?;
+    }
+    // A static table is made from Arrow IPC only.
+    statics.pg_type = Arc::new(pgc::ArrowTable::from_ipc_data(bytes)?);
+    Ok(())
 }
