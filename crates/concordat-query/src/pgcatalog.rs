@@ -206,6 +206,25 @@ impl PgCatalogs {
         for udf in udfs {
             ctx.register_udf(udf);
         }
+        {
+            use datafusion::arrow::datatypes::DataType::{Int32, Utf8};
+            use datafusion::scalar::ScalarValue;
+            let visible = ScalarValue::Boolean(Some(true));
+            let no_comment = ScalarValue::Utf8(None);
+            ctx.register_udf(constant("pg_type_is_visible", vec![Int32], visible.clone()));
+            ctx.register_udf(constant("pg_function_is_visible", vec![Int32], visible));
+            ctx.register_udf(constant(
+                "obj_description",
+                vec![Int32, Utf8],
+                no_comment.clone(),
+            ));
+            ctx.register_udf(constant(
+                "col_description",
+                vec![Int32, Int32],
+                no_comment.clone(),
+            ));
+            ctx.register_udf(constant("shobj_description", vec![Int32, Utf8], no_comment));
+        }
         // Postgres' object-id type names (`regclass`, `regtype`...) as types the planner knows.
         let state = ctx.state_ref();
         let existing = state.read().clone();
@@ -287,4 +306,30 @@ fn with_function_oids(statics: &mut PgCatalogStaticTables) -> Result<(), DataFus
     // A static table is made from Arrow IPC only.
     statics.pg_type = Arc::new(pgc::ArrowTable::from_ipc_data(bytes)?);
     Ok(())
+}
+
+/// A function clients call for decoration that has one answer here: visibility
+/// (`pg_type_is_visible`: true, since the catalog holds only what the caller may see) and
+/// comments (`obj_description`: none). psql's `\dT` and `\df` and DBeaver ask them.
+fn constant(
+    name: &str,
+    inputs: Vec<datafusion::arrow::datatypes::DataType>,
+    answer: datafusion::scalar::ScalarValue,
+) -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    let output = answer.data_type();
+    create_udf(
+        name,
+        inputs,
+        output,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            Ok(match args.first() {
+                Some(ColumnarValue::Array(a)) => {
+                    ColumnarValue::Array(answer.to_array_of_size(a.len())?)
+                }
+                _ => ColumnarValue::Scalar(answer.clone()),
+            })
+        }),
+    )
 }
