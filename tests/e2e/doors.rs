@@ -2,11 +2,9 @@
 //! rows, or the same refusal, over HTTP, Postgres wire (psycopg) and Flight SQL (ADBC),
 //! and each door's request leaves its audit event naming the door.
 
-use std::process::Command;
-
 use concordat_e2e::*;
 
-use super::fixtures::{ask, loaded};
+use super::fixtures::{ask, cell, loaded, python};
 
 /// (partner, purpose, SQL).
 const CASES: [(&str, &str, &str); 10] = [
@@ -103,16 +101,6 @@ else:
 print(json.dumps(out))
 "#;
 
-fn cell(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::Null => "null".to_owned(),
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Bool(b) => b.to_string(),
-        serde_json::Value::Number(n) => format!("{:.6}", n.as_f64().unwrap_or(f64::NAN)),
-        other => other.to_string(),
-    }
-}
-
 #[test]
 fn every_door_gives_the_same_answer_or_the_same_refusal() {
     let site = Site::new();
@@ -160,21 +148,18 @@ fn every_door_gives_the_same_answer_or_the_same_refusal() {
     );
 
     for door in ["pg", "flight"] {
-        let out = Command::new("python3")
-            .args(["-c", CLIENTS])
-            .env("DOOR", door)
-            .env("PG", server.pg.clone().expect("pg"))
-            .env("FLIGHT", server.flight.clone().expect("flight"))
-            .env("CASES", serde_json::to_string(&cases).expect("cases"))
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "{door}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let (pg, flight) = (server.pg.clone(), server.flight.clone());
+        let got = python(
+            CLIENTS,
+            &[
+                ("DOOR", door),
+                ("PG", &pg.expect("pg")),
+                ("FLIGHT", &flight.expect("flight")),
+                ("CASES", &serde_json::to_string(&cases).expect("cases")),
+            ],
         );
-        let got: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
-        for ((case, want), have) in CASES.iter().zip(&expected).zip(&got) {
+        let got = got.as_array().expect("one answer per case");
+        for ((case, want), have) in CASES.iter().zip(&expected).zip(got) {
             match (want.get("rows"), want["error"].as_str()) {
                 (Some(rows), _) => assert_eq!(Some(rows), have.get("rows"), "{door} {case:?}"),
                 (None, Some(message)) => {

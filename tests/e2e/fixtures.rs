@@ -56,3 +56,35 @@ pub fn refusal(server: &Server, token: &str, purpose: &str, sql: &str) -> String
         .unwrap_or_default()
         .to_owned()
 }
+
+/// Runs a Python script (the clients of the other doors) with these environment
+/// variables; its standard output, parsed as JSON.
+pub fn python(script: &str, vars: &[(&str, &str)]) -> serde_json::Value {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", script]);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "JSON from the script ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// One answer cell as text, numbers to six places (each client prints floats its own way).
+pub fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "null".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => format!("{:.6}", n.as_f64().unwrap_or(f64::NAN)),
+        other => other.to_string(),
+    }
+}

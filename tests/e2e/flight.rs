@@ -3,37 +3,19 @@
 //! not expose (tickets). `.ci/run` installs them; a machine without them fails these
 //! tests rather than skipping them.
 
-use std::process::Command;
-
 use concordat_e2e::*;
 
-use super::fixtures::{ask, loaded, refusal};
+use super::fixtures::{self, ask, cell, loaded, refusal};
 
 const DOORS: [(&str, &str); 1] = [("CONCORDAT_FLIGHT__ADDR", "127.0.0.1:0")];
 
 /// Runs a Python script with `FLIGHT` (`host:port`) and the given variables; its stdout
 /// parsed as JSON.
 fn python(server: &Server, vars: &[(&str, &str)], script: &str) -> serde_json::Value {
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]).env(
-        "FLIGHT",
-        server.flight.clone().expect("the Flight SQL door"),
-    );
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "JSON from the script ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    let at = server.flight.clone().expect("the Flight SQL door");
+    let mut all = vec![("FLIGHT", at.as_str())];
+    all.extend_from_slice(vars);
+    fixtures::python(script, &all)
 }
 
 /// The rows of an HTTP JSON answer, each cell as text.
@@ -46,16 +28,6 @@ fn http_rows(server: &Server, token: &str, purpose: &str, sql: &str) -> Vec<Vec<
         .iter()
         .map(|r| r.as_array().expect("row").iter().map(cell).collect())
         .collect()
-}
-
-/// One cell as text, numbers to six places (both sides print floats their own way).
-fn cell(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::Null => "null".to_owned(),
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Number(n) => format!("{:.6}", n.as_f64().unwrap_or(f64::NAN)),
-        other => other.to_string(),
-    }
 }
 
 fn rows_of(v: &serde_json::Value) -> Vec<Vec<String>> {

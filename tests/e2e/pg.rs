@@ -6,7 +6,7 @@ use std::process::Command;
 
 use concordat_e2e::*;
 
-use super::fixtures::{ask, loaded, refusal};
+use super::fixtures::{self, ask, loaded, refusal};
 
 const PG: (&str, &str) = ("CONCORDAT_PG__ADDR", "127.0.0.1:0");
 
@@ -49,20 +49,15 @@ fn psql(server: &Server, password: &str, database: &str, commands: &[&str]) -> P
 /// parsed as JSON.
 fn python(server: &Server, token: &str, database: &str, script: &str) -> serde_json::Value {
     let (host, port) = pg_addr(server);
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .env("PG_HOST", host)
-        .env("PG_PORT", port)
-        .env("TOKEN", token)
-        .env("DB", database)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON from the script")
+    fixtures::python(
+        script,
+        &[
+            ("PG_HOST", &host),
+            ("PG_PORT", &port),
+            ("TOKEN", token),
+            ("DB", database),
+        ],
+    )
 }
 
 /// The rows of an HTTP JSON answer as text, in psql's unaligned form.

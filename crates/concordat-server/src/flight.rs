@@ -613,14 +613,12 @@ impl FlightListener {
     pub async fn bind(settings: &DoorSettings) -> Result<FlightListener, StartError> {
         let tls = match (&settings.tls_cert, &settings.tls_key) {
             (Some(cert), Some(key)) => {
-                // Checked with the same reader as the Postgres door, for the same errors.
-                crate::tls::server_config(cert, key)?;
-                let read = |p: &std::path::Path| {
-                    std::fs::read(p).map_err(|e| StartError::new(&p.display().to_string(), e))
-                };
-                Some(tonic::transport::ServerTlsConfig::new().identity(
-                    tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
-                ))
+                // Read and checked as for the Postgres door, so both name the same errors.
+                let pem = crate::tls::Pem::read(cert, key)?;
+                Some(
+                    tonic::transport::ServerTlsConfig::new()
+                        .identity(tonic::transport::Identity::from_pem(pem.cert, pem.key)),
+                )
             }
             _ => None,
         };

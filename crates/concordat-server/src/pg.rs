@@ -105,7 +105,7 @@ impl PgListener {
     /// Binds `settings.addr` and reads the certificate, if any.
     pub async fn bind(settings: &DoorSettings) -> Result<PgListener, StartError> {
         let tls = match (&settings.tls_cert, &settings.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(crate::tls::Pem::read(cert, key)?.acceptor()),
             _ => None,
         };
         let listener = tokio::net::TcpListener::bind(settings.addr)
@@ -223,12 +223,16 @@ struct Login {
     door: Arc<Shared>,
 }
 
-fn fatal(code: &str, message: String) -> PgWireError {
+fn failure(severity: &str, code: &str, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
-        "FATAL".to_owned(),
+        severity.to_owned(),
         code.to_owned(),
         message,
     )))
+}
+
+fn fatal(code: &str, message: String) -> PgWireError {
+    failure("FATAL", code, message)
 }
 
 #[async_trait]
@@ -444,14 +448,14 @@ fn answer_local(local: &Local, client: &dyn ClientInfo) -> PgWireResult<Response
         Local::Deallocate => Response::Execution(Tag::new("DEALLOCATE")),
         Local::Show(name) => {
             let value = setting(name, client).ok_or_else(|| {
-                PgWireError::UserError(Box::new(ErrorInfo::new(
-                    "ERROR".to_owned(),
-                    "42704".to_owned(),
+                failure(
+                    "ERROR",
+                    "42704",
                     format!(
                         "unrecognized configuration parameter \"{}\"",
                         name.chars().take(64).collect::<String>()
                     ),
-                )))
+                )
             })?;
             let fields = Arc::new(show_fields(name));
             let mut encoder = DataRowEncoder::new(fields.clone());
@@ -463,7 +467,7 @@ fn answer_local(local: &Local, client: &dyn ClientInfo) -> PgWireResult<Response
 }
 
 /// The Postgres error for a refusal, with the message HTTP gives.
-pub fn pg_error(e: &QueryError) -> PgWireError {
+fn error_info(e: &QueryError) -> ErrorInfo {
     let state = match e.code() {
         "sql" => "42601",
         "not_found" => "42P01",
@@ -476,11 +480,12 @@ pub fn pg_error(e: &QueryError) -> PgWireError {
         _ if e.kind() == ErrorKind::Internal => "XX000",
         _ => "42000",
     };
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".to_owned(),
-        state.to_owned(),
-        e.to_string(),
-    )))
+    ErrorInfo::new("ERROR".to_owned(), state.to_owned(), e.to_string())
+}
+
+/// [`error_info`] as the error a handler returns.
+pub fn pg_error(e: &QueryError) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(e)))
 }
 
 /// Both query protocols.
@@ -496,6 +501,24 @@ fn session<C: ClientInfo>(client: &C) -> PgWireResult<Arc<Session>> {
 }
 
 impl Handler {
+    /// A question of this connection's caller and purpose.
+    fn request<'a>(
+        &self,
+        session: &'a Session,
+        sql: &'a str,
+        params: &'a [ScalarValue],
+    ) -> QueryRequest<'a> {
+        QueryRequest {
+            caller: &session.caller,
+            purpose: &session.purpose,
+            sql,
+            door: DOOR,
+            today: self.door.state.today(),
+            params,
+            dialect: Dialect::Postgres,
+        }
+    }
+
     /// Asks the query service; the answer carries its audit event until it is sent.
     async fn ask(
         &self,
@@ -504,18 +527,7 @@ impl Handler {
         params: &[ScalarValue],
     ) -> Result<QueryRun, QueryError> {
         let state = &self.door.state;
-        let run = state
-            .query
-            .query(QueryRequest {
-                caller: &session.caller,
-                purpose: &session.purpose,
-                sql,
-                door: DOOR,
-                today: state.today(),
-                params,
-                dialect: Dialect::Postgres,
-            })
-            .await;
+        let run = state.query.query(self.request(session, sql, params)).await;
         match &run {
             Ok(_) => state.metrics.queries_ok.inc(),
             Err(_) => state.metrics.queries_refused.inc(),
@@ -659,13 +671,6 @@ impl SimpleQueryHandler for Handler {
     }
 }
 
-fn error_info(e: &QueryError) -> ErrorInfo {
-    match pg_error(e) {
-        PgWireError::UserError(info) => *info,
-        _ => ErrorInfo::new("ERROR".to_owned(), "XX000".to_owned(), e.to_string()),
-    }
-}
-
 /// Parses for the extended protocol: the statement is kept as the door's [`Statement`].
 struct Parser;
 
@@ -686,27 +691,26 @@ impl QueryParser for Parser {
         match statements.len() {
             0 => Ok(None),
             1 => Ok(statements.pop()),
-            _ => Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "ERROR".to_owned(),
-                "42601".to_owned(),
+            _ => Err(failure(
+                "ERROR",
+                "42601",
                 "cannot insert multiple commands into a prepared statement".to_owned(),
-            )))),
+            )),
         }
     }
 
+    // Both describe calls are answered by `Handler`, which asks the query service; pgwire
+    // reaches these two only through the default describe implementations.
     fn get_parameter_types(&self, _stmt: &Statement) -> PgWireResult<Vec<Type>> {
         Ok(Vec::new())
     }
 
     fn get_result_schema(
         &self,
-        stmt: &Statement,
+        _stmt: &Statement,
         _format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        Ok(match stmt {
-            Statement::Local(Local::Show(name)) => show_fields(name),
-            _ => Vec::new(),
-        })
+        Ok(Vec::new())
     }
 }
 
@@ -757,18 +761,11 @@ impl ExtendedQueryHandler for Handler {
             Statement::Ask(sql) => sql,
         };
         let session = session(client)?;
-        let state = &self.door.state;
-        let described = state
+        let described = self
+            .door
+            .state
             .query
-            .describe(QueryRequest {
-                caller: &session.caller,
-                purpose: &session.purpose,
-                sql,
-                door: DOOR,
-                today: state.today(),
-                params: &[],
-                dialect: Dialect::Postgres,
-            })
+            .describe(self.request(&session, sql, &[]))
             .await
             .map_err(|e| pg_error(&e))?;
         let mut types = Vec::with_capacity(described.params.len());

@@ -12,37 +12,56 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::state::StartError;
 
-/// The certificate chain and key of a door, read and checked.
-pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, StartError> {
-    let read =
-        |p: &Path| std::fs::read(p).map_err(|e| StartError::new(&p.display().to_string(), e));
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut read(cert)?.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| StartError::new(&cert.display().to_string(), e))?;
-    if chain.is_empty() {
-        return Err(StartError::new(
-            &cert.display().to_string(),
-            "no PEM certificate in the file",
-        ));
-    }
-    let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut read(key)?.as_slice())
-        .map_err(|e| StartError::new(&key.display().to_string(), e))?
-        .ok_or_else(|| {
-            StartError::new(&key.display().to_string(), "no PEM private key in the file")
-        })?;
-    ServerConfig::builder_with_provider(Arc::new(
-        tokio_rustls::rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| StartError::new("tls", e))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key_der)
-    .map_err(|e| StartError::new(&cert.display().to_string(), e))
+/// A door's certificate chain and key as read from their PEM files, checked to make a
+/// TLS server configuration.
+pub struct Pem {
+    /// The certificate chain, PEM.
+    pub cert: Vec<u8>,
+    /// The private key, PEM.
+    pub key: Vec<u8>,
+    /// The checked server configuration (rustls on ring).
+    pub config: ServerConfig,
 }
 
-/// A TLS acceptor for a door.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartError> {
-    Ok(TlsAcceptor::from(Arc::new(server_config(cert, key)?)))
+impl Pem {
+    /// Reads both files once and checks that they make a server configuration.
+    pub fn read(cert: &Path, key: &Path) -> Result<Pem, StartError> {
+        let read =
+            |p: &Path| std::fs::read(p).map_err(|e| StartError::new(&p.display().to_string(), e));
+        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+            .collect::<Result<_, _>>()
+            .map_err(|e| StartError::new(&cert.display().to_string(), e))?;
+        if chain.is_empty() {
+            return Err(StartError::new(
+                &cert.display().to_string(),
+                "no PEM certificate in the file",
+            ));
+        }
+        let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+            .map_err(|e| StartError::new(&key.display().to_string(), e))?
+            .ok_or_else(|| {
+                StartError::new(&key.display().to_string(), "no PEM private key in the file")
+            })?;
+        let config = ServerConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::new("tls", e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| StartError::new(&cert.display().to_string(), e))?;
+        Ok(Pem {
+            cert: cert_pem,
+            key: key_pem,
+            config,
+        })
+    }
+
+    /// A TLS acceptor for a door that speaks TLS itself (Postgres wire).
+    pub fn acceptor(self) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::new(self.config))
+    }
 }
 
 /// Writes a self-signed certificate and key for `localhost` and `127.0.0.1` (the demo's
