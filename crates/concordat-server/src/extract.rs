@@ -141,6 +141,18 @@ fn asked(
 
 /// The handler: the request is checked here, the rows come from the query service under
 /// the extract's one audit event, which is closed once the file is built.
+#[utoipa::path(get, path = "/v1/extracts/efficiency", tag = "extracts",
+    params(("financial_year" = String, Query, description = "`YYYY-YY`"),
+        ("format" = Option<String>, Query, description = "`csv` (default), `json`, `parquet` or `xlsx`"),
+        ("purpose" = Option<String>, Query, description = "The purpose; defaults to the caller's one purpose for force_efficiency")),
+    responses(
+        (status = 200, description = "Every force's nine metrics with most similar group and national comparators, and a manifest", content(
+            (crate::api::EfficiencyExtract = "application/json"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.parquet"),
+            (Vec<u8> = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"))),
+        (status = 400, description = "Bad financial year or format", body = crate::api::ErrorBody), (status = 401, description = "No or bad credential", body = crate::api::ErrorBody),
+        (status = 403, description = "No agreement gives the caller the efficiency dataset", body = crate::api::ErrorBody)))]
 pub async fn efficiency(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,

@@ -7,8 +7,10 @@
 //! event; this crate never decides what an agreement allows, and turns error kinds into
 //! statuses only through [`concordat_core::ErrorKind::status`].
 
+pub mod api;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod encode;
 pub mod error;
 pub mod extract;
@@ -25,7 +27,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware::{self, Next};
-use axum::routing::{get, post};
+use axum::routing::get;
 
 pub use config::Config;
 pub use state::{AppState, StartError};
@@ -33,25 +35,25 @@ pub use state::{AppState, StartError};
 /// The application's routes.
 pub fn router(state: Arc<AppState>) -> Router {
     let counted = state.clone();
-    Router::new()
-        .route("/healthz", get(routes::healthz))
+    // Every `/v1` route comes from `api::v1`, which documents it as it registers it.
+    let (v1, _) = api::v1().split_for_parts();
+    let document = bytes::Bytes::from(api::document().to_json().unwrap_or_default());
+    v1.route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
-        .route("/v1/me", get(routes::me))
-        .route("/v1/datasets", get(routes::datasets))
-        .route("/v1/datasets/{name}", get(routes::dataset))
-        .route("/v1/datasets/{name}/uploads", post(routes::upload))
-        .route("/v1/query", post(query::query))
-        .route("/v1/audit", get(routes::audit))
         .route(
-            "/v1/tokens",
-            get(routes::token_list).post(routes::token_create),
+            "/v1/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        document,
+                    )
+                }
+            }),
         )
-        .route(
-            "/v1/tokens/{id}",
-            axum::routing::delete(routes::token_revoke),
-        )
-        .route("/v1/extracts/efficiency", get(extract::efficiency))
+        .merge(console::router())
         .fallback(routes::not_found)
         .layer(middleware::from_fn(
             move |req: axum::extract::Request, next: Next| {

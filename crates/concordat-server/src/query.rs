@@ -27,6 +27,21 @@ struct QueryBody {
 }
 
 /// The handler.
+#[utoipa::path(post, path = "/v1/query", tag = "query",
+    request_body(content = crate::api::QueryBody),
+    responses(
+        (status = 200, description = "The answer, in the format `Accept` asks for", content(
+            (crate::api::QueryAnswer = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"),
+            (Vec<u8> = "application/vnd.apache.parquet"))),
+        (status = 400, description = "Bad body or SQL, or a statement that is not a read", body = crate::api::ErrorBody), (status = 401, description = "No or bad credential", body = crate::api::ErrorBody),
+        (status = 403, description = "Refused by the agreements (the message names the agreement or rule)", body = crate::api::ErrorBody),
+        (status = 404, description = "A table the caller may not see", body = crate::api::ErrorBody),
+        (status = 406, description = "An `Accept` the gateway does not answer", body = crate::api::ErrorBody),
+        (status = 413, description = "SQL too long", body = crate::api::ErrorBody),
+        (status = 429, description = "Too many queries at once", body = crate::api::ErrorBody)))]
 pub async fn query(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,

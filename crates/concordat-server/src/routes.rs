@@ -55,6 +55,8 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// `GET /v1/me`: who the caller is and which agreements are in force for them.
+#[utoipa::path(get, path = "/v1/me", tag = "who",
+    responses((status = 200, description = "The caller, its partner and the agreements in force", body = crate::api::Me), (status = 401, description = "No or bad credential", body = crate::api::ErrorBody)))]
 pub async fn me(State(state): State<Arc<AppState>>, Authed(caller): Authed) -> Json<Value> {
     let p = &caller.partner;
     let force = p
@@ -187,6 +189,8 @@ fn column_json(
 }
 
 /// `GET /v1/datasets`: datasets the caller may see, with columns, access and latest version.
+#[utoipa::path(get, path = "/v1/datasets", tag = "datasets",
+    responses((status = 200, description = "Datasets the caller may read or upload", body = crate::api::DatasetList), (status = 401, description = "No or bad credential", body = crate::api::ErrorBody)))]
 pub async fn datasets(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
@@ -208,7 +212,8 @@ pub async fn datasets(
         }
         out.push(entry);
     }
-    Ok(Json(json!({ "datasets": out })))
+    let contract: Vec<&str> = Schemas::builtin().iter().map(|s| s.name.as_str()).collect();
+    Ok(Json(json!({ "datasets": out, "contract": contract })))
 }
 
 async fn latest_version(state: &AppState, schema: &DatasetSchema) -> AppResult<Option<u64>> {
@@ -241,6 +246,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for NameInPath {
 }
 
 /// `GET /v1/datasets/{name}`: the schema as the caller sees it, and its versions.
+#[utoipa::path(get, path = "/v1/datasets/{name}", tag = "datasets",
+    params(("name" = String, Path, description = "A dataset name")),
+    responses((status = 200, description = "The schema as the caller sees it, and every version with its provenance", body = crate::api::DatasetDetail), (status = 401, description = "No or bad credential", body = crate::api::ErrorBody),
+        (status = 404, description = "Unknown, or not visible to the caller", body = crate::api::ErrorBody)))]
 pub async fn dataset(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
@@ -289,6 +298,20 @@ pub struct UploadQuery {
 
 /// `POST /v1/datasets/{name}/uploads`: a Parquet body, validated and committed
 /// atomically by the upload service, which audits every outcome.
+#[utoipa::path(post, path = "/v1/datasets/{name}/uploads", tag = "datasets",
+    params(("name" = String, Path, description = "The dataset"),
+        ("mode" = Option<String>, Query, description = "`append` (default) or `replace_periods`")),
+    request_body(content = Vec<u8>, content_type = "application/vnd.apache.parquet", description = "One Parquet file"),
+    responses((status = 201, description = "Committed as a new version", body = crate::api::UploadDone),
+        (status = 200, description = "The same bytes were already committed: nothing changed", body = crate::api::UploadDone),
+        (status = 400, description = "Bad mode or unreadable file", body = crate::api::ErrorBody), (status = 401, description = "No or bad credential", body = crate::api::ErrorBody),
+        (status = 403, description = "No agreement lets the caller upload it, or not the uploader role", body = crate::api::ErrorBody),
+        (status = 404, description = "Unknown dataset", body = crate::api::ErrorBody),
+        (status = 409, description = "Another upload committed first: send it again", body = crate::api::ErrorBody),
+        (status = 413, description = "Larger than the upload limit", body = crate::api::ErrorBody),
+        (status = 415, description = "Not application/vnd.apache.parquet", body = crate::api::ErrorBody),
+        (status = 422, description = "Failed validation: `details.violations` [{row, column, rule, message}], nothing committed", body = crate::api::ErrorBody),
+        (status = 429, description = "Too many uploads at once", body = crate::api::ErrorBody)))]
 pub async fn upload(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
@@ -339,36 +362,121 @@ pub async fn upload(
     }
 }
 
-/// Query of `GET /v1/audit`.
-#[derive(Debug, Deserialize)]
-pub struct AuditQuery {
-    after: Option<u64>,
-    limit: Option<usize>,
-}
-
-/// `GET /v1/audit`: events the caller's audit agreements show, oldest first, paged by
-/// sequence number (`after`, `limit` up to 1000).
+/// `GET /v1/audit`: events the caller's audit agreements show: oldest first after
+/// `after`, or newest first (`order=newest`, paged by `before`), filtered by partner,
+/// action and outcome; `limit` up to 1000.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    params(("after" = Option<u64>, Query, description = "Oldest first: events after this sequence number"),
+        ("before" = Option<u64>, Query, description = "Newest first: events before this sequence number"),
+        ("order" = Option<String>, Query, description = "`oldest` (default) or `newest`"),
+        ("limit" = Option<u64>, Query, description = "1 to 1000, default 100"),
+        ("partner" = Option<String>, Query, description = "Only this partner's events"),
+        ("action" = Option<String>, Query, description = "Only this action"),
+        ("outcome" = Option<String>, Query, description = "Only this outcome")),
+    responses((status = 200, description = "Events the caller's audit agreements show", body = crate::api::AuditPage),
+        (status = 400, description = "Bad order", body = crate::api::ErrorBody), (status = 401, description = "No or bad credential", body = crate::api::ErrorBody),
+        (status = 403, description = "Not an auditor or admin, or no audit agreement", body = crate::api::ErrorBody)))]
 pub async fn audit(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
-    Query(q): Query<AuditQuery>,
+    Query(page): Query<concordat_store::trail::Page>,
 ) -> AppResult<Json<Value>> {
     let events = state
         .trail
-        .read(
-            &caller,
-            q.after.unwrap_or(0),
-            q.limit.unwrap_or(100),
-            state.today(),
-            "http",
-        )
+        .read(&caller, &page, state.today(), "http")
         .await?;
-    let next = events.last().map(|e| e.seq);
-    Ok(Json(json!({"events": events, "next_after": next})))
+    let newest = page.order.as_deref() == Some("newest") || page.before.is_some();
+    let last = events.last().map(|e| e.seq);
+    let mut out = json!({"events": events});
+    if newest {
+        out["next_before"] = json!(last);
+    } else {
+        out["next_after"] = json!(last);
+    }
+    Ok(Json(out))
+}
+
+/// `GET /v1/audit/verify`: whether every link of the hash chain holds.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    responses((status = 200, description = "Whether every link of the hash chain holds", body = crate::api::ChainCheck), (status = 401, description = "No or bad credential", body = crate::api::ErrorBody),
+        (status = 403, description = "Not an auditor or admin, or no audit agreement", body = crate::api::ErrorBody)))]
+pub async fn audit_verify(
+    State(state): State<Arc<AppState>>,
+    Authed(caller): Authed,
+) -> AppResult<Json<concordat_store::trail::ChainCheck>> {
+    Ok(Json(
+        state.trail.verify(&caller, state.today(), "http").await?,
+    ))
+}
+
+/// Query of `GET /v1/datasets/{name}/explain`.
+#[derive(Debug, Deserialize)]
+pub struct ExplainQuery {
+    purpose: Option<String>,
+}
+
+/// `GET /v1/datasets/{name}/explain`: "why can't I see this?": for any dataset of the
+/// contract, which of the caller's own agreements allow or refuse it, per purpose.
+#[utoipa::path(get, path = "/v1/datasets/{name}/explain", tag = "datasets",
+    params(("name" = String, Path, description = "Any dataset of the contract"),
+        ("purpose" = Option<String>, Query, description = "One purpose; all five when absent")),
+    responses((status = 200, description = "Why the caller may or may not read it: each agreement considered and the verdict", body = crate::api::Explanations),
+        (status = 400, description = "Unknown purpose", body = crate::api::ErrorBody), (status = 401, description = "No or bad credential", body = crate::api::ErrorBody),
+        (status = 404, description = "No such dataset in the contract", body = crate::api::ErrorBody)))]
+pub async fn explain(
+    State(state): State<Arc<AppState>>,
+    Authed(caller): Authed,
+    NameInPath(name): NameInPath,
+    Query(q): Query<ExplainQuery>,
+) -> AppResult<Json<Value>> {
+    let schema = Schemas::builtin()
+        .get(&name)
+        .ok_or_else(|| ApiError::unknown_dataset(&name))?;
+    let purposes: Vec<&str> = match q.purpose.as_deref() {
+        Some(p) => {
+            if concordat_core::Purpose::known(p).is_err() {
+                return Err(ApiError::bad_request(format!(
+                    "unknown purpose: the purposes are {}",
+                    concordat_core::Purpose::KNOWN.join(", ")
+                )));
+            }
+            vec![p]
+        }
+        None => concordat_core::Purpose::KNOWN.to_vec(),
+    };
+    let today = state.today();
+    let explanations: Vec<Value> = purposes
+        .into_iter()
+        .map(|purpose| {
+            let mut e = state
+                .policies
+                .explain(caller.partner.id.as_str(), schema.name.as_str(), purpose, today);
+            let declarable = concordat_core::Purpose::known(purpose)
+                .is_ok_and(|p| caller.may_declare(&p));
+            if e.allowed && !declarable {
+                e.allowed = false;
+                e.lines.push(format!(
+                    "REFUSED: this credential is limited to other purposes and may not be used for {purpose}"
+                ));
+            }
+            json!({"purpose": purpose, "allowed": e.allowed, "lines": e.lines})
+        })
+        .collect();
+    Ok(Json(json!({
+        "dataset": schema.name,
+        "partner": caller.partner.id,
+        "on": today,
+        "explanations": explanations,
+    })))
 }
 
 /// `POST /v1/tokens`: a personal access token for the caller's own partner, within the
 /// caller's roles (and purposes); the token is shown once.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens",
+    request_body(content = crate::api::TokenMint, description = "Roles and purposes within the caller's own"),
+    responses((status = 201, description = "The token, shown once", body = crate::api::TokenCreated),
+        (status = 400, description = "Bad body", body = crate::api::ErrorBody), (status = 401, description = "No or bad credential", body = crate::api::ErrorBody),
+        (status = 403, description = "Roles or purposes beyond the caller's", body = crate::api::ErrorBody)))]
 pub async fn token_create(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
@@ -402,6 +510,8 @@ pub async fn token_create(
 }
 
 /// `GET /v1/tokens`: the caller's partner's tokens (never their secrets).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    responses((status = 200, description = "The partner's tokens, never their secrets", body = crate::api::TokenList), (status = 401, description = "No or bad credential", body = crate::api::ErrorBody)))]
 pub async fn token_list(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,
@@ -410,6 +520,10 @@ pub async fn token_list(
 }
 
 /// `DELETE /v1/tokens/{id}`: revokes one of the caller's partner's tokens.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "The token id")),
+    responses((status = 200, description = "Revoked", body = crate::api::TokenInfo), (status = 401, description = "No or bad credential", body = crate::api::ErrorBody),
+        (status = 404, description = "No such token of the caller's partner", body = crate::api::ErrorBody)))]
 pub async fn token_revoke(
     State(state): State<Arc<AppState>>,
     Authed(caller): Authed,

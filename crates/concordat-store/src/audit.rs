@@ -329,6 +329,39 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// Events with `seq < before` that `keep` accepts, newest first, up to `limit`.
+    pub fn read_newest(
+        &self,
+        before: u64,
+        limit: usize,
+        keep: &dyn Fn(&AuditEvent) -> bool,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let _tail = self
+            .tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let file = File::open(&self.path).map_err(StoreError::internal)?;
+        let mut last = std::collections::VecDeque::with_capacity(limit.min(1024));
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(StoreError::internal)?;
+            let Ok(ev) = serde_json::from_str::<AuditEvent>(&line) else {
+                continue;
+            };
+            if ev.seq >= before {
+                break;
+            }
+            if keep(&ev) {
+                if last.len() == limit {
+                    last.pop_front();
+                }
+                last.push_back(ev);
+            }
+        }
+        Ok(last.into_iter().rev().collect())
+    }
+}
+
 /// The result of checking a log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verification {

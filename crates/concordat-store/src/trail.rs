@@ -14,6 +14,58 @@ use crate::recorded::Pending;
 /// Most events one read returns.
 pub const MAX_EVENTS: usize = 1000;
 
+/// Which events one read asks for.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Page {
+    /// Oldest first: events with `seq > after`.
+    pub after: Option<u64>,
+    /// Newest first: events with `seq < before` (or the newest, when `order` is `newest`).
+    pub before: Option<u64>,
+    /// `oldest` (the default) or `newest` first.
+    pub order: Option<String>,
+    /// How many (1 to [`MAX_EVENTS`], default 100).
+    pub limit: Option<usize>,
+    /// Only events of this partner.
+    pub partner: Option<String>,
+    /// Only events of this action (`query`, `upload`, ...).
+    pub action: Option<String>,
+    /// Only events with this outcome (`ok`, `refused`, `failed`, `cancelled`).
+    pub outcome: Option<String>,
+}
+
+impl Page {
+    fn newest_first(&self) -> Result<bool, StoreError> {
+        match self.order.as_deref() {
+            None | Some("oldest") => Ok(self.before.is_some()),
+            Some("newest") => Ok(true),
+            Some(_) => Err(StoreError::refused(
+                ErrorKind::InvalidInput,
+                "bad_request",
+                "order must be oldest or newest",
+            )),
+        }
+    }
+
+    fn matches(&self, e: &AuditEvent) -> bool {
+        let is = |want: &Option<String>, got: Option<&str>| {
+            want.as_deref()
+                .is_none_or(|w| w.is_empty() || Some(w) == got)
+        };
+        is(&self.partner, e.body.partner.as_deref())
+            && is(&self.action, Some(&e.body.action))
+            && is(&self.outcome, Some(&e.body.outcome))
+    }
+}
+
+/// The chain's state, as an auditor is told it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChainCheck {
+    /// True when every link from the first event to the head holds.
+    pub verified: bool,
+    /// The first broken link, when one is: which event and what is wrong.
+    pub broken: Option<String>,
+}
+
 /// The audit trail as partners may read it.
 #[derive(Debug, Clone)]
 pub struct AuditTrail {
@@ -27,19 +79,18 @@ impl AuditTrail {
         AuditTrail { policies, log }
     }
 
-    /// Events with `seq > after`, oldest first, up to `limit` (1 to [`MAX_EVENTS`]), that
-    /// the caller's audit agreements show for the `audit` purpose.
+    /// The events of `page` that the caller's audit agreements show for the `audit`
+    /// purpose: oldest first after `after`, or newest first before `before`.
     pub async fn read(
         &self,
         caller: &Caller,
-        after: u64,
-        limit: usize,
+        page: &Page,
         today: NaiveDate,
         door: &str,
     ) -> Result<Vec<AuditEvent>, StoreError> {
         let mut ev = Pending::new(self.log.clone(), caller, "audit_read", door);
         ev.event().purpose = Some("audit".into());
-        match self.events(caller, after, limit, today).await {
+        match self.events(caller, page, today).await {
             Ok(events) => {
                 ev.event().rows = Some(events.len() as u64);
                 ev.ok(200).await?;
@@ -52,13 +103,70 @@ impl AuditTrail {
         }
     }
 
+    /// Checks every link of the whole chain (`concordat audit verify`) for a caller who
+    /// may read the trail; audited as `audit_verify`.
+    pub async fn verify(
+        &self,
+        caller: &Caller,
+        today: NaiveDate,
+        door: &str,
+    ) -> Result<ChainCheck, StoreError> {
+        let mut ev = Pending::new(self.log.clone(), caller, "audit_verify", door);
+        ev.event().purpose = Some("audit".into());
+        let checked = match self.view(caller, today) {
+            Ok(_) => {
+                let path = self.log.path().to_owned();
+                tokio::task::spawn_blocking(move || crate::audit::verify(&path))
+                    .await
+                    .map_err(StoreError::internal)
+                    .and_then(|r| r)
+            }
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(v) => {
+                ev.ok(200).await?;
+                Ok(ChainCheck {
+                    verified: v.broken.is_none(),
+                    broken: v.broken.map(|(line, why)| format!("line {line}: {why}")),
+                })
+            }
+            Err(err) => {
+                ev.refused(err.kind(), err.code()).await?;
+                Err(err)
+            }
+        }
+    }
+
     async fn events(
         &self,
         caller: &Caller,
-        after: u64,
-        limit: usize,
+        page: &Page,
         today: NaiveDate,
     ) -> Result<Vec<AuditEvent>, StoreError> {
+        let view = self.view(caller, today)?;
+        let newest = page.newest_first()?;
+        let log = self.log.clone();
+        let limit = page.limit.unwrap_or(100).clamp(1, MAX_EVENTS);
+        let (before, after) = (page.before.unwrap_or(u64::MAX), page.after.unwrap_or(0));
+        let page = page.clone();
+        let keep = move |e: &AuditEvent| view.allows(e.body.partner.as_deref()) && page.matches(e);
+        tokio::task::spawn_blocking(move || {
+            if newest {
+                log.read_newest(before, limit, &keep)
+            } else {
+                log.read(after, limit, &keep)
+            }
+        })
+        .await
+        .map_err(StoreError::internal)?
+    }
+
+    fn view(
+        &self,
+        caller: &Caller,
+        today: NaiveDate,
+    ) -> Result<concordat_policy::AuditView, StoreError> {
         if !caller.has_any(&[Role::Auditor, Role::Admin]) {
             return Err(StoreError::refused(
                 ErrorKind::Forbidden,
@@ -74,32 +182,21 @@ impl AuditTrail {
                 "this credential may not be used for audit",
             ));
         }
-        let view = match self.policies.audit_view(&caller.partner, &audit, today) {
-            Ok(v) => v,
-            Err(RefusalReason::NoAgreement) => {
-                return Err(StoreError::refused(
-                    ErrorKind::Forbidden,
-                    "forbidden",
-                    format!(
-                        "no agreement lets {} read the audit trail",
-                        caller.partner.id
-                    ),
-                ));
-            }
-            Err(reason) => {
-                return Err(StoreError::refused(
-                    reason.kind(),
-                    reason.code(),
-                    reason.to_string(),
-                ));
-            }
-        };
-        let log = self.log.clone();
-        let limit = limit.clamp(1, MAX_EVENTS);
-        tokio::task::spawn_blocking(move || {
-            log.read(after, limit, &|e| view.allows(e.body.partner.as_deref()))
-        })
-        .await
-        .map_err(StoreError::internal)?
+        match self.policies.audit_view(&caller.partner, &audit, today) {
+            Ok(v) => Ok(v),
+            Err(RefusalReason::NoAgreement) => Err(StoreError::refused(
+                ErrorKind::Forbidden,
+                "forbidden",
+                format!(
+                    "no agreement lets {} read the audit trail",
+                    caller.partner.id
+                ),
+            )),
+            Err(reason) => Err(StoreError::refused(
+                reason.kind(),
+                reason.code(),
+                reason.to_string(),
+            )),
+        }
     }
 }
