@@ -123,7 +123,14 @@ fn the_demo_starts_loads_data_and_answers_me_with_a_printed_token() {
     let stdout = child.stdout.take().expect("stdout");
     let (mut base, mut token) = (None, None);
     let (mut pat, mut psql_line, mut grpc) = (None, None, None);
+    let (mut console, mut auditor) = (None, None);
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("Web console: ") {
+            console = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(t) = line.strip_prefix("export AUDITOR_TOKEN=") {
+            auditor = Some(t.to_owned());
+        }
         if let Some(rest) = line.strip_prefix("Concordat demo is serving at ") {
             base = rest.split_whitespace().next().map(str::to_owned);
         }
@@ -148,6 +155,24 @@ fn the_demo_starts_loads_data_and_answers_me_with_a_printed_token() {
         token.expect("token printed"),
     );
     let c = client();
+    // The printed console address serves the console; the printed auditor reads the trail.
+    let page = c
+        .get(console.expect("console address printed"))
+        .send()
+        .expect("console");
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().expect("html").contains("/console/app.js"));
+    let (status, trail) = json(
+        c.get(format!("{base}/v1/audit/verify"))
+            .bearer_auth(auditor.expect("auditor token printed"))
+            .send()
+            .expect("verify"),
+    );
+    assert_eq!(
+        (status, &trail["verified"]),
+        (200, &serde_json::json!(true)),
+        "{trail}"
+    );
     let (status, me) = json(
         c.get(format!("{base}/v1/me"))
             .bearer_auth(&token)

@@ -217,6 +217,7 @@ fn print_welcome(
     let probation = token("probation", &[Role::Uploader, Role::Analyst])?;
     let hmicfrs = token("hmicfrs", &[Role::Inspector])?;
     let kent_force = token("force-kent", &[Role::Uploader, Role::Analyst])?;
+    let auditor = token("operator", &[Role::Auditor])?;
     let dir = args.dir.display();
     let flight_text = match bound.flight {
         None => String::new(),
@@ -264,12 +265,14 @@ psycopg (Python):
     println!(
         r#"
 Concordat demo is serving at {base}   (data and keys in {dir})
+Web console: {base}/console/   (sign in with one of the tokens below; API description: {base}/v1/openapi.json)
 
 Tokens, valid 8 hours (more: concordat token issue --config {dir}/concordat.toml --partner ID --role ROLE):
 export KENT_PCC_TOKEN={kent}
 export PROBATION_TOKEN={probation}
 export HMICFRS_TOKEN={hmicfrs}
 export KENT_FORCE_TOKEN={kent_force}
+export AUDITOR_TOKEN={auditor}
 
 Try, in another shell after pasting the exports:
   curl -s -H "Authorization: Bearer $KENT_PCC_TOKEN" {base}/v1/me

@@ -133,7 +133,7 @@
     nav.hidden = false;
     for (const a of nav.querySelectorAll("a[data-needs]")) a.hidden = !can(a.dataset.needs);
     document.getElementById("who").hidden = false;
-    const area = me.force_area ? " · " + me.force_area.force_name : "";
+    const area = me.force_area && me.force_area.force_name !== me.name ? " · " + me.force_area.force_name : "";
     document.getElementById("who-name").textContent = me.name + area + " · " + me.roles.join(", ");
   }
   let contract = null;
@@ -443,7 +443,7 @@
   // ---------- uploads ----------
   async function viewUpload() {
     document.title = "Upload · Concordat";
-    const mine = catalogue.filter((d) => d.can_upload);
+    const mine = me.roles.includes("uploader") ? catalogue.filter((d) => d.can_upload) : [];
     const ds = h("select", { id: "upload-dataset" }, mine.map((d) => h("option", { value: d.name }, d.name + " — " + d.title)));
     const mode = h("select", { id: "upload-mode" }, h("option", { value: "append" }, "append: add these rows"),
       h("option", { value: "replace_periods" }, "replace_periods: replace the periods in this file"));
@@ -458,11 +458,14 @@
       if (!f) { out.append(h("div", { class: "error", role: "alert" }, "Choose a Parquet file first.")); return; }
       send.disabled = true;
       bar.value = 0;
+      let events = 0;
       const xhr = new XMLHttpRequest();
       xhr.open("POST", "/v1/datasets/" + encodeURIComponent(ds.value) + "/uploads?mode=" + encodeURIComponent(mode.value));
       xhr.setRequestHeader("Authorization", "Bearer " + token());
       xhr.setRequestHeader("Content-Type", "application/vnd.apache.parquet");
       xhr.upload.onprogress = (ev) => {
+        events += 1;
+        bar.dataset.events = String(events);
         if (ev.lengthComputable) {
           bar.value = Math.round((100 * ev.loaded) / ev.total);
           pct.textContent = bar.value + "% of " + fmt(ev.total) + " bytes sent";
@@ -495,7 +498,7 @@
       xhr.send(f);
     });
     main.append(h("h1", {}, "Upload"),
-      mine.length === 0 ? h("p", {}, "None of your agreements lets you upload.") :
+      mine.length === 0 ? h("p", {}, me.roles.includes("uploader") ? "None of your agreements lets you upload." : "Uploads need the uploader role; your credential does not carry it.") :
         h("div", { class: "card" },
           h("div", { class: "row" },
             h("div", {}, h("label", { for: "upload-dataset" }, "Dataset"), ds),
@@ -518,8 +521,10 @@
       h("td", { class: "small" }, g.rows.slice(0, 8).join(", ") + (g.rows.length > 8 ? ", …" : "")),
       h("td", { class: "small" }, g.message)));
     return h("div", { class: "card" }, h("table", { id: "violations" },
-      h("caption", {}, (details.violation_count || details.violations.length) + " violations, by column and rule; nothing was committed"),
-      h("thead", {}, h("tr", {}, ["Column", "Rule", "Rows", "First rows", "What was wrong"].map((t) => h("th", { scope: "col" }, t)))),
+      h("caption", {}, (details.violation_count || details.violations.length) + " violations" +
+        (details.violation_count > details.violations.length ? " (the first " + details.violations.length + " listed)" : "") +
+        ", by column and rule; nothing was committed"),
+      h("thead", {}, h("tr", {}, ["Column", "Rule", "Rows listed", "First rows", "What was wrong"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, rows)));
   }
 

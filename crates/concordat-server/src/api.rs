@@ -470,3 +470,53 @@ pub fn document() -> utoipa::openapi::OpenApi {
     );
     doc
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_router_registers_v1_routes_only_through_the_documented_table() {
+        // Any `/v1` route added beside `api::v1` would be served undocumented.
+        let lib = include_str!("lib.rs");
+        for (i, line) in lib.lines().enumerate() {
+            let registers = line.contains(".route(") || line.contains(".nest(");
+            let next = lib.lines().nth(i + 1).unwrap_or_default();
+            let path = if line.contains('"') { line } else { next };
+            if registers && path.contains("\"/v1") {
+                assert!(
+                    path.contains("\"/v1/openapi.json\""),
+                    "lib.rs line {}: a /v1 route outside api::v1: {line}",
+                    i + 1
+                );
+            }
+        }
+        assert!(lib.contains("api::v1().split_for_parts()"));
+    }
+
+    #[test]
+    fn every_operation_is_described_with_its_refusals_and_every_answer_is_closed() {
+        let doc = serde_json::to_value(document()).expect("document");
+        let paths = doc["paths"].as_object().expect("paths");
+        for (path, item) in paths {
+            assert!(path.starts_with("/v1/"), "{path}");
+            for (method, op) in item.as_object().expect("item") {
+                let responses = op["responses"].as_object().expect("responses");
+                assert!(
+                    responses.keys().any(|s| s.starts_with('2')),
+                    "{method} {path}"
+                );
+                if path != "/v1/openapi.json" {
+                    assert!(responses.contains_key("401"), "{method} {path}");
+                }
+            }
+        }
+        for (name, schema) in doc["components"]["schemas"].as_object().expect("schemas") {
+            assert_eq!(
+                schema["additionalProperties"],
+                serde_json::Value::Bool(false),
+                "{name} must name every field it may carry"
+            );
+        }
+    }
+}
