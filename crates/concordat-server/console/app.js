@@ -388,7 +388,6 @@
           run),
         h("div", { class: "card" }, h("h2", {}, "Datasets for this purpose"), names)),
       out);
-    if (want && want.run) go();
     editor.focus();
   }
 
@@ -661,7 +660,7 @@
   }
   function sqlLink(sql, purpose) {
     return h("details", {}, h("summary", { class: "small" }, "The query"), h("div", { class: "sql" }, sql),
-      h("a", { class: "small", href: "#/sql/" + encodeURIComponent(JSON.stringify({ sql: sql, purpose: purpose, run: true })) }, "Open in SQL"));
+      h("a", { class: "small", href: "#/sql/" + encodeURIComponent(JSON.stringify({ sql: sql, purpose: purpose })) }, "Open in SQL"));
   }
   async function rowsOf(sql, purpose) {
     const a = await (await query(sql, purpose)).json();
