@@ -1,6 +1,7 @@
 //! Black-box end-to-end tests over loopback.
 
 mod e2e {
+    pub mod cache;
     pub mod console;
     pub mod doors;
     pub mod efficiency;

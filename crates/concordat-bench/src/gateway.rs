@@ -86,12 +86,18 @@ impl Gateway {
         token: &str,
         purpose: &str,
         sql: &str,
+        fresh: bool,
     ) -> anyhow::Result<(Duration, usize)> {
         let started = Instant::now();
         let resp = client
             .post(format!("{url}/v1/query"))
             .bearer_auth(token)
             .header("accept", "application/vnd.apache.arrow.stream")
+            // The cold path computes every answer; the warm path may reuse a kept one.
+            .header(
+                "cache-control",
+                if fresh { "no-cache" } else { "max-age=0" },
+            )
             .json(&serde_json::json!({"sql": sql, "purpose": purpose}))
             .send()
             .await?;

@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Concurrent analysts, comma-separated.
-    #[arg(long, default_value = "16,64", value_delimiter = ',')]
+    #[arg(long, default_value = "16,64,256", value_delimiter = ',')]
     clients: Vec<usize>,
     /// Seconds each concurrency level runs.
     #[arg(long, default_value_t = 20)]
@@ -390,7 +390,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 let engine = (k + round + i) % 3;
                 let measured: Option<(Duration, usize)> = match engine {
                     0 => Some(
-                        Gateway::query(&gw.client, &gw.server.url, &token, q.purpose, q.sql)
+                        Gateway::query(&gw.client, &gw.server.url, &token, q.purpose, q.sql, true)
                             .await
                             .with_context(|| format!("gateway: {}", q.name))?,
                     ),
@@ -420,7 +420,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     println!(
-        "\n## Queries (median of {} runs, milliseconds)\n",
+        "\n## Queries, cold path (median of {} runs, milliseconds; every gateway answer computed, `Cache-Control: no-cache`)\n",
         args.runs
     );
     println!("| # | query | rows | gateway (a) | DataFusion (b) | DuckDB (c) | a/b | a/c |");
@@ -487,6 +487,90 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     drop(duck);
 
+    // 2a. The fixed cost of a query: gateway minus in-process DataFusion, run by run, on
+    // the four queries DataFusion answers fastest.
+    let mut smallest: Vec<usize> = (0..qs.len()).collect();
+    smallest.sort_by(|&x, &y| median(times[x][1].clone()).total_cmp(&median(times[y][1].clone())));
+    smallest.truncate(4);
+    let mut overheads = Vec::new();
+    println!(
+        "\n## Fixed cost per query (gateway minus DataFusion, cold path, the four smallest)\n"
+    );
+    println!(
+        "| query | DataFusion ms | gateway ms | overhead p50 ms |\n| --- | ---: | ---: | ---: |"
+    );
+    let mut per_small = Vec::new();
+    for &i in &smallest {
+        let diffs: Vec<f64> = times[i][0]
+            .iter()
+            .zip(&times[i][1])
+            .map(|(a, b)| a - b)
+            .collect();
+        overheads.extend(diffs.iter().copied());
+        let (a, b, d) = (
+            median(times[i][0].clone()),
+            median(times[i][1].clone()),
+            median(diffs),
+        );
+        println!("| {} | {b:.1} | {a:.1} | {d:.1} |", qs[i].name);
+        per_small.push(serde_json::json!({"query": qs[i].name, "datafusion_ms": b, "gateway_ms": a, "overhead_ms": d}));
+    }
+    let overhead = median(overheads);
+    println!("\nFixed overhead per query, p50 over those runs: {overhead:.1} ms.");
+    report.insert(
+        "fixed_overhead".into(),
+        serde_json::json!({"p50_ms": overhead, "queries": per_small}),
+    );
+
+    // 2b'. Warm: the same questions asked again while no input changed (a dashboard's
+    // refresh): the answer kept from the first asking, still checked and audited.
+    let mut warm_times: Vec<Vec<f64>> = qs.iter().map(|_| Vec::new()).collect();
+    for round in 0..=args.runs {
+        for (i, q) in qs.iter().enumerate() {
+            let token = gw.token(q.partner, q.role);
+            let (t, _) =
+                Gateway::query(&gw.client, &gw.server.url, &token, q.purpose, q.sql, false)
+                    .await
+                    .with_context(|| format!("gateway (warm): {}", q.name))?;
+            if round > 0 {
+                warm_times[i].push(t.as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    println!(
+        "\n## Queries, warm path (answer kept, median of {} runs, milliseconds)\n",
+        args.runs
+    );
+    println!(
+        "| # | query | gateway cold | gateway warm | DataFusion | warm/DataFusion |\n| ---: | --- | ---: | ---: | ---: | ---: |"
+    );
+    let mut warm_ratio = Vec::new();
+    let mut per_warm = Vec::new();
+    for (i, q) in qs.iter().enumerate() {
+        let (a, w, b) = (
+            median(times[i][0].clone()),
+            median(warm_times[i].clone()),
+            median(times[i][1].clone()),
+        );
+        warm_ratio.push(w / b);
+        println!(
+            "| {} | {} | {a:.1} | {w:.1} | {b:.1} | {:.2} |",
+            i + 1,
+            q.name,
+            w / b
+        );
+        per_warm.push(
+            serde_json::json!({"query": q.name, "cold_ms": a, "warm_ms": w, "datafusion_ms": b}),
+        );
+    }
+    let gw_warm = geomean(&warm_ratio);
+    println!("\nGeometric mean, warm: gateway/DataFusion {gw_warm:.2}");
+    report.insert("warm".into(), serde_json::json!(per_warm));
+    report.insert(
+        "geomean_warm_over_datafusion".into(),
+        serde_json::json!(gw_warm),
+    );
+
     // 2b. The same queries through each door, as analysts' tools ask them.
     let doors = match (&gw.server.pg, &gw.server.flight) {
         (Some(pg), Some(flight)) => {
@@ -507,11 +591,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     for k in 0..3 {
                         let door = (k + round + i) % 3;
                         let (t, _) = match door {
-                            0 => {
-                                Gateway::query(&gw.client, &gw.server.url, &token, q.purpose, q.sql)
-                                    .await
-                                    .with_context(|| format!("http: {}", q.name))?
-                            }
+                            0 => Gateway::query(
+                                &gw.client,
+                                &gw.server.url,
+                                &token,
+                                q.purpose,
+                                q.sql,
+                                false,
+                            )
+                            .await
+                            .with_context(|| format!("http: {}", q.name))?,
                             door => {
                                 let name = if door == 1 { "pg" } else { "flight" };
                                 let ask = serde_json::json!({"door": name, "token": token, "purpose": q.purpose, "sql": q.sql});
@@ -527,7 +616,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             println!(
-                "\n## Doors (median of {} runs, milliseconds, client side: HTTP Arrow stream, psycopg text rows, ADBC Arrow)\n",
+                "\n## Doors (median of {} runs, milliseconds, client side: HTTP Arrow stream, psycopg text rows, ADBC Arrow; answers kept after the warm-up round, so this is each door's own cost)\n",
                 args.runs
             );
             println!(
@@ -575,10 +664,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.seconds
     );
     println!(
-        "| analysts | queries | queries/s | p50 ms | p95 ms | p99 ms | errors |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| analysts | path | queries | queries/s | p50 ms | p95 ms | p99 ms | errors |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let mut levels = Vec::new();
-    for &n in &args.clients {
+    let runs: Vec<(usize, bool)> = args
+        .clients
+        .iter()
+        .flat_map(|&n| [(n, true), (n, false)])
+        .collect();
+    for (n, fresh) in runs {
+        let path = if fresh { "cold" } else { "warm" };
         let until = Instant::now() + Duration::from_secs(args.seconds);
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -594,7 +689,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     let (purpose, sql) = MIX[k % MIX.len()];
                     k += 1;
                     let t = Instant::now();
-                    match Gateway::query(&client, &url, &token, purpose, sql).await {
+                    match Gateway::query(&client, &url, &token, purpose, sql, fresh).await {
                         Ok(_) => lat.push(t.elapsed().as_secs_f64() * 1000.0),
                         Err(e) => errors.push(e.to_string()),
                     }
@@ -617,7 +712,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             percentile(&lat, 99.0),
         );
         println!(
-            "| {n} | {} | {:.1} | {p50:.0} | {p95:.0} | {p99:.0} | {} |",
+            "| {n} | {path} | {} | {:.1} | {p50:.0} | {p95:.0} | {p99:.0} | {} |",
             lat.len(),
             lat.len() as f64 / wall,
             errors.len()
@@ -625,7 +720,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if let Some(e) = errors.first() {
             eprintln!("first error at {n} analysts: {e}");
         }
-        levels.push(serde_json::json!({"analysts": n, "queries": lat.len(), "qps": lat.len() as f64 / wall, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "errors": errors.len()}));
+        levels.push(serde_json::json!({"analysts": n, "path": path, "queries": lat.len(), "qps": lat.len() as f64 / wall, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "errors": errors.len()}));
     }
     report.insert("concurrency".into(), serde_json::json!(levels));
     report.insert(

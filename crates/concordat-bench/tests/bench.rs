@@ -60,8 +60,28 @@ fn the_benchmark_runs_end_to_end_at_a_tiny_scale() {
             assert!(d[door].as_f64().is_some_and(|t| t > 0.0), "{d}");
         }
     }
-    let level = &report["concurrency"][0];
-    assert_eq!(level["errors"], 0, "{report}");
-    assert!(level["queries"].as_u64().is_some_and(|n| n > 0));
+    // Concurrency cold and warm; the warm path and the fixed cost are reported.
+    let levels = report["concurrency"].as_array().expect("levels");
+    assert_eq!(levels.len(), 2, "{report}");
+    for (level, path) in levels.iter().zip(["cold", "warm"]) {
+        assert_eq!(level["path"], path, "{level}");
+        assert_eq!(level["errors"], 0, "{report}");
+        assert!(level["queries"].as_u64().is_some_and(|n| n > 0));
+    }
+    let warm = report["warm"].as_array().expect("warm path");
+    assert_eq!(warm.len(), queries.len());
+    for w in warm {
+        assert!(w["warm_ms"].as_f64().is_some_and(|t| t > 0.0), "{w}");
+    }
+    assert!(
+        report["fixed_overhead"]["p50_ms"]
+            .as_f64()
+            .is_some_and(f64::is_finite),
+        "{report}"
+    );
+    assert_eq!(
+        report["fixed_overhead"]["queries"].as_array().map(Vec::len),
+        Some(4)
+    );
     assert!(stdout.contains("Geometric mean"), "{stdout}");
 }

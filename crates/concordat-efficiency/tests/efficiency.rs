@@ -93,6 +93,7 @@ async fn reoffending_equals_what_an_analyst_is_released() {
             today: today(),
             params: &[],
             dialect: concordat_query::Dialect::Standard,
+            fresh: false,
         })
         .await
         .expect("analyst");

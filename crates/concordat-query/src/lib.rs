@@ -16,6 +16,7 @@
 //! not a read; [`sdc`] is disclosure control for aggregate-only data; [`session`] is the
 //! DataFusion session every query (and the efficiency rebuild) runs in.
 
+mod cache;
 mod catalog;
 mod error;
 mod guard;
@@ -68,6 +69,8 @@ pub struct QueryLimits {
     pub concurrent: usize,
     /// Most groups an aggregate over aggregate-only data may produce.
     pub max_groups: usize,
+    /// Bytes of answers kept for reuse while their tables are unchanged (0: none).
+    pub answer_cache_bytes: usize,
 }
 
 impl Default for QueryLimits {
@@ -82,6 +85,7 @@ impl Default for QueryLimits {
             threads: 2,
             concurrent: 4,
             max_groups: 100_000,
+            answer_cache_bytes: 256 << 20,
         }
     }
 }

@@ -39,12 +39,43 @@ pub(crate) struct Context {
 }
 
 /// What planning learnt.
+#[derive(Clone)]
 pub(crate) struct Planned {
     pub(crate) schema: SchemaRef,
     pub(crate) datasets: Vec<DatasetRead>,
     pub(crate) agreements: Vec<String>,
     pub(crate) disclosure: Option<Disclosure>,
     pub(crate) params: Vec<Option<DataType>>,
+    /// True when two runs over the same table versions give the same answer: no function
+    /// whose value depends on when or how often it runs.
+    pub(crate) deterministic: bool,
+}
+
+/// Whether every function the plan calls gives the same value for the same arguments
+/// (checked before the optimizer folds `now()` into a constant).
+fn deterministic(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Expr, Volatility};
+    let mut fixed = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        for e in node.expressions() {
+            let _ = e.apply(|x| {
+                if let Expr::ScalarFunction(f) = x
+                    && f.func.signature().volatility != Volatility::Immutable
+                {
+                    fixed = false;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+        }
+        Ok(if fixed {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    fixed
 }
 
 impl Context {
@@ -114,6 +145,7 @@ impl Context {
         let plan = state.statement_to_plan(stmt).await.map_err(sql_error)?;
         let (plan, params) = self.bind(plan)?;
         verify_read(&plan)?;
+        let deterministic = deterministic(&plan);
         let (plan, disclosure) = if controlled.is_empty() {
             (plan, None)
         } else {
@@ -146,6 +178,7 @@ impl Context {
                 agreements: agreements.into_iter().collect(),
                 disclosure,
                 params,
+                deterministic,
             },
             physical,
             ctx,
@@ -265,6 +298,7 @@ impl Context {
                 agreements: agreements.into_iter().collect(),
                 disclosure: None,
                 params,
+                deterministic: false,
             },
             physical,
             ctx,

@@ -26,6 +26,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cache::{AnswerCache, Key};
 use crate::error::{QueryError, classify};
 use crate::plan::{Context, Planned};
 use crate::{Disclosure, QueryLimits, sdc, session};
@@ -57,6 +58,9 @@ pub struct QueryRequest<'a> {
     pub params: &'a [datafusion::scalar::ScalarValue],
     /// How the SQL is read.
     pub dialect: crate::Dialect,
+    /// Compute the answer afresh even if an identical one is kept (it is still kept for
+    /// the next asker): HTTP's `Cache-Control: no-cache`.
+    pub fresh: bool,
 }
 
 /// A query that planned and is running.
@@ -73,6 +77,8 @@ pub struct QueryRun {
     pub batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
     /// How long planning took.
     pub planning: Duration,
+    /// True when the answer is one kept from an identical query over the same versions.
+    pub cached: bool,
     event: Pending,
     _slot: Slot,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -127,6 +133,20 @@ impl QueryRun {
     }
 }
 
+/// Whether an answer may be kept: deterministic, and read only from tables whose version
+/// says whether they changed (shipped reference data never changes; the audit trail
+/// grows with every request and is never kept).
+fn keepable(planned: &Planned) -> bool {
+    planned.deterministic
+        && !planned.datasets.is_empty()
+        && planned.datasets.iter().all(|d| {
+            d.version.is_some()
+                || concordat_core::Schemas::builtin()
+                    .get(&d.dataset)
+                    .is_some_and(|s| s.level == concordat_core::schema::DatasetLevel::Reference)
+        })
+}
+
 /// The result schema of a query, planned but not run.
 #[derive(Debug, Clone)]
 pub struct Described {
@@ -145,6 +165,7 @@ struct Started {
     planned: Planned,
     batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
     planning: Duration,
+    cached: bool,
     slot: Slot,
     permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -171,6 +192,7 @@ pub struct QueryService {
     record_key: Arc<sdc::cellkey::RecordKey>,
     footers: session::FooterCache,
     pg_catalogs: Arc<crate::pgcatalog::PgCatalogs>,
+    answers: Arc<AnswerCache>,
 }
 
 impl std::fmt::Debug for QueryService {
@@ -211,11 +233,12 @@ impl QueryService {
             store,
             audit,
             policies,
-            limits,
+            limits: limits.clone(),
             runtime: Some(runtime),
             gates: Mutex::new(HashMap::new()),
             spill_dir,
             pg_catalogs: Arc::default(),
+            answers: Arc::new(AnswerCache::new(limits.answer_cache_bytes)),
         })
     }
 
@@ -295,6 +318,9 @@ impl QueryService {
                     })
                     .collect();
                 body.agreements = s.planned.agreements.clone();
+                if s.cached {
+                    body.cached = Some(true);
+                }
                 Ok(QueryRun {
                     schema: s.planned.schema,
                     datasets: s.planned.datasets,
@@ -302,6 +328,7 @@ impl QueryService {
                     disclosure: s.planned.disclosure,
                     batches: s.batches,
                     planning: s.planning,
+                    cached: s.cached,
                     event: ev,
                     _slot: s.slot,
                     _permit: s.permit,
@@ -514,11 +541,34 @@ impl QueryService {
         // One deadline from arrival: waiting for a turn counts against the query's time.
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
         let (slot, permit, purpose) = self.admit(req, deadline).await?;
+        let key = if self.answers.enabled() {
+            Key::of(req)
+        } else {
+            None
+        };
+        if let Some(key) = &key
+            && !req.fresh
+            && let Some(kept) = self.kept(key).await
+        {
+            let (tx, rx) = mpsc::channel(kept.batches.len().max(1));
+            for b in &kept.batches {
+                let _ = tx.try_send(Ok(b.clone()));
+            }
+            return Ok(Started {
+                planned: kept.planned.clone(),
+                batches: rx,
+                planning: started.elapsed(),
+                cached: true,
+                slot,
+                permit,
+            });
+        }
         let (planned_tx, planned_rx) = oneshot::channel::<Result<Planned, QueryError>>();
         let (tx, rx) = mpsc::channel(4);
         let ctx = self.context(req, purpose);
         let sql = req.sql.to_owned();
         let timeout = self.limits.timeout;
+        let answers = self.answers.clone();
         let runtime = self
             .runtime
             .as_ref()
@@ -538,6 +588,11 @@ impl QueryService {
                     return;
                 }
             };
+            // The answer is kept only if it can be, and only once it is whole.
+            let mut keeping = match key {
+                Some(key) if keepable(&planned) => Some((key, planned.clone(), Vec::new(), 0usize)),
+                _ => None,
+            };
             if planned_tx.send(Ok(planned)).is_err() {
                 return;
             }
@@ -551,9 +606,26 @@ impl QueryService {
                 let next = match pulled {
                     Ok(Some(Ok(batch))) => Ok(batch),
                     Ok(Some(Err(e))) => Err(classify(&e)),
-                    Ok(None) => break,
+                    Ok(None) => {
+                        if let Some((key, planned, batches, _)) = keeping.take() {
+                            answers.put(key, planned, batches);
+                        }
+                        break;
+                    }
                     Err(_) => Err(timed_out.clone()),
                 };
+                match (&next, keeping.as_mut()) {
+                    (Ok(b), Some((_, _, kept, bytes))) => {
+                        *bytes += b.get_array_memory_size();
+                        if *bytes > answers.largest() {
+                            keeping = None;
+                        } else {
+                            kept.push(b.clone());
+                        }
+                    }
+                    (Err(_), _) => keeping = None,
+                    _ => {}
+                }
                 let stop = next.is_err();
                 // A closed channel means the caller went away: dropping the stream cancels the work.
                 if tx.send(next).await.is_err() || stop {
@@ -568,9 +640,32 @@ impl QueryService {
             planned,
             batches: rx,
             planning: started.elapsed(),
+            cached: false,
             slot,
             permit,
         })
+    }
+
+    /// The answer kept under `key`, if every table it read is still at the version it
+    /// read; a stale one is forgotten.
+    async fn kept(&self, key: &Key) -> Option<Arc<crate::cache::Entry>> {
+        let kept = self.answers.get(key)?;
+        for d in &kept.planned.datasets {
+            let Some(version) = d.version else { continue };
+            match self.store.latest_version(&d.dataset).await {
+                Ok(Some(now)) if now == version => {}
+                _ => {
+                    self.answers.remove(key);
+                    return None;
+                }
+            }
+        }
+        Some(kept)
+    }
+
+    /// Answers kept for reuse: bytes and count.
+    pub fn answers_kept(&self) -> (usize, usize) {
+        self.answers.size()
     }
 
     /// Runs a task on the query runtime (large stacks for planning, separate from the

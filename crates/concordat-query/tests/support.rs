@@ -177,6 +177,7 @@ impl World {
                 today: day,
                 params: &[],
                 dialect: concordat_query::Dialect::Standard,
+                fresh: false,
             })
             .await
     }

@@ -322,6 +322,8 @@ pub struct AuditEvent {
     detail: Option<Value>,
     /// `pg` or `flight` when not HTTP.
     door: Option<String>,
+    /// True when the answer was reused from an identical query over the same versions.
+    cached: Option<bool>,
     prev_hash: String,
     hash: String,
 }

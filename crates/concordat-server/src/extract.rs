@@ -188,6 +188,7 @@ pub async fn efficiency(
         today: state.today(),
         params: &[],
         dialect: concordat_query::Dialect::Standard,
+        fresh: false,
     };
     {
         let body = ev.event();

@@ -181,6 +181,7 @@ impl FlightDoor {
             today: self.state.today(),
             params: &[],
             dialect: Dialect::Standard,
+            fresh: false,
         }
     }
 

@@ -516,6 +516,7 @@ impl Handler {
             today: self.door.state.today(),
             params,
             dialect: Dialect::Postgres,
+            fresh: false,
         }
     }
 

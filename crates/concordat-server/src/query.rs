@@ -28,6 +28,7 @@ struct QueryBody {
 
 /// The handler.
 #[utoipa::path(post, path = "/v1/query", tag = "query",
+    params(("Cache-Control" = Option<String>, Header, description = "`no-cache`: compute afresh rather than reuse an identical answer kept over the same table versions")),
     request_body(content = crate::api::QueryBody),
     responses(
         (status = 200, description = "The answer, in the format `Accept` asks for", content(
@@ -83,6 +84,18 @@ pub async fn query(
         today: state.today(),
         params: &[],
         dialect: concordat_query::Dialect::Standard,
+        // `Cache-Control: no-cache`: compute afresh rather than reuse a kept answer.
+        fresh: headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| {
+                matches!(
+                    d.trim().to_ascii_lowercase().as_str(),
+                    "no-cache" | "no-store"
+                )
+            }),
     };
     let refused = |e: QueryError| {
         state.metrics.queries_refused.inc();

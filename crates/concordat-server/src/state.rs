@@ -95,6 +95,7 @@ impl AppState {
             threads: q.threads,
             concurrent: q.concurrent,
             max_groups: q.max_groups,
+            answer_cache_bytes: q.answer_cache_mb << 20,
         };
         let record_key =
             concordat_query::sdc::cellkey::RecordKey::load_or_create(&q.record_key_file)

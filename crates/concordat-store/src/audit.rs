@@ -62,6 +62,10 @@ pub struct EventBody {
     /// The door the request came through, when not HTTP (`pg`, `flight`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub door: Option<String>,
+    /// True when the answer was one kept from an identical earlier query over the same
+    /// table versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached: Option<bool>,
 }
 
 /// One event of the log.

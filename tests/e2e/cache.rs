@@ -1,0 +1,156 @@
+//! Answers reused when nothing changed: never across partners, never after a commit to
+//! an input, never for what differs between runs, and every reuse audited.
+
+use concordat_e2e::*;
+
+use super::fixtures::{ask, loaded};
+
+/// The newest events of the trail (operator's view), newest first.
+fn newest(site: &Site, server: &Server, n: usize) -> Vec<serde_json::Value> {
+    let (status, page) = get(
+        server,
+        &site.token("operator", "auditor"),
+        &format!("/v1/audit?order=newest&action=query&limit={n}"),
+    );
+    assert_eq!(status, 200, "{page}");
+    page["events"].as_array().expect("events").clone()
+}
+
+fn cached(event: &serde_json::Value) -> bool {
+    event["cached"] == serde_json::json!(true)
+}
+
+#[test]
+fn a_kept_answer_is_the_callers_own_fresh_and_audited() {
+    let site = Site::new();
+    let server = loaded(&site, &[]);
+    let kent = site.token("pcc-kent", "analyst");
+    let essex = site.token("pcc-essex", "analyst");
+    let q = "SELECT pfa_code, count(*) AS n, sum(value) AS total FROM force_performance GROUP BY pfa_code";
+
+    // Asked twice: the same answer, the second one reused and audited as such.
+    let (status, first) = ask(&server, &kent, "performance-scrutiny", q);
+    assert_eq!(status, 200, "{first}");
+    let (_, again) = ask(&server, &kent, "performance-scrutiny", q);
+    assert_eq!(first["rows"], again["rows"]);
+    let events = newest(&site, &server, 2);
+    assert!(cached(&events[0]) && !cached(&events[1]), "{events:?}");
+    assert_eq!(events[0]["partner"], "pcc-kent");
+    assert_eq!(events[0]["sql"], q, "the event holds the SQL as asked");
+    assert_eq!(events[0]["rows"], 1);
+
+    // `Cache-Control: no-cache` computes afresh.
+    let (status, fresh) = json(
+        client()
+            .post(format!("{}/v1/query", server.url))
+            .bearer_auth(&kent)
+            .header("cache-control", "no-cache")
+            .json(&serde_json::json!({"sql": q, "purpose": "performance-scrutiny"}))
+            .send()
+            .expect("query"),
+    );
+    assert_eq!((status, &fresh["rows"]), (200, &first["rows"]));
+    assert!(!cached(&newest(&site, &server, 1)[0]));
+
+    // Spacing and keyword case do not matter; a literal does.
+    let respaced = "select pfa_code,   count(*) as n, sum(value) as total\n from force_performance group by pfa_code";
+    let (_, same) = ask(&server, &kent, "performance-scrutiny", respaced);
+    assert_eq!(same["rows"], first["rows"]);
+    assert!(cached(&newest(&site, &server, 1)[0]));
+    let (_, none) = ask(
+        &server,
+        &kent,
+        "performance-scrutiny",
+        "SELECT pfa_code, count(*) AS n, sum(value) AS total FROM force_performance WHERE indicator = 'KNIFE_OFFENCES' GROUP BY pfa_code",
+    );
+    assert_eq!(none["rows"], serde_json::json!([]), "{none}");
+    assert!(!cached(&newest(&site, &server, 1)[0]));
+
+    // Another partner asking the same words gets its own rows, never Kent's answer.
+    let (status, theirs) = ask(&server, &essex, "performance-scrutiny", q);
+    assert_eq!(status, 200, "{theirs}");
+    assert_eq!(theirs["rows"][0][0], "E23000028", "{theirs}");
+    assert_ne!(theirs["rows"], first["rows"]);
+    assert!(!cached(&newest(&site, &server, 1)[0]));
+    // And a refusal stays a refusal for the partner it applies to, whatever was kept.
+    let (status, _) = ask(
+        &server,
+        &site.token("panel-kent", "analyst"),
+        "performance-scrutiny",
+        q,
+    );
+    assert!(
+        status >= 400,
+        "the panel has no force performance agreement"
+    );
+
+    // A commit to the input: the next answer is computed afresh over the new version.
+    let (status, body) = upload(
+        &server,
+        &site.token("force-kent", "uploader"),
+        "force_performance",
+        "replace_periods",
+        // Another seed: the same periods with other values.
+        concordat_synth::parquet_bytes(
+            &concordat_synth::Synth::new(0.01, 12)
+                .only(&["kent"])
+                .batches("force_performance"),
+        )
+        .expect("parquet"),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (_, after) = ask(&server, &kent, "performance-scrutiny", q);
+    assert!(
+        !cached(&newest(&site, &server, 1)[0]),
+        "a commit makes it stale"
+    );
+    assert_ne!(
+        after["rows"], first["rows"],
+        "the new version's figures: {after}"
+    );
+    let (status, direct) = ask(
+        &server,
+        &kent,
+        "performance-scrutiny",
+        "SELECT 'E23000032' AS pfa_code, count(*) AS n, sum(value) AS total FROM force_performance",
+    );
+    assert_eq!(status, 200, "{direct}");
+    assert_eq!(after["rows"], direct["rows"], "fresh, not stale");
+
+    // What differs between runs is never kept.
+    for sql in [
+        "SELECT count(*) AS n, now() AS at FROM force_performance",
+        "SELECT count(*) AS n, random() AS r FROM force_performance",
+    ] {
+        ask(&server, &kent, "performance-scrutiny", sql);
+        let (status, body) = ask(&server, &kent, "performance-scrutiny", sql);
+        assert_eq!(status, 200, "{body}");
+        assert!(!cached(&newest(&site, &server, 1)[0]), "{sql}");
+    }
+}
+
+#[test]
+fn released_aggregates_are_reused_as_released_and_the_audit_trail_never_is() {
+    let site = Site::new();
+    let server = loaded(&site, &[]);
+    let kent = site.token("pcc-kent", "analyst");
+    let q = "SELECT sex, age_band, count(*) AS n, avg(reoffences) AS mean FROM reoffending_cohort GROUP BY sex, age_band ORDER BY sex, age_band";
+    let (status, first) = ask(&server, &kent, "reducing-reoffending", q);
+    assert_eq!(status, 200, "{first}");
+    let (_, again) = ask(&server, &kent, "reducing-reoffending", q);
+    assert_eq!(first["rows"], again["rows"]);
+    assert_eq!(first["disclosure"], again["disclosure"], "the same record");
+    assert!(cached(&newest(&site, &server, 1)[0]));
+
+    // An auditor's query of the trail sees the newest events every time.
+    let auditor = site.token("operator", "auditor,analyst");
+    let trail = "SELECT count(*) AS n FROM audit_log";
+    let (status, one) = ask(&server, &auditor, "audit", trail);
+    assert_eq!(status, 200, "{one}");
+    let (_, two) = ask(&server, &auditor, "audit", trail);
+    assert!(
+        two["rows"][0][0].as_u64() > one["rows"][0][0].as_u64(),
+        "{one} {two}"
+    );
+    assert!(!cached(&newest(&site, &server, 1)[0]));
+}
