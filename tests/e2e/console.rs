@@ -447,6 +447,19 @@ fn console_in_a_real_browser_shows_each_partner_what_its_agreements_allow() {
         groups.iter().any(|g| g[0] == "pfa_code"),
         "grouped by column: {refused}"
     );
+    // Every row of Essex's file is outside Kent's scope, and every one is counted (not
+    // just the violations the answer lists).
+    let essex_rows: usize = concordat_synth::Synth::new(0.013, 11)
+        .only(&["essex"])
+        .batches("force_performance")
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    let scope = groups
+        .iter()
+        .find(|g| g[0] == "pfa_code")
+        .expect("the scope group");
+    assert_eq!(scope[2], essex_rows.to_string(), "{refused}");
     assert!(
         refused["error"]
             .as_str()

@@ -509,21 +509,31 @@
       out);
   }
   function violationsView(details) {
-    const groups = new Map();
-    for (const v of details.violations) {
-      const key = (v.column || "(file)") + "\u0000" + v.rule;
-      if (!groups.has(key)) groups.set(key, { column: v.column || "(file)", rule: v.rule, message: v.message, rows: [] });
-      if (v.row !== null && v.row !== undefined) groups.get(key).rows.push(v.row);
+    // The API's own summary (every violation counted, by column and rule), with the
+    // message of the first listed violation of each group.
+    const message = (column, rule) => {
+      const v = details.violations.find((x) => (x.column || "(file)") === column && x.rule === rule);
+      return v ? v.message : "";
+    };
+    let groups = (details.summary || []).map((g) => ({ column: g.column || "(file)", rule: g.rule, count: g.count, rows: g.rows || [] }));
+    if (groups.length === 0) {
+      const by = new Map();
+      for (const v of details.violations) {
+        const key = (v.column || "(file)") + "\u0000" + v.rule;
+        if (!by.has(key)) by.set(key, { column: v.column || "(file)", rule: v.rule, count: 0, rows: [] });
+        const g = by.get(key);
+        g.count += 1;
+        if (v.row !== null && v.row !== undefined) g.rows.push(v.row);
+      }
+      groups = Array.from(by.values());
     }
-    const rows = Array.from(groups.values()).map((g) => h("tr", {},
-      h("td", {}, h("code", {}, g.column)), h("td", {}, g.rule), h("td", { class: "num" }, g.rows.length || ""),
-      h("td", { class: "small" }, g.rows.slice(0, 8).join(", ") + (g.rows.length > 8 ? ", …" : "")),
-      h("td", { class: "small" }, g.message)));
+    const rows = groups.map((g) => h("tr", {},
+      h("td", {}, h("code", {}, g.column)), h("td", {}, g.rule), h("td", { class: "num" }, fmt(g.count)),
+      h("td", { class: "small" }, g.rows.slice(0, 8).join(", ") + (g.count > Math.min(g.rows.length, 8) ? ", …" : "")),
+      h("td", { class: "small" }, message(g.column, g.rule))));
     return h("div", { class: "card" }, h("table", { id: "violations" },
-      h("caption", {}, (details.violation_count || details.violations.length) + " violations" +
-        (details.violation_count > details.violations.length ? " (the first " + details.violations.length + " listed)" : "") +
-        ", by column and rule; nothing was committed"),
-      h("thead", {}, h("tr", {}, ["Column", "Rule", "Rows listed", "First rows", "What was wrong"].map((t) => h("th", { scope: "col" }, t)))),
+      h("caption", {}, fmt(details.violation_count || details.violations.length) + " violations, by column and rule; nothing was committed"),
+      h("thead", {}, h("tr", {}, ["Column", "Rule", "Rows", "First rows", "What was wrong"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, rows)));
   }
 
