@@ -154,3 +154,62 @@ fn released_aggregates_are_reused_as_released_and_the_audit_trail_never_is() {
     );
     assert!(!cached(&newest(&site, &server, 1)[0]));
 }
+
+const FLIGHT_TWICE: &str = r#"
+import json, os
+import adbc_driver_flightsql.dbapi as flight
+out = []
+for _ in range(2):
+    with flight.connect("grpc://" + os.environ["FLIGHT"], db_kwargs={
+            "adbc.flight.sql.authorization_header": "Bearer " + os.environ["TOKEN"],
+            "adbc.flight.sql.rpc.call_header.concordat-purpose": "performance-scrutiny"}) as conn:
+        cur = conn.cursor()
+        cur.execute(os.environ["SQL"])
+        out.append([list(r.values()) for r in cur.fetch_arrow_table().to_pylist()])
+        cur.close()
+print(json.dumps(out))
+"#;
+
+#[test]
+fn a_flight_client_asking_again_is_described_and_answered_from_the_kept_answer() {
+    let site = Site::new();
+    let server = loaded(&site, &[("CONCORDAT_FLIGHT__ADDR", "127.0.0.1:0")]);
+    let kent = site.token("pcc-kent", "analyst");
+    let sql = "SELECT pfa_code, count(*) AS n FROM force_performance GROUP BY pfa_code";
+    let at = server.flight.clone().expect("flight door");
+    let out = super::fixtures::python(
+        FLIGHT_TWICE,
+        &[("FLIGHT", &at), ("TOKEN", &kent), ("SQL", sql)],
+    );
+    assert_eq!(out[0], out[1], "{out}");
+    assert_eq!(out[0][0][0], "E23000032", "{out}");
+    let (status, page) = get(
+        &server,
+        &site.token("operator", "auditor"),
+        "/v1/audit?order=newest&partner=pcc-kent&limit=20",
+    );
+    assert_eq!(status, 200, "{page}");
+    let events: Vec<(String, bool)> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["door"] == "flight" && e["sql"] == sql)
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or_default().to_owned(),
+                cached(e),
+            )
+        })
+        .collect();
+    // Newest first: the second asking's run and describe were reused, the first's were not.
+    let reused: Vec<&(String, bool)> = events.iter().filter(|(_, c)| *c).collect();
+    assert!(
+        reused.iter().any(|(a, _)| a == "describe") && reused.iter().any(|(a, _)| a == "query"),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|(a, c)| a == "describe" && !c)
+            && events.iter().any(|(a, c)| a == "query" && !c),
+        "the first asking was computed: {events:?}"
+    );
+}

@@ -342,9 +342,20 @@ impl QueryService {
     /// `Describe` and Flight `GetFlightInfo` answer). Audited as `describe`.
     pub async fn describe(&self, req: QueryRequest<'_>) -> Result<Described, QueryError> {
         let mut ev = self.open_event(&req, "describe");
+        let mut reused = false;
         let described = async {
             let deadline = tokio::time::Instant::now() + self.limits.timeout;
             let (_slot, _permit, purpose) = self.admit(&req, deadline).await?;
+            // A kept answer to the same question over the same versions has the shape
+            // planning would give (Flight SQL describes before it runs).
+            if self.answers.enabled()
+                && !req.fresh
+                && let Some(key) = Key::of(&req)
+                && let Some(kept) = self.kept(&key).await
+            {
+                reused = true;
+                return Ok(kept.planned.clone());
+            }
             let ctx = self.context(&req, purpose);
             let sql = req.sql.to_owned();
             let deadline = self.limits.timeout;
@@ -367,6 +378,9 @@ impl QueryService {
         match described {
             Ok(p) => {
                 ev.event().agreements = p.agreements.clone();
+                if reused {
+                    ev.event().cached = Some(true);
+                }
                 ev.ok(200)
                     .await
                     .map_err(|a| QueryError::Audit(a.to_string()))?;
