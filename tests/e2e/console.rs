@@ -102,6 +102,23 @@ def shot(d, name, full=False):
 def go(d, page):
     d.get(BASE + "/console/#/" + page)
 
+def fits(d, what):
+    # Readable at 1366x768: nothing wider than the window (tables scroll in their box).
+    width = d.execute_script("return document.documentElement.scrollWidth")
+    inner = d.execute_script("return window.innerWidth")
+    assert width <= inner, what + " is wider than the window: %d > %d" % (width, inner)
+
+def tab_reaches(d, wanted):
+    # Keyboard only: Tab from the top of the page reaches each wanted element.
+    d.execute_script("if (document.activeElement) document.activeElement.blur(); window.scrollTo(0, 0);")
+    seen = set()
+    for _ in range(80):
+        d.switch_to.active_element.send_keys(Keys.TAB)
+        el = d.switch_to.active_element
+        seen.add(el.get_attribute("id") or el.get_attribute("href") or el.text)
+    missing = [w for w in wanted if not any(w in (s or "") for s in seen)]
+    assert not missing, "not reachable by Tab: %r" % missing
+
 def sign_in(d, token):
     d.get(BASE + "/")
     wait(d, lambda d: d.find_elements(By.ID, "token"), "the sign-in form")
@@ -165,6 +182,8 @@ assert d.execute_script("return sessionStorage.getItem('concordat.token')") == o
 assert d.execute_script("return localStorage.length") == 0 and d.execute_script("return document.cookie") == ""
 out["pcc_who"] = d.find_element(By.ID, "who-name").text
 out["pcc_agreements"] = [r[0] for r in cells(d, "agreements")]
+fits(d, "the Me page")
+tab_reaches(d, ["#/datasets", "#/sql", "#/efficiency", "#/area", "sign-out"])
 shot(d, "1-kent-pcc-me", full=True)
 go(d, "datasets")
 wait(d, lambda d: d.find_elements(By.ID, "why-list"), "the datasets page")
@@ -174,6 +193,8 @@ d.find_element(By.CSS_SELECTOR, "#why-list a[href='#/why/reoffending_cohort']").
 wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-purpose]"), "the explanation")
 out["pcc_why"] = {c.get_attribute("data-purpose"): c.text for c in d.find_elements(By.CSS_SELECTOR, "[data-purpose]")}
 out["pcc_rows"] = run_sql(d, "performance-scrutiny", os.environ["PCC_SQL"])
+fits(d, "the SQL page")
+tab_reaches(d, ["purpose", "sql", "run"])
 shot(d, "3-kent-pcc-sql", full=True)
 out["pcc_aggregate"] = run_sql(d, "reducing-reoffending", os.environ["PCC_AGG_SQL"])
 out["pcc_disclosure"] = d.find_element(By.ID, "disclosure").text
@@ -185,6 +206,7 @@ out["pcc_efficiency_force"] = d.find_element(By.ID, "eff-force").get_attribute("
 go(d, "area")
 wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "section.card")) == 4 and len(d.find_elements(By.CSS_SELECTOR, "section.card svg")) >= 3, "the area overview")
 out["pcc_area"] = {s.get_attribute("id"): s.text for s in d.find_elements(By.CSS_SELECTOR, "section.card")}
+fits(d, "the area overview")
 shot(d, "5-kent-pcc-area", full=True)
 finish(d, "pcc", [r"/v1/me .*401", r"/v1/query .*40[034]"])
 
@@ -207,6 +229,8 @@ for m in d.find_elements(By.CSS_SELECTOR, ".metric"):
 out["charts"] = charts
 out["eff_year"] = d.find_element(By.ID, "eff-year").get_attribute("value")
 out["eff_sentences"] = d.find_element(By.ID, "eff-sentences").text
+fits(d, "the efficiency page")
+tab_reaches(d, ["eff-force", "eff-year", "eff-xlsx"])
 shot(d, "6-hmicfrs-efficiency", full=True)
 finish(d, "inspector", [])
 
@@ -245,6 +269,7 @@ d.find_element(By.ID, "audit-partner").send_keys("force-kent")
 d.find_element(By.ID, "audit-apply").click()
 wait(d, lambda d: all(r and "refused" in r[4] for r in cells(d, "audit")) and cells(d, "audit"), "the filtered trail")
 out["audit_filtered"] = cells(d, "audit")
+fits(d, "the audit page")
 shot(d, "9-operator-audit", full=True)
 finish(d, "auditor", [])
 print(json.dumps(out))
