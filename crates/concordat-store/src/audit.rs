@@ -311,29 +311,16 @@ impl AuditLog {
         limit: usize,
         keep: &dyn Fn(&AuditEvent) -> bool,
     ) -> Result<Vec<AuditEvent>, StoreError> {
-        let _tail = self
-            .tail
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let file = File::open(&self.path).map_err(StoreError::internal)?;
         let mut out = Vec::new();
-        for line in BufReader::new(file).lines() {
-            let line = line.map_err(StoreError::internal)?;
-            let Ok(ev) = serde_json::from_str::<AuditEvent>(&line) else {
-                continue;
-            };
+        self.scan(&mut |ev| {
             if ev.seq > after && keep(&ev) {
                 out.push(ev);
-                if out.len() >= limit {
-                    break;
-                }
             }
-        }
+            out.len() < limit
+        })?;
         Ok(out)
     }
-}
 
-impl AuditLog {
     /// Events with `seq < before` that `keep` accepts, newest first, up to `limit`.
     pub fn read_newest(
         &self,
@@ -341,19 +328,10 @@ impl AuditLog {
         limit: usize,
         keep: &dyn Fn(&AuditEvent) -> bool,
     ) -> Result<Vec<AuditEvent>, StoreError> {
-        let _tail = self
-            .tail
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let file = File::open(&self.path).map_err(StoreError::internal)?;
         let mut last = std::collections::VecDeque::with_capacity(limit.min(1024));
-        for line in BufReader::new(file).lines() {
-            let line = line.map_err(StoreError::internal)?;
-            let Ok(ev) = serde_json::from_str::<AuditEvent>(&line) else {
-                continue;
-            };
+        self.scan(&mut |ev| {
             if ev.seq >= before {
-                break;
+                return false;
             }
             if keep(&ev) {
                 if last.len() == limit {
@@ -361,8 +339,28 @@ impl AuditLog {
                 }
                 last.push_back(ev);
             }
-        }
+            true
+        })?;
         Ok(last.into_iter().rev().collect())
+    }
+
+    /// Every event of the log, oldest first, until `each` says stop (no append meanwhile).
+    fn scan(&self, each: &mut dyn FnMut(AuditEvent) -> bool) -> Result<(), StoreError> {
+        let _tail = self
+            .tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let file = File::open(&self.path).map_err(StoreError::internal)?;
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(StoreError::internal)?;
+            let Ok(ev) = serde_json::from_str::<AuditEvent>(&line) else {
+                continue;
+            };
+            if !each(ev) {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
