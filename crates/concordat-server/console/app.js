@@ -649,6 +649,11 @@
   async function viewArea() {
     const area = me.force_area;
     document.title = "Area overview · Concordat";
+    if (!area) {
+      main.append(h("h1", {}, "Area overview"),
+        h("p", {}, "The area overview is for partners with a force area; " + me.partner + " works across all areas. The efficiency comparison and SQL cover every force your agreements allow."));
+      return;
+    }
     main.append(h("h1", {}, area.force_name + ": area overview"),
       h("p", { class: "muted" }, "The criminal justice picture for " + area.force_name + ", built from the same queries you can run in SQL, under your agreements and their disclosure control."));
     const sections = [
