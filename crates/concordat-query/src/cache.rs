@@ -143,14 +143,16 @@ impl AnswerCache {
         }
     }
 
-    /// Keeps an answer, making room by forgetting the least recently used.
-    pub(crate) fn put(&self, key: Key, planned: Planned, batches: Vec<RecordBatch>) {
-        let bytes: usize = batches
-            .iter()
-            .map(RecordBatch::get_array_memory_size)
-            .sum::<usize>()
-            + key.statement.len()
-            + 1024;
+    /// Keeps an answer whose batches hold `batch_bytes`, making room by forgetting the
+    /// least recently used.
+    pub(crate) fn put(
+        &self,
+        key: Key,
+        planned: Planned,
+        batches: Vec<RecordBatch>,
+        batch_bytes: usize,
+    ) {
+        let bytes = batch_bytes + key.statement.len() + 1024;
         if bytes > self.largest {
             return;
         }
@@ -178,11 +180,5 @@ impl AnswerCache {
                 inner.bytes -= e.bytes;
             }
         }
-    }
-
-    /// Bytes and answers kept.
-    pub(crate) fn size(&self) -> (usize, usize) {
-        let inner = self.lock();
-        (inner.bytes, inner.entries.len())
     }
 }

@@ -348,11 +348,7 @@ impl QueryService {
             let (_slot, _permit, purpose) = self.admit(&req, deadline).await?;
             // A kept answer to the same question over the same versions has the shape
             // planning would give (Flight SQL describes before it runs).
-            if self.answers.enabled()
-                && !req.fresh
-                && let Some(key) = Key::of(&req)
-                && let Some(kept) = self.kept(&key).await
-            {
+            if let (_, Some(kept)) = self.lookup(&req).await {
                 reused = true;
                 return Ok(kept.planned.clone());
             }
@@ -555,15 +551,8 @@ impl QueryService {
         // One deadline from arrival: waiting for a turn counts against the query's time.
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
         let (slot, permit, purpose) = self.admit(req, deadline).await?;
-        let key = if self.answers.enabled() {
-            Key::of(req)
-        } else {
-            None
-        };
-        if let Some(key) = &key
-            && !req.fresh
-            && let Some(kept) = self.kept(key).await
-        {
+        let (key, kept) = self.lookup(req).await;
+        if let Some(kept) = kept {
             let (tx, rx) = mpsc::channel(kept.batches.len().max(1));
             for b in &kept.batches {
                 let _ = tx.try_send(Ok(b.clone()));
@@ -621,8 +610,8 @@ impl QueryService {
                     Ok(Some(Ok(batch))) => Ok(batch),
                     Ok(Some(Err(e))) => Err(classify(&e)),
                     Ok(None) => {
-                        if let Some((key, planned, batches, _)) = keeping.take() {
-                            answers.put(key, planned, batches);
+                        if let Some((key, planned, batches, bytes)) = keeping.take() {
+                            answers.put(key, planned, batches, bytes);
                         }
                         break;
                     }
@@ -660,6 +649,24 @@ impl QueryService {
         })
     }
 
+    /// The request's key when answers are kept, and the answer kept under it when the
+    /// request may take one (not `fresh`) and it is still current.
+    async fn lookup(
+        &self,
+        req: &QueryRequest<'_>,
+    ) -> (Option<Key>, Option<Arc<crate::cache::Entry>>) {
+        let key = if self.answers.enabled() {
+            Key::of(req)
+        } else {
+            None
+        };
+        let kept = match &key {
+            Some(key) if !req.fresh => self.kept(key).await,
+            _ => None,
+        };
+        (key, kept)
+    }
+
     /// The answer kept under `key`, if every table it read is still at the version it
     /// read; a stale one is forgotten.
     async fn kept(&self, key: &Key) -> Option<Arc<crate::cache::Entry>> {
@@ -675,11 +682,6 @@ impl QueryService {
             }
         }
         Some(kept)
-    }
-
-    /// Answers kept for reuse: bytes and count.
-    pub fn answers_kept(&self) -> (usize, usize) {
-        self.answers.size()
     }
 
     /// Runs a task on the query runtime (large stacks for planning, separate from the

@@ -385,7 +385,8 @@ pub async fn audit(
         .trail
         .read(&caller, &page, state.today(), "http")
         .await?;
-    let newest = page.order.as_deref() == Some("newest") || page.before.is_some();
+    // The read above refused an unknown order, so this is the order it read in.
+    let newest = page.newest_first()?;
     let last = events.last().map(|e| e.seq);
     let mut out = json!({"events": events});
     if newest {

@@ -34,7 +34,9 @@ pub struct Page {
 }
 
 impl Page {
-    fn newest_first(&self) -> Result<bool, StoreError> {
+    /// Whether the page reads newest first (`order=newest`, or a `before`); an order
+    /// other than `oldest` or `newest` is refused.
+    pub fn newest_first(&self) -> Result<bool, StoreError> {
         match self.order.as_deref() {
             None | Some("oldest") => Ok(self.before.is_some()),
             Some("newest") => Ok(true),
