@@ -10,6 +10,7 @@ mod e2e {
     pub mod fuzz;
     pub mod pg;
     pub mod query;
+    pub mod replicas;
     pub mod serve;
     pub mod upload;
 }

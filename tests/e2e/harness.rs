@@ -95,6 +95,26 @@ impl Site {
         Site { dir }
     }
 
+    /// Another site (its own scratch directory) sharing this one's policies, signing
+    /// secret and configuration: a replica, once both point at one store.
+    pub fn replica_of(other: &Site) -> Site {
+        let site = Site::with_policies(&other.dir.path().join("policies"));
+        for f in ["secret", "concordat.toml"] {
+            std::fs::copy(other.dir.path().join(f), site.dir.path().join(f)).expect("copy");
+        }
+        site
+    }
+
+    /// Points the site's durable state at a shared S3-compatible store.
+    pub fn use_store(&self, s3: &S3, prefix: &str) {
+        let mut text = std::fs::read_to_string(self.config()).expect("config");
+        text.push_str(&format!(
+            "[store]\nurl = \"s3://{}/{prefix}\"\n[store.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n",
+            s3.bucket, s3.endpoint
+        ));
+        std::fs::write(self.config(), text).expect("config");
+    }
+
     /// A site using the shipped policies plus one more agreement file.
     pub fn with_agreement(file_name: &str, toml: &str) -> Site {
         let site = Site::new();
@@ -237,6 +257,59 @@ impl Drop for Server {
             eprintln!("--- server log (tail) ---\n{tail}");
         }
         self.kill();
+    }
+}
+
+/// An S3-compatible server on loopback (`moto`'s server, which honours conditional
+/// writes), with one bucket; stopped on drop.
+pub struct S3 {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The bucket made for the test.
+    pub bucket: String,
+}
+
+impl S3 {
+    /// Starts the server and makes the bucket.
+    pub fn start() -> S3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server (pip install 'moto[server]')");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let s3 = S3 {
+            child,
+            endpoint,
+            bucket: "concordat".into(),
+        };
+        let start = Instant::now();
+        loop {
+            match client()
+                .put(format!("{}/{}", s3.endpoint, s3.bucket))
+                .send()
+            {
+                Ok(r) if r.status().is_success() => break,
+                _ if start.elapsed() > Duration::from_secs(30) => {
+                    panic!("the S3 server did not start on {}", s3.endpoint)
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        s3
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

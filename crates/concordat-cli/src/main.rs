@@ -449,9 +449,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "--retain-days must be at least 1: younger files may belong to a commit in flight"
                 );
             }
-            let store =
-                concordat_store::Store::open(concordat_store::StoreConfig::new(&cfg.data_dir))
-                    .map_err(|e| anyhow!("{e:?}"))?;
+            let mut store_cfg = concordat_store::StoreConfig::new(&cfg.data_dir);
+            if let concordat_store::Location::Shared(shared) =
+                cfg.location().map_err(|e| anyhow!("{e}"))?
+            {
+                store_cfg.shared = Some(shared);
+            }
+            let store = concordat_store::Store::open(store_cfg).map_err(|e| anyhow!("{e:?}"))?;
             let names: Vec<String> = match dataset {
                 Some(d) => vec![d],
                 None => concordat_core::Schemas::builtin()
@@ -522,11 +526,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let path = match (config, log) {
                 (_, Some(log)) => log,
-                (Some(config), None) => Config::load(&config)
-                    .map_err(|e| anyhow!("{e}"))?
-                    .data_dir
-                    .join("audit")
-                    .join("audit.log"),
+                (Some(config), None) => {
+                    let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
+                    match cfg.location().map_err(|e| anyhow!("{e}"))? {
+                        concordat_store::Location::Local(dir) => dir.join("audit").join("audit.log"),
+                        concordat_store::Location::Shared(shared) => {
+                            let v = runtime
+                                .block_on(concordat_store::audit::verify_shared(&shared))
+                                .map_err(|e| anyhow!("{e}"))?;
+                            return match v.broken {
+                                None => {
+                                    println!(
+                                        "{}/audit: {} events, every link intact",
+                                        shared.url(),
+                                        v.events
+                                    );
+                                    Ok(())
+                                }
+                                Some((n, why)) => {
+                                    bail!("{}/audit: broken at event {n}: {why}", shared.url())
+                                }
+                            };
+                        }
+                    }
+                }
                 (None, None) => bail!("name the gateway's --config or the --log file"),
             };
             let v = concordat_store::audit::verify(&path).map_err(|e| anyhow!("{e}"))?;

@@ -1,6 +1,6 @@
 //! `concordat token issue` (a development JWT) and `token create|list|revoke`: personal
-//! access tokens, managed offline against a gateway's configuration (its data directory holds the register; a running server
-//! sees changes at once).
+//! access tokens, managed offline against a gateway's configuration (its data directory, or its shared
+//! store, holds the register; a running server sees changes at once).
 
 use anyhow::{anyhow, bail};
 use concordat_core::{PartnerId, Purpose, Role};
@@ -14,7 +14,7 @@ use crate::TokenCommand;
 fn open(config: &std::path::Path) -> anyhow::Result<(Config, Policies, Tokens)> {
     let cfg = Config::load(config).map_err(|e| anyhow!("{e}"))?;
     let policies = Policies::load(&cfg.policies_dir).map_err(|e| anyhow!("{e}"))?;
-    let tokens = Tokens::open(&cfg.data_dir);
+    let tokens = Tokens::at(&cfg.location().map_err(|e| anyhow!("{e}"))?);
     Ok((cfg, policies, tokens))
 }
 

@@ -54,6 +54,13 @@ pub async fn rebuild(store: &Store, release: Release<'_>) -> Result<Option<u64>,
     Ok(Some(version))
 }
 
+/// The lease under which one replica rebuilds at a time.
+const LEASE: &str = "efficiency-rebuild";
+/// How long a rebuild's lease lasts unless renewed (it is, every third of this).
+const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+/// How often a replica on a shared store checks for inputs changed elsewhere.
+const SHARED_POLL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The record-level inputs, whose figures pass disclosure control.
 pub const RECORD_LEVEL_INPUTS: [&str; 2] = ["court_timeliness", "reoffending_cohort"];
 
@@ -81,10 +88,19 @@ impl Rebuilder {
         let wake = Arc::new(Notify::new());
         wake.notify_one();
         let woken = wake.clone();
+        // Replicas sharing a store also look now and then: an input committed through
+        // another replica wakes only that one, and it may have stopped before rebuilding.
+        let poll = store.is_shared().then_some(SHARED_POLL);
         tracker.spawn(async move {
             loop {
                 tokio::select! {
                     () = woken.notified() => {}
+                    () = async {
+                        match poll {
+                            Some(p) => tokio::time::sleep(p).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
                     _ = stopping.wait_for(|s| *s) => break,
                 }
                 if *stopping.borrow() {
@@ -106,6 +122,10 @@ impl Rebuilder {
         store: &Arc<Store>,
         policies: &Policies,
     ) -> Result<Option<u64>, BuildError> {
+        // One replica at a time; the others read what it writes.
+        let Some(_lease) = store.lease(LEASE, LEASE_TTL).await? else {
+            return Ok(None);
+        };
         let session = query.session().map_err(q)?;
         let key = query.record_key();
         let terms = policies.derived_terms(&RECORD_LEVEL_INPUTS);

@@ -185,13 +185,51 @@ impl Default for Limits {
 pub struct StoreSettings {
     /// Days of history (time travel, provenance) each table keeps.
     pub log_retention_days: u32,
+    /// Where the tables and every other durable state live: `s3://bucket/prefix` for an
+    /// S3-compatible object store that several replicas share; a local path (the data
+    /// directory) otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// How to reach the S3-compatible store.
+    #[serde(skip_serializing_if = "S3Config::is_unset")]
+    pub s3: S3Config,
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
         StoreSettings {
             log_retention_days: 3650,
+            url: None,
+            s3: S3Config::default(),
         }
+    }
+}
+
+/// `[store.s3]`: how to reach an S3-compatible store; whatever is unset comes from the
+/// usual `AWS_*` variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+/// `AWS_ENDPOINT_URL`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL, for a store other than AWS (MinIO, Ceph, a local one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Allow an `http://` endpoint (a store on the same machine or network only).
+    pub allow_http: bool,
+    /// Access key id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+}
+
+impl S3Config {
+    fn is_unset(&self) -> bool {
+        self == &S3Config::default()
     }
 }
 
@@ -301,6 +339,15 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
+        // A store URL that is a local path (or `file://` URL) names the data directory.
+        if let Some(url) = self.store.url.take() {
+            if url.starts_with("s3://") {
+                self.store.url = Some(url);
+            } else {
+                let path = url.strip_prefix("file://").unwrap_or(&url);
+                self.data_dir = PathBuf::from(path);
+            }
+        }
         fix(&mut self.data_dir);
         fix(&mut self.policies_dir);
         fix(&mut self.query.record_key_file);
@@ -324,7 +371,31 @@ impl Config {
         }
     }
 
+    /// Where durable state lives: the data directory, or the shared store the URL names.
+    pub fn location(&self) -> Result<concordat_store::Location, String> {
+        let Some(url) = &self.store.url else {
+            return Ok(concordat_store::Location::Local(self.data_dir.clone()));
+        };
+        let s3 = &self.store.s3;
+        let settings = concordat_store::S3Settings {
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            allow_http: s3.allow_http,
+            access_key_id: s3.access_key_id.clone(),
+            secret_access_key: s3.secret_access_key.clone(),
+        };
+        concordat_store::Shared::connect(url, &settings)
+            .map(concordat_store::Location::Shared)
+            .map_err(|e| format!("store.url: {e}"))
+    }
+
     fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.store.url {
+            self.location()?;
+            if url.trim_end_matches('/') == "s3:" {
+                return Err("store.url: name a bucket, s3://bucket/prefix".into());
+            }
+        }
         if self.auth.algorithms.is_empty() {
             return Err("auth.algorithms: name at least one algorithm".into());
         }

@@ -60,7 +60,13 @@ impl AppState {
             Policies::load(&config.policies_dir).map_err(|e| StartError::new("policies", e))?;
         let verifier =
             Verifier::from_config(&config.auth).map_err(|e| StartError::new("auth", e))?;
+        let location = config
+            .location()
+            .map_err(|e| StartError::new("store", e))?;
         let mut store_cfg = StoreConfig::new(&config.data_dir);
+        if let concordat_store::Location::Shared(shared) = &location {
+            store_cfg.shared = Some(shared.clone());
+        }
         store_cfg.max_upload_bytes = config.limits.max_upload_bytes;
         store_cfg.concurrent_validations = config.limits.concurrent_validations;
         store_cfg.log_retention_days = config.store.log_retention_days;
@@ -80,8 +86,16 @@ impl AppState {
             .discard_staged()
             .map_err(|e| StartError::new(&data_dir, e))?;
         let audit = Arc::new(
-            AuditLog::open(&config.data_dir.join("audit").join("audit.log"))
-                .map_err(|e| StartError::new("audit log", e))?,
+            match &location {
+                concordat_store::Location::Local(dir) => {
+                    AuditLog::open(&dir.join("audit").join("audit.log"))
+                }
+                concordat_store::Location::Shared(shared) => AuditLog::open_shared(
+                    shared.clone(),
+                    &config.data_dir.join("audit").join("shared-copy.log"),
+                ),
+            }
+            .map_err(|e| StartError::new("audit log", e))?,
         );
         let policies = Arc::new(policies);
         let q = &config.query;
@@ -97,16 +111,40 @@ impl AppState {
             max_groups: q.max_groups,
             answer_cache_bytes: q.answer_cache_mb << 20,
         };
-        let record_key =
-            concordat_query::sdc::cellkey::RecordKey::load_or_create(&q.record_key_file)
-                .map_err(|e| StartError::new("record key", e))?;
+        let record_key = match &location {
+            concordat_store::Location::Local(_) => {
+                concordat_query::sdc::cellkey::RecordKey::load_or_create(&q.record_key_file)
+                    .map_err(|e| StartError::new("record key", e))?
+            }
+            // One secret for every replica, so each gives the same perturbed answers: the
+            // first replica to start writes it (if absent), the others read it.
+            concordat_store::Location::Shared(shared) => {
+                let store = shared.clone();
+                let secret = shared
+                    .block_on(async move {
+                        store
+                            .get_or_create(RECORD_KEY_OBJECT, || {
+                                bytes::Bytes::from(rand::random::<[u8; 32]>().to_vec())
+                            })
+                            .await
+                    })
+                    .map_err(|e| StartError::new("record key", e))?;
+                if secret.len() < 32 {
+                    return Err(StartError::new(
+                        "record key",
+                        format!("{RECORD_KEY_OBJECT} on the store holds less than 32 bytes"),
+                    ));
+                }
+                concordat_query::sdc::cellkey::RecordKey::from_secret(&secret)
+            }
+        };
         let query = QueryService::new(store.clone(), audit.clone(), policies.clone(), limits)
             .map_err(|e| StartError::new("query service", format!("{e:?}")))?
             .with_record_key(Arc::new(record_key));
         Ok(Arc::new(AppState {
             uploads: Uploads::new(store.clone(), policies.clone(), audit.clone()),
             trail: AuditTrail::new(policies.clone(), audit.clone()),
-            tokens: TokenService::new(Arc::new(Tokens::open(&config.data_dir)), audit.clone()),
+            tokens: TokenService::new(Arc::new(Tokens::at(&location)), audit.clone()),
             config,
             policies,
             store,
@@ -125,6 +163,9 @@ impl AppState {
         chrono::Utc::now().date_naive()
     }
 }
+
+/// Where the record-key secret lives on a shared store.
+const RECORD_KEY_OBJECT: &str = "keys/record-key.secret";
 
 /// Why the server could not start: what failed, and how.
 #[derive(Debug, thiserror::Error)]

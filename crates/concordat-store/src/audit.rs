@@ -2,6 +2,13 @@
 //! by SHA-256, synced to disk before the append returns, so an event is durable before
 //! the response it describes completes. A head file records the last sequence number and
 //! hash, so removing events from the end is detected as surely as altering one.
+//!
+//! On a shared object store (replicas) the trail is one chain for every replica: each
+//! group commit is one object, `audit/<first seq>.jsonl`, written only if absent. A
+//! replica that loses the race for a sequence number reads the winner's events, chains
+//! its own after them and tries the next number, so the chain has no gap, no fork and
+//! no duplicate, and an event is acknowledged only once its object is on the store. A
+//! local copy of what has been read serves the reading routes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
@@ -117,10 +124,30 @@ struct Waiting {
 
 /// The log, open for appending.
 pub struct AuditLog {
+    /// The log (or, on a shared store, the local copy of what has been read of it).
     path: PathBuf,
+    /// The end of the chain: for a local log its file; on a shared store the local copy,
+    /// and the last event this replica knows of.
     tail: Mutex<Tail>,
     /// Events waiting for the next group commit, and whether a writer is at work.
     queue: Mutex<(Vec<Waiting>, bool)>,
+    /// The shared store holding the trail, and the last event copied locally.
+    shared: Option<(crate::shared::Shared, Mutex<u64>)>,
+}
+
+/// The object holding the events from `first` on.
+fn segment_key(first: u64) -> String {
+    format!("audit/{first:020}.jsonl")
+}
+
+/// The object recording the last event written (for detecting removal from the end).
+const SHARED_HEAD: &str = "audit-head.json";
+
+/// The last event of a segment's text.
+fn last_event(text: &[u8]) -> Option<AuditEvent> {
+    text.split(|b| *b == b'\n')
+        .rev()
+        .find_map(|l| serde_json::from_slice::<AuditEvent>(l).ok())
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -179,6 +206,44 @@ impl AuditLog {
             path: path.to_owned(),
             tail: Mutex::new(Tail { file, seq, hash }),
             queue: Mutex::new((Vec::new(), false)),
+            shared: None,
+        })
+    }
+
+    /// Opens the trail on a shared store, keeping the local copy for reading at `copy`
+    /// (emptied now, filled as events are read).
+    pub fn open_shared(
+        shared: crate::shared::Shared,
+        copy: &Path,
+    ) -> Result<AuditLog, StoreError> {
+        if let Some(dir) = copy.parent() {
+            std::fs::create_dir_all(dir).map_err(StoreError::internal)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(copy)
+            .map_err(StoreError::internal)?;
+        let last = {
+            let shared = shared.clone();
+            shared.clone().block_on(async move {
+                let listed = shared.list("audit", None).await?;
+                match listed.last() {
+                    Some((key, _)) => Ok::<_, StoreError>(
+                        shared.get(key).await?.as_deref().and_then(last_event),
+                    ),
+                    None => Ok(None),
+                }
+            })?
+        };
+        let (seq, hash) = last.map_or((0, GENESIS.to_owned()), |e| (e.seq, e.hash));
+        Ok(AuditLog {
+            path: copy.to_owned(),
+            tail: Mutex::new(Tail { file, seq, hash }),
+            queue: Mutex::new((Vec::new(), false)),
+            shared: Some((shared, Mutex::new(0))),
         })
     }
 
@@ -225,50 +290,32 @@ impl AuditLog {
         }
     }
 
-    /// Writes a batch of events with one write and one sync, then tells each its outcome.
+    /// Writes a batch of events with one write and one sync (on a shared store, one
+    /// object), then tells each its outcome.
     fn commit(&self, batch: Vec<Waiting>) {
         let mut tail = self
             .tail
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (mut seq, mut hash) = (tail.seq, tail.hash.clone());
         let (bodies, replies): (Vec<EventBody>, Vec<_>) =
             batch.into_iter().map(|w| (w.body, w.reply)).unzip();
-        let mut lines = Vec::new();
-        let mut events = Vec::with_capacity(bodies.len());
-        let mut failed: Option<String> = None;
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        for body in bodies {
-            let mut event = AuditEvent {
-                seq: seq + 1,
-                time: time.clone(),
-                body,
-                prev_hash: hash.clone(),
-                hash: String::new(),
-            };
-            event.hash = event.compute_hash();
-            match serde_json::to_vec(&event) {
-                Ok(line) => {
-                    lines.extend_from_slice(&line);
-                    lines.push(b'\n');
-                }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-            seq = event.seq;
-            hash = event.hash.clone();
-            events.push(event);
-        }
-        let written = match failed {
-            Some(e) => Err(e),
-            None => self.write_durably(&mut tail.file, &lines, seq, &hash),
+        let written = match &self.shared {
+            None => chain(&bodies, tail.seq, &tail.hash, &time).and_then(|(lines, events)| {
+                let (seq, hash) = events
+                    .last()
+                    .map_or((tail.seq, tail.hash.clone()), |e| (e.seq, e.hash.clone()));
+                self.write_durably(&mut tail.file, &lines, seq, &hash)?;
+                Ok(events)
+            }),
+            Some((shared, _)) => Self::write_shared(shared, &mut tail, &bodies, &time),
         };
         match written {
-            Ok(()) => {
-                tail.seq = seq;
-                tail.hash = hash;
+            Ok(events) => {
+                if let Some(last) = events.last() {
+                    tail.seq = last.seq;
+                    tail.hash = last.hash.clone();
+                }
                 for (reply, e) in replies.into_iter().zip(events) {
                     let _ = reply.send(Ok(e));
                 }
@@ -279,6 +326,55 @@ impl AuditLog {
                 }
             }
         }
+    }
+
+    /// Writes a batch as the next object of the shared chain: if another replica took
+    /// that sequence number first, its events are read, the batch is chained after them,
+    /// and the next number is tried.
+    fn write_shared(
+        shared: &crate::shared::Shared,
+        tail: &mut Tail,
+        bodies: &[EventBody],
+        time: &str,
+    ) -> Result<Vec<AuditEvent>, String> {
+        for _ in 0..1000 {
+            let (lines, events) = chain(bodies, tail.seq, &tail.hash, time)?;
+            let key = segment_key(tail.seq + 1);
+            let store = shared.clone();
+            let k = key.clone();
+            let created = shared
+                .block_on(async move { store.put_new(&k, bytes::Bytes::from(lines)).await })
+                .map_err(|e| e.to_string())?;
+            if created {
+                if let Some(last) = events.last() {
+                    // Best effort, not waited for: the head only helps detect removal of
+                    // the newest objects.
+                    let head = serde_json::to_vec(&Head {
+                        seq: last.seq,
+                        hash: last.hash.clone(),
+                    })
+                    .unwrap_or_default();
+                    let store = shared.clone();
+                    shared.block_on(async move {
+                        tokio::spawn(async move {
+                            let _ = store.put(SHARED_HEAD, bytes::Bytes::from(head)).await;
+                        });
+                    });
+                }
+                return Ok(events);
+            }
+            let store = shared.clone();
+            let k = key.clone();
+            let theirs = shared
+                .block_on(async move { store.get(&k).await })
+                .map_err(|e| e.to_string())?
+                .as_deref()
+                .and_then(last_event)
+                .ok_or_else(|| format!("{key} on the shared store holds no event"))?;
+            tail.seq = theirs.seq;
+            tail.hash = theirs.hash;
+        }
+        Err("the shared audit trail is too busy: no free sequence number after 1000 tries".into())
     }
 
     fn write_durably(
@@ -346,10 +442,65 @@ impl AuditLog {
 
     /// Every event of the log, oldest first, until `each` says stop (no append meanwhile).
     fn scan(&self, each: &mut dyn FnMut(AuditEvent) -> bool) -> Result<(), StoreError> {
+        if let Some((shared, copied)) = &self.shared {
+            let mut copied = copied
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *copied = self.copy_from_shared(shared, *copied)?;
+            drop(copied);
+            return self.scan_file(each);
+        }
         let _tail = self
             .tail
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.scan_file(each)
+    }
+
+    /// Appends to the local copy every event of the shared trail after `copied`;
+    /// returns the last event copied.
+    fn copy_from_shared(
+        &self,
+        shared: &crate::shared::Shared,
+        copied: u64,
+    ) -> Result<u64, StoreError> {
+        let store = shared.clone();
+        let segments = shared.block_on(async move {
+            let mut out = Vec::new();
+            for (key, _) in store.list("audit", Some(&segment_key(copied))).await? {
+                if let Some(b) = store.get(&key).await? {
+                    out.push(b);
+                }
+            }
+            Ok::<_, StoreError>(out)
+        })?;
+        let mut last = copied;
+        let mut lines = Vec::new();
+        for seg in segments {
+            for line in seg.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let Ok(ev) = serde_json::from_slice::<AuditEvent>(line) else {
+                    continue;
+                };
+                if ev.seq <= last {
+                    continue;
+                }
+                last = ev.seq;
+                lines.extend_from_slice(line);
+                lines.push(b'\n');
+            }
+        }
+        if !lines.is_empty() {
+            let mut f = OpenOptions::new()
+                .append(true)
+                .open(&self.path)
+                .map_err(StoreError::internal)?;
+            f.write_all(&lines).map_err(StoreError::internal)?;
+        }
+        Ok(last)
+    }
+
+    /// Every event of the file, oldest first, until `each` says stop.
+    fn scan_file(&self, each: &mut dyn FnMut(AuditEvent) -> bool) -> Result<(), StoreError> {
         let file = File::open(&self.path).map_err(StoreError::internal)?;
         for line in BufReader::new(file).lines() {
             let line = line.map_err(StoreError::internal)?;
@@ -373,63 +524,168 @@ pub struct Verification {
     pub broken: Option<(u64, String)>,
 }
 
-/// Checks every link of a log and its head: the first altered, removed or reordered
-/// event is reported.
-pub fn verify(path: &Path) -> Result<Verification, StoreError> {
-    let file =
-        File::open(path).map_err(|e| StoreError::NotFound(format!("{}: {e}", path.display())))?;
-    let (mut prev, mut seq, mut events) = (GENESIS.to_owned(), 0u64, 0u64);
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let n = i as u64 + 1;
-        let line = line.map_err(StoreError::internal)?;
-        let broken = |why: String| {
-            Ok(Verification {
-                events,
-                broken: Some((n, why)),
-            })
-        };
-        let ev: AuditEvent = match serde_json::from_str(&line) {
+/// Follows the chain event by event; the first broken link is kept.
+struct Checker {
+    prev: String,
+    seq: u64,
+    events: u64,
+}
+
+impl Checker {
+    fn new() -> Checker {
+        Checker {
+            prev: GENESIS.to_owned(),
+            seq: 0,
+            events: 0,
+        }
+    }
+
+    /// Checks the next line; what is wrong with it, if anything.
+    fn line(&mut self, line: &[u8]) -> Option<String> {
+        let ev: AuditEvent = match serde_json::from_slice(line) {
             Ok(ev) => ev,
-            Err(_) => return broken("the line is not an audit event".into()),
+            Err(_) => return Some("the line is not an audit event".into()),
         };
-        if ev.seq != seq + 1 {
-            return broken(format!(
-                "sequence {} follows {seq}: events were removed or reordered",
-                ev.seq
+        if ev.seq != self.seq + 1 {
+            return Some(format!(
+                "sequence {} follows {}: events were removed or reordered",
+                ev.seq, self.seq
             ));
         }
-        if ev.prev_hash != prev {
-            return broken(format!(
+        if ev.prev_hash != self.prev {
+            return Some(format!(
                 "event {} does not chain to the event before it: an event was removed, reordered or altered",
                 ev.seq
             ));
         }
         if ev.compute_hash() != ev.hash {
-            return broken(format!("event {} was altered after it was written", ev.seq));
+            return Some(format!("event {} was altered after it was written", ev.seq));
         }
-        prev = ev.hash;
-        seq = ev.seq;
-        events += 1;
+        self.prev = ev.hash;
+        self.seq = ev.seq;
+        self.events += 1;
+        None
     }
-    if let Ok(text) = std::fs::read(head_path(path))
-        && let Ok(head) = serde_json::from_slice::<Head>(&text)
-        && (head.seq != seq || head.hash != prev)
-    {
-        return Ok(Verification {
-            events,
-            broken: Some((
-                events + 1,
+
+    /// The verdict, given the recorded head (if any).
+    fn finish(self, head: Option<Head>) -> Verification {
+        let broken = head.filter(|h| h.seq > self.seq || (h.seq == self.seq && h.hash != self.prev)).map(|h| {
+            (
+                self.events + 1,
                 format!(
-                    "the log ends at event {seq} but event {} was written: events were removed from the end",
-                    head.seq
+                    "the log ends at event {} but event {} was written: events were removed from the end",
+                    self.seq, h.seq
                 ),
-            )),
+            )
         });
+        Verification {
+            events: self.events,
+            broken,
+        }
     }
-    Ok(Verification {
-        events,
-        broken: None,
-    })
+
+    fn broken(&self, why: String) -> Verification {
+        Verification {
+            events: self.events,
+            broken: Some((self.events + 1, why)),
+        }
+    }
+}
+
+/// Checks every link of a log and its head: the first altered, removed or reordered
+/// event is reported.
+pub fn verify(path: &Path) -> Result<Verification, StoreError> {
+    let file =
+        File::open(path).map_err(|e| StoreError::NotFound(format!("{}: {e}", path.display())))?;
+    let mut check = Checker::new();
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(StoreError::internal)?;
+        if let Some(why) = check.line(line.as_bytes()) {
+            return Ok(check.broken(why));
+        }
+    }
+    let head = std::fs::read(head_path(path))
+        .ok()
+        .and_then(|text| serde_json::from_slice::<Head>(&text).ok());
+    // A local head always names the last event written: any difference is a removal.
+    if let Some(h) = &head
+        && (h.seq != check.seq || h.hash != check.prev)
+    {
+        let why = format!(
+            "the log ends at event {} but event {} was written: events were removed from the end",
+            check.seq, h.seq
+        );
+        return Ok(check.broken(why));
+    }
+    Ok(check.finish(None))
+}
+
+/// Checks the whole shared trail, every replica's events, object by object: each object
+/// must start where its name says and continue the chain.
+pub async fn verify_shared(shared: &crate::shared::Shared) -> Result<Verification, StoreError> {
+    let mut check = Checker::new();
+    for (key, _) in shared.list("audit", None).await? {
+        let Some(text) = shared.get(&key).await? else {
+            continue;
+        };
+        if key != segment_key(check.seq + 1) {
+            let why = format!("{key} does not follow event {}: the trail was altered", check.seq);
+            return Ok(check.broken(why));
+        }
+        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if let Some(why) = check.line(line) {
+                return Ok(check.broken(why));
+            }
+        }
+    }
+    // The shared head is written after the events, so it may lag but never lead.
+    let head = shared
+        .get(SHARED_HEAD)
+        .await?
+        .and_then(|b| serde_json::from_slice::<Head>(&b).ok());
+    Ok(check.finish(head))
+}
+
+impl AuditLog {
+    /// Checks the whole trail (`concordat audit verify`).
+    pub async fn verify(self: &std::sync::Arc<Self>) -> Result<Verification, StoreError> {
+        if let Some((shared, _)) = &self.shared {
+            return verify_shared(shared).await;
+        }
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || verify(&path))
+            .await
+            .map_err(StoreError::internal)?
+    }
+}
+
+/// Chains `bodies` after event `seq` (hash `hash`): their lines and the events.
+fn chain(
+    bodies: &[EventBody],
+    mut seq: u64,
+    hash: &str,
+    time: &str,
+) -> Result<(Vec<u8>, Vec<AuditEvent>), String> {
+    let mut hash = hash.to_owned();
+    let mut lines = Vec::new();
+    let mut events = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        let mut event = AuditEvent {
+            seq: seq + 1,
+            time: time.to_owned(),
+            body: body.clone(),
+            prev_hash: hash.clone(),
+            hash: String::new(),
+        };
+        event.hash = event.compute_hash();
+        let line = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
+        lines.extend_from_slice(&line);
+        lines.push(b'\n');
+        seq = event.seq;
+        hash = event.hash.clone();
+        events.push(event);
+    }
+    Ok((lines, events))
 }
 
 #[cfg(test)]

@@ -250,7 +250,7 @@ impl Store {
         let properties = self.properties(&provenance, req.mode)?;
         let is_new = table.version().is_none();
         if req.mode == Mode::Append || is_new {
-            let moved = self.move_into_table(&dataset, out, files)?;
+            let moved = self.move_into_table(&dataset, out, files).await?;
             let adds: Vec<deltalake::kernel::Action> = moved
                 .iter()
                 .zip(files)
@@ -321,9 +321,7 @@ impl Store {
                 Ok(None) => Err(StoreError::Internal("commit left no version".into())),
                 Err(e) => {
                     // Not committed: the moved files are referenced by nothing.
-                    for path in &moved {
-                        let _ = std::fs::remove_file(self.table_dir(&dataset).join(path));
-                    }
+                    self.remove_moved(&dataset, &moved).await;
                     Err(conflict(e))
                 }
             };
@@ -367,32 +365,58 @@ impl Store {
     }
 
     /// Moves the worker's files into the table under names no other upload uses
-    /// (`u-<upload>-<n>.parquet`); returns their paths relative to the table.
-    fn move_into_table(
+    /// (`u-<upload>-<n>.parquet`); returns their paths relative to the table. On a shared
+    /// store they are copied up (in parts) instead.
+    async fn move_into_table(
         &self,
         dataset: &str,
         out: &Path,
         files: &[DataFile],
     ) -> Result<Vec<String>, StoreError> {
+        let upload = uuid::Uuid::new_v4().simple().to_string();
+        let names: Vec<String> = (0..files.len())
+            .map(|i| format!("{ORPHAN_PREFIX}{upload}-{i:05}.parquet"))
+            .collect();
+        let mut moved = Vec::with_capacity(files.len());
+        if let Some(shared) = &self.cfg.shared {
+            for (f, name) in files.iter().zip(&names) {
+                let key = format!("tables/{dataset}/{name}");
+                if let Err(e) = shared.upload_file(&out.join(&f.name), &key).await {
+                    self.remove_moved(dataset, &moved).await;
+                    return Err(e);
+                }
+                moved.push(name.clone());
+            }
+            return Ok(moved);
+        }
         let dir = self.table_dir(dataset);
         std::fs::create_dir_all(&dir).map_err(StoreError::internal)?;
-        let upload = uuid::Uuid::new_v4().simple().to_string();
-        let mut moved = Vec::with_capacity(files.len());
-        for (i, f) in files.iter().enumerate() {
-            let name = format!("{ORPHAN_PREFIX}{upload}-{i:05}.parquet");
-            if let Err(e) = std::fs::rename(out.join(&f.name), dir.join(&name)) {
-                for m in &moved {
-                    let _ = std::fs::remove_file(dir.join(m));
-                }
+        for (f, name) in files.iter().zip(&names) {
+            if let Err(e) = std::fs::rename(out.join(&f.name), dir.join(name)) {
+                self.remove_moved(dataset, &moved).await;
                 return Err(StoreError::internal(e));
             }
-            moved.push(name);
+            moved.push(name.clone());
         }
         // The renames are durable before the log entry that names them is written.
         if let Ok(d) = std::fs::File::open(&dir) {
             d.sync_all().map_err(StoreError::internal)?;
         }
         Ok(moved)
+    }
+
+    /// Removes files moved into a table for a commit that did not happen.
+    async fn remove_moved(&self, dataset: &str, moved: &[String]) {
+        for name in moved {
+            match &self.cfg.shared {
+                Some(shared) => {
+                    let _ = shared.delete(&format!("tables/{dataset}/{name}")).await;
+                }
+                None => {
+                    let _ = std::fs::remove_file(self.table_dir(dataset).join(name));
+                }
+            }
+        }
     }
 }
 
@@ -410,13 +434,7 @@ pub(crate) fn sweep_uncommitted(table_dir: &Path) -> Result<usize, StoreError> {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "json") {
                 let text = std::fs::read_to_string(&path).map_err(StoreError::internal)?;
-                for line in text.lines() {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
-                        && let Some(p) = v.pointer("/add/path").and_then(|p| p.as_str())
-                    {
-                        named.insert(p.to_owned());
-                    }
-                }
+                named.extend(added_paths(&text));
             } else if path.extension().is_some_and(|x| x == "parquet") {
                 // A checkpoint summarises older entries, whose JSON files retention keeps;
                 // to be safe, a table with checkpoints is left alone.
@@ -438,6 +456,69 @@ pub(crate) fn sweep_uncommitted(table_dir: &Path) -> Result<usize, StoreError> {
         }
     }
     Ok(removed)
+}
+
+/// How old an upload's file on a shared store must be before a starting replica treats
+/// it as left by a crash: no upload takes this long between copying its files up and
+/// committing them (validation, which can take longer, happens before the copy).
+const SHARED_ORPHAN_AGE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// Removes, from every table on a shared store, the data files of uploads that never
+/// committed and are older than [`SHARED_ORPHAN_AGE`]. A table with checkpoints is left
+/// alone, as on local disk.
+pub(crate) async fn sweep_uncommitted_shared(
+    shared: &crate::shared::Shared,
+) -> Result<usize, StoreError> {
+    let listed = shared.list("tables", None).await?;
+    let mut by_table: std::collections::BTreeMap<String, Vec<(String, chrono::DateTime<chrono::Utc>)>> =
+        Default::default();
+    for (key, meta) in listed {
+        let mut parts = key.splitn(3, '/');
+        let (Some(_), Some(table), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        by_table
+            .entry(table.to_owned())
+            .or_default()
+            .push((rest.to_owned(), meta.last_modified));
+    }
+    let cutoff = chrono::Utc::now() - SHARED_ORPHAN_AGE;
+    let mut removed = 0;
+    for (table, objects) in by_table {
+        if objects
+            .iter()
+            .any(|(k, _)| k.starts_with("_delta_log/") && k.ends_with(".parquet"))
+        {
+            continue;
+        }
+        let mut named = std::collections::HashSet::new();
+        for (k, _) in objects.iter().filter(|(k, _)| k.starts_with("_delta_log/") && k.ends_with(".json")) {
+            if let Some(text) = shared.get(&format!("tables/{table}/{k}")).await? {
+                named.extend(added_paths(&String::from_utf8_lossy(&text)));
+            }
+        }
+        for (k, modified) in &objects {
+            if k.starts_with(ORPHAN_PREFIX)
+                && k.ends_with(".parquet")
+                && *modified < cutoff
+                && !named.contains(k)
+            {
+                shared.delete(&format!("tables/{table}/{k}")).await?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The data files a log entry adds.
+fn added_paths(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
+            Some(v.pointer("/add/path")?.as_str()?.to_owned())
+        })
+        .collect()
 }
 
 /// Rows a replacement removes: the file's periods, within the uploader's scope.

@@ -27,7 +27,9 @@ mod commit;
 pub mod datafile;
 pub mod fault;
 pub mod inspect;
+pub mod lease;
 pub mod recorded;
+pub mod shared;
 mod store;
 pub mod tokens;
 pub mod trail;
@@ -41,6 +43,7 @@ pub use inspect::{FileLimits, arrow_schema};
 pub use store::{Mode, StagedFile, Store, StoreConfig, UploadOutcome, UploadRequest, VersionInfo};
 pub use uploads::{UploadCall, Uploaded, Uploads};
 pub use violation::{Violation, Violations};
+pub use shared::{Location, S3Settings, Shared};
 pub use worker::Validator;
 
 use concordat_core::ErrorKind;

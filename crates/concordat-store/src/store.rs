@@ -40,6 +40,9 @@ pub struct StoreConfig {
     pub abort_in_commit: bool,
     /// Where uploads are decoded and validated.
     pub validator: crate::worker::Validator,
+    /// The shared object store holding the tables, when there is one (replicas); the
+    /// data directory then holds only scratch (staging, spill).
+    pub shared: Option<crate::shared::Shared>,
 }
 
 impl StoreConfig {
@@ -54,6 +57,7 @@ impl StoreConfig {
             log_retention_days: 3650,
             abort_in_commit: false,
             validator: crate::worker::Validator::InProcess,
+            shared: None,
         }
     }
 }
@@ -206,6 +210,8 @@ pub struct Store {
         std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<DeltaTable>>>>>,
     pub(crate) locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) validations: tokio::sync::Semaphore,
+    /// This process, as named in the leases it holds.
+    pub(crate) replica_id: String,
 }
 
 impl std::fmt::Debug for Store {
@@ -227,6 +233,11 @@ impl Store {
             cfg,
             locks: std::sync::Mutex::new(HashMap::new()),
             validations: tokio::sync::Semaphore::new(permits),
+            replica_id: format!(
+                "{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
         })
     }
 
@@ -238,6 +249,18 @@ impl Store {
         let staging = self.cfg.data_dir.join("staging");
         std::fs::remove_dir_all(&staging).map_err(StoreError::internal)?;
         std::fs::create_dir_all(&staging).map_err(StoreError::internal)?;
+        if let Some(shared) = &self.cfg.shared {
+            // Other replicas may be between copying an upload's files up and committing
+            // them: only files older than any upload could take are swept.
+            let shared = shared.clone();
+            let removed = shared
+                .clone()
+                .block_on(async move { crate::commit::sweep_uncommitted_shared(&shared).await })?;
+            if removed > 0 {
+                tracing::warn!(removed, "removed data files of uploads that never committed");
+            }
+            return Ok(());
+        }
         if let Ok(tables) = std::fs::read_dir(self.cfg.data_dir.join("tables")) {
             for t in tables.flatten() {
                 let removed = crate::commit::sweep_uncommitted(&t.path())?;
@@ -253,6 +276,11 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the tables live on a shared store (replicas).
+    pub fn is_shared(&self) -> bool {
+        self.cfg.shared.is_some()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &StoreConfig {
         &self.cfg
@@ -260,6 +288,9 @@ impl Store {
 
     /// URL of a dataset's table.
     pub fn table_url(&self, dataset: &str) -> Result<Url, StoreError> {
+        if let Some(shared) = &self.cfg.shared {
+            return shared.table_url(dataset);
+        }
         let dir = self.cfg.data_dir.join("tables").join(dataset);
         std::fs::create_dir_all(&dir).map_err(StoreError::internal)?;
         let dir = std::path::absolute(&dir).map_err(StoreError::internal)?;
@@ -303,11 +334,20 @@ impl Store {
     pub(crate) async fn open_table(&self, dataset: &str) -> Result<DeltaTable, StoreError> {
         let url = self.table_url(dataset)?;
         let mut builder = DeltaTableBuilder::from_url(url.clone()).map_err(StoreError::internal)?;
-        if self.cfg.abort_in_commit {
-            let local: Arc<dyn object_store::ObjectStore> =
-                Arc::new(object_store::local::LocalFileSystem::new());
-            builder = builder
-                .with_storage_backend(Arc::new(fault::AbortInCommit::new(local)), url.clone());
+        let backend: Option<Arc<dyn object_store::ObjectStore>> = match &self.cfg.shared {
+            Some(shared) => Some(shared.root()),
+            None if self.cfg.abort_in_commit => {
+                Some(Arc::new(object_store::local::LocalFileSystem::new()))
+            }
+            None => None,
+        };
+        if let Some(store) = backend {
+            let store: Arc<dyn object_store::ObjectStore> = if self.cfg.abort_in_commit {
+                Arc::new(fault::AbortInCommit::new(store))
+            } else {
+                store
+            };
+            builder = builder.with_storage_backend(store, url.clone());
         }
         let mut table = builder.build().map_err(StoreError::internal)?;
         // A table with no log yet is simply empty; asking the kernel to load it only logs an error.
@@ -506,6 +546,13 @@ impl Store {
     ) -> Result<Option<(u64, u64)>, StoreError> {
         let lock = self.lock_for(dataset);
         let _guard = lock.lock().await;
+        // One replica compacts a dataset at a time.
+        let Some(_lease) = self
+            .lease(&format!("compact-{dataset}"), std::time::Duration::from_secs(600))
+            .await?
+        else {
+            return Ok(None);
+        };
         let table = self.open_table(dataset).await?;
         if table.version().is_none() {
             return Ok(None);

@@ -7,6 +7,12 @@
 //! file of JSON lines (`<data_dir>/tokens/tokens.log`: a creation or a revocation per
 //! line, each written whole and synced), so the CLI and a running server can both add to
 //! it; the server rereads it when it changes.
+//!
+//! On a shared object store (replicas) each entry is one object under `tokens/`, named by
+//! its time and a random id and written only if absent; every replica rereads the list
+//! at most a second after it last did (and at once when a token it does not know is
+//! presented), so a token created on one replica works on all, and a revocation takes
+//! effect everywhere within a second.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -81,7 +87,19 @@ pub struct Tokens {
     path: PathBuf,
     /// The register as last read, and the file length it was read at.
     cache: Mutex<(u64, Vec<TokenInfo>)>,
+    /// The shared store holding the register, and what has been read of it.
+    shared: Option<(crate::shared::Shared, Mutex<SharedRead>)>,
 }
+
+/// The shared register as last read: the entries by object name, and when.
+#[derive(Debug, Default)]
+struct SharedRead {
+    entries: std::collections::BTreeMap<String, Entry>,
+    at: Option<std::time::Instant>,
+}
+
+/// How long a replica trusts its last reading of the shared register.
+const SHARED_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
@@ -93,6 +111,19 @@ impl Tokens {
         Tokens {
             path: data_dir.join("tokens").join("tokens.log"),
             cache: Mutex::new((u64::MAX, Vec::new())),
+            shared: None,
+        }
+    }
+
+    /// The register where the store's durable state lives.
+    pub fn at(location: &crate::shared::Location) -> Tokens {
+        match location {
+            crate::shared::Location::Local(dir) => Tokens::open(dir),
+            crate::shared::Location::Shared(shared) => Tokens {
+                path: PathBuf::new(),
+                cache: Mutex::new((u64::MAX, Vec::new())),
+                shared: Some((shared.clone(), Mutex::new(SharedRead::default()))),
+            },
         }
     }
 
@@ -167,9 +198,17 @@ impl Tokens {
         let (id, secret) = rest.split_once('_')?;
         let presented = hash(secret);
         let now = Utc::now();
-        let t = self
+        let mut t = self
             .with_all(|all| all.iter().find(|t| t.id == id).cloned())
-            .ok()??;
+            .ok()?;
+        if t.is_none() && self.shared.is_some() {
+            // Perhaps just created on another replica.
+            self.forget_shared_reading();
+            t = self
+                .with_all(|all| all.iter().find(|t| t.id == id).cloned())
+                .ok()?;
+        }
+        let t = t?;
         // Constant-time comparison of the hashes.
         let same = t.sha256.len() == presented.len()
             && t.sha256
@@ -182,6 +221,36 @@ impl Tokens {
 
     /// Calls `f` with the register as it is now (reread only when the file changed).
     fn with_all<R>(&self, f: impl FnOnce(&[TokenInfo]) -> R) -> Result<R, StoreError> {
+        if let Some((shared, read)) = &self.shared {
+            let mut read = read
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if read.at.is_none_or(|at| at.elapsed() > SHARED_FRESH) {
+                let known: Vec<String> = read.entries.keys().cloned().collect();
+                let store = shared.clone();
+                let new = shared.block_on(async move {
+                    let mut new = Vec::new();
+                    for (key, _) in store.list("tokens", None).await? {
+                        if known.binary_search(&key).is_err()
+                            && let Some(b) = store.get(&key).await?
+                        {
+                            new.push((key, b));
+                        }
+                    }
+                    Ok::<_, StoreError>(new)
+                })?;
+                for (key, bytes) in new {
+                    match serde_json::from_slice::<Entry>(&bytes) {
+                        Ok(e) => {
+                            read.entries.insert(key, e);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "token register entry skipped"),
+                    }
+                }
+                read.at = Some(std::time::Instant::now());
+            }
+            return Ok(f(&replay(read.entries.values())));
+        }
         let len = match std::fs::metadata(&self.path) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
@@ -197,25 +266,47 @@ impl Tokens {
             } else {
                 std::fs::read_to_string(&self.path).map_err(StoreError::internal)?
             };
-            let mut tokens: Vec<TokenInfo> = Vec::new();
             // A line cut by a crash mid-write is not an entry.
-            for line in text.lines().filter(|l| l.ends_with('}')) {
-                match serde_json::from_str::<Entry>(line) {
-                    Ok(Entry::Create(t)) => tokens.push(t),
-                    Ok(Entry::Revoke { id, at }) => {
-                        if let Some(t) = tokens.iter_mut().find(|t| t.id == id) {
-                            t.revoked = Some(at);
-                        }
+            let entries: Vec<Entry> = text
+                .lines()
+                .filter(|l| l.ends_with('}'))
+                .filter_map(|line| match serde_json::from_str::<Entry>(line) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "token register line skipped");
+                        None
                     }
-                    Err(e) => tracing::warn!(error = %e, "token register line skipped"),
-                }
-            }
-            *cache = (len, tokens);
+                })
+                .collect();
+            *cache = (len, replay(entries.iter()));
         }
         Ok(f(&cache.1))
     }
 
+    fn forget_shared_reading(&self) {
+        if let Some((_, read)) = &self.shared {
+            read.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .at = None;
+        }
+    }
+
     fn append(&self, entry: &Entry) -> Result<(), StoreError> {
+        if let Some((shared, _)) = &self.shared {
+            let key = format!(
+                "tokens/{:013}-{}.json",
+                Utc::now().timestamp_millis(),
+                uuid::Uuid::new_v4().simple()
+            );
+            let bytes = bytes::Bytes::from(serde_json::to_vec(entry).map_err(StoreError::internal)?);
+            let store = shared.clone();
+            let created = shared.block_on(async move { store.put_new(&key, bytes).await })?;
+            if !created {
+                return Err(StoreError::Internal("a token entry's name was taken".into()));
+            }
+            self.forget_shared_reading();
+            return Ok(());
+        }
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(StoreError::internal)?;
         }
@@ -236,6 +327,26 @@ impl Tokens {
         f.sync_data().map_err(StoreError::internal)?;
         Ok(())
     }
+}
+
+/// The register that the entries describe. Revocations apply whatever their order
+/// (replicas' clocks may differ slightly).
+fn replay<'a>(entries: impl Iterator<Item = &'a Entry> + Clone) -> Vec<TokenInfo> {
+    let mut tokens: Vec<TokenInfo> = entries
+        .clone()
+        .filter_map(|e| match e {
+            Entry::Create(t) => Some(t.clone()),
+            Entry::Revoke { .. } => None,
+        })
+        .collect();
+    for e in entries {
+        if let Entry::Revoke { id, at } = e
+            && let Some(t) = tokens.iter_mut().find(|t| &t.id == id)
+        {
+            t.revoked = Some(*at);
+        }
+    }
+    tokens
 }
 
 impl TokenInfo {

@@ -116,13 +116,7 @@ impl AuditTrail {
         let mut ev = Pending::new(self.log.clone(), caller, "audit_verify", door);
         ev.event().purpose = Some("audit".into());
         let checked = match self.view(caller, today) {
-            Ok(_) => {
-                let path = self.log.path().to_owned();
-                tokio::task::spawn_blocking(move || crate::audit::verify(&path))
-                    .await
-                    .map_err(StoreError::internal)
-                    .and_then(|r| r)
-            }
+            Ok(_) => self.log.verify().await,
             Err(e) => Err(e),
         };
         match checked {
