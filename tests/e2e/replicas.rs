@@ -126,14 +126,19 @@ fn two_replicas_share_tables_disclosure_audit_and_tokens() {
             .collect()
     });
     let distinct: BTreeSet<u64> = committed.iter().copied().collect();
-    assert_eq!(distinct.len(), FORCES.len(), "two uploads got one version: {committed:?}");
+    assert_eq!(
+        distinct.len(),
+        FORCES.len(),
+        "two uploads got one version: {committed:?}"
+    );
     for server in [&a, &b] {
         let listed = versions(server, &hmicfrs, "force_performance");
         let want: Vec<u64> = (0..FORCES.len() as u64).rev().collect();
         assert_eq!(listed, want, "versions with a gap or a duplicate");
     }
     // Both replicas answer over every upload.
-    let sql = "SELECT pfa_code, count(*) AS n FROM force_performance GROUP BY pfa_code ORDER BY pfa_code";
+    let sql =
+        "SELECT pfa_code, count(*) AS n FROM force_performance GROUP BY pfa_code ORDER BY pfa_code";
     let (sa, answer_a) = ask(&a, &hmicfrs, "inspection", sql);
     let (sb, answer_b) = ask(&b, &hmicfrs, "inspection", sql);
     assert_eq!((sa, sb), (200, 200), "{answer_a} {answer_b}");
@@ -165,7 +170,10 @@ fn two_replicas_share_tables_disclosure_audit_and_tokens() {
     // key secret is shared), so asking both gains an attacker nothing.
     let (status, from_b) = ask(&b, &kent, "reducing-reoffending", perturbed);
     assert_eq!(status, 200, "{from_b}");
-    assert_eq!(from_a["rows"], from_b["rows"], "replicas perturb differently");
+    assert_eq!(
+        from_a["rows"], from_b["rows"],
+        "replicas perturb differently"
+    );
 
     // A token made on one replica works on the other; revoked there, it stops on both.
     let mint = json(
@@ -179,7 +187,11 @@ fn two_replicas_share_tables_disclosure_audit_and_tokens() {
     assert_eq!(mint.0, 201, "{}", mint.1);
     let pat = mint.1["token"].as_str().expect("token").to_owned();
     let id = mint.1["id"].as_str().expect("id").to_owned();
-    assert_eq!(get(&b, &pat, "/v1/me").0, 200, "a token made on A fails on B");
+    assert_eq!(
+        get(&b, &pat, "/v1/me").0,
+        200,
+        "a token made on A fails on B"
+    );
     let revoked = client()
         .delete(format!("{}/v1/tokens/{id}", b.url))
         .bearer_auth(&kent)
@@ -187,7 +199,11 @@ fn two_replicas_share_tables_disclosure_audit_and_tokens() {
         .expect("revoke");
     assert_eq!(revoked.status().as_u16(), 200);
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(get(&a, &pat, "/v1/me").0, 401, "revoked on B, still works on A");
+    assert_eq!(
+        get(&a, &pat, "/v1/me").0,
+        401,
+        "revoked on B, still works on A"
+    );
     assert_eq!(get(&b, &pat, "/v1/me").0, 401);
 
     // One audit trail: every replica's events in one gapless chain, readable from
@@ -195,21 +211,39 @@ fn two_replicas_share_tables_disclosure_audit_and_tokens() {
     let auditor = site_a.token("operator", "auditor");
     let events_a = all_events(&a, &auditor);
     let events_b = all_events(&b, &auditor);
-    let seqs: Vec<u64> = events_a.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "gaps in the chain");
+    let seqs: Vec<u64> = events_a
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gaps in the chain"
+    );
     for (x, y) in events_a.iter().zip(&events_b) {
         assert_eq!(x["hash"], y["hash"], "the replicas read different chains");
     }
-    assert!(events_b.len() > events_a.len(), "B does not see A's reading of the trail");
+    assert!(
+        events_b.len() > events_a.len(),
+        "B does not see A's reading of the trail"
+    );
     let uploads = events_a
         .iter()
         .filter(|e| e["action"] == "upload" && e["outcome"] == "ok")
         .count();
-    assert_eq!(uploads, FORCES.len() + 1, "an acknowledged upload's event is missing");
+    assert_eq!(
+        uploads,
+        FORCES.len() + 1,
+        "an acknowledged upload's event is missing"
+    );
     let (ok, text) = verify_cli(&site_a);
     assert!(ok, "{text}");
     let (status, body) = get(&b, &auditor, "/v1/audit/verify");
-    assert_eq!((status, &body["verified"]), (200, &serde_json::json!(true)), "{body}");
+    assert_eq!(
+        (status, &body["verified"]),
+        (200, &serde_json::json!(true)),
+        "{body}"
+    );
 }
 
 #[test]
@@ -221,7 +255,12 @@ fn a_replica_killed_mid_upload_loses_nothing_acknowledged_and_catches_up() {
     let hmicfrs = site_a.token("hmicfrs", "inspector");
     let kent = site_a.token("force-kent", "uploader");
     let essex = site_b.token("force-essex", "uploader");
-    let v0 = upload_retrying(&a, &kent, "force_performance", parquet("force_performance", &["kent"], 0.01));
+    let v0 = upload_retrying(
+        &a,
+        &kent,
+        "force_performance",
+        parquet("force_performance", &["kent"], 0.01),
+    );
     assert_eq!(v0, 0);
 
     // A large upload through A, killed while it is on its way.
@@ -230,7 +269,9 @@ fn a_replica_killed_mid_upload_loses_nothing_acknowledged_and_catches_up() {
     let url = a.url.clone();
     let sender = std::thread::spawn(move || {
         client()
-            .post(format!("{url}/v1/datasets/reoffending_cohort/uploads?mode=append"))
+            .post(format!(
+                "{url}/v1/datasets/reoffending_cohort/uploads?mode=append"
+            ))
             .bearer_auth(probation)
             .header("content-type", "application/vnd.apache.parquet")
             .body(big)
@@ -241,9 +282,19 @@ fn a_replica_killed_mid_upload_loses_nothing_acknowledged_and_catches_up() {
     a.kill();
     let sent = sender.join().expect("sender");
     // B serves on, and commits.
-    let v1 = upload_retrying(&b, &essex, "force_performance", parquet("force_performance", &["essex"], 0.01));
+    let v1 = upload_retrying(
+        &b,
+        &essex,
+        "force_performance",
+        parquet("force_performance", &["essex"], 0.01),
+    );
     assert_eq!(v1, 1);
-    let (status, body) = ask(&b, &hmicfrs, "inspection", "SELECT count(DISTINCT pfa_code) AS n FROM force_performance");
+    let (status, body) = ask(
+        &b,
+        &hmicfrs,
+        "inspection",
+        "SELECT count(DISTINCT pfa_code) AS n FROM force_performance",
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"][0][0], 2);
     // The killed upload either committed whole (and was acknowledged) or left nothing.
@@ -262,13 +313,29 @@ fn a_replica_killed_mid_upload_loses_nothing_acknowledged_and_catches_up() {
     // A restarted replica answers over the latest version at once.
     let a = site_a.serve();
     assert_eq!(versions(&a, &hmicfrs, "force_performance"), vec![1, 0]);
-    let (status, body) = ask(&a, &hmicfrs, "inspection", "SELECT count(DISTINCT pfa_code) AS n FROM force_performance");
-    assert_eq!((status, &body["rows"][0][0]), (200, &serde_json::json!(2)), "{body}");
+    let (status, body) = ask(
+        &a,
+        &hmicfrs,
+        "inspection",
+        "SELECT count(DISTINCT pfa_code) AS n FROM force_performance",
+    );
+    assert_eq!(
+        (status, &body["rows"][0][0]),
+        (200, &serde_json::json!(2)),
+        "{body}"
+    );
     // The chain is whole: every acknowledged upload is in it, and it verifies.
     let auditor = site_b.token("operator", "auditor");
     let events = all_events(&a, &auditor);
-    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "gaps in the chain");
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gaps in the chain"
+    );
     let force_uploads = events
         .iter()
         .filter(|e| e["action"] == "upload" && e["outcome"] == "ok")

@@ -529,7 +529,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (Some(config), None) => {
                     let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
                     match cfg.location().map_err(|e| anyhow!("{e}"))? {
-                        concordat_store::Location::Local(dir) => dir.join("audit").join("audit.log"),
+                        concordat_store::Location::Local(dir) => {
+                            dir.join("audit").join("audit.log")
+                        }
                         concordat_store::Location::Shared(shared) => {
                             let v = runtime
                                 .block_on(concordat_store::audit::verify_shared(&shared))

@@ -60,9 +60,7 @@ impl AppState {
             Policies::load(&config.policies_dir).map_err(|e| StartError::new("policies", e))?;
         let verifier =
             Verifier::from_config(&config.auth).map_err(|e| StartError::new("auth", e))?;
-        let location = config
-            .location()
-            .map_err(|e| StartError::new("store", e))?;
+        let location = config.location().map_err(|e| StartError::new("store", e))?;
         let mut store_cfg = StoreConfig::new(&config.data_dir);
         if let concordat_store::Location::Shared(shared) = &location {
             store_cfg.shared = Some(shared.clone());

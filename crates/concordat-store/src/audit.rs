@@ -212,10 +212,7 @@ impl AuditLog {
 
     /// Opens the trail on a shared store, keeping the local copy for reading at `copy`
     /// (emptied now, filled as events are read).
-    pub fn open_shared(
-        shared: crate::shared::Shared,
-        copy: &Path,
-    ) -> Result<AuditLog, StoreError> {
+    pub fn open_shared(shared: crate::shared::Shared, copy: &Path) -> Result<AuditLog, StoreError> {
         if let Some(dir) = copy.parent() {
             std::fs::create_dir_all(dir).map_err(StoreError::internal)?;
         }
@@ -231,9 +228,9 @@ impl AuditLog {
             shared.clone().block_on(async move {
                 let listed = shared.list("audit", None).await?;
                 match listed.last() {
-                    Some((key, _)) => Ok::<_, StoreError>(
-                        shared.get(key).await?.as_deref().and_then(last_event),
-                    ),
+                    Some((key, _)) => {
+                        Ok::<_, StoreError>(shared.get(key).await?.as_deref().and_then(last_event))
+                    }
                     None => Ok(None),
                 }
             })?
@@ -629,7 +626,10 @@ pub async fn verify_shared(shared: &crate::shared::Shared) -> Result<Verificatio
             continue;
         };
         if key != segment_key(check.seq + 1) {
-            let why = format!("{key} does not follow event {}: the trail was altered", check.seq);
+            let why = format!(
+                "{key} does not follow event {}: the trail was altered",
+                check.seq
+            );
             return Ok(check.broken(why));
         }
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {

@@ -458,20 +458,19 @@ pub(crate) fn sweep_uncommitted(table_dir: &Path) -> Result<usize, StoreError> {
     Ok(removed)
 }
 
-/// How old an upload's file on a shared store must be before a starting replica treats
-/// it as left by a crash: no upload takes this long between copying its files up and
-/// committing them (validation, which can take longer, happens before the copy).
-const SHARED_ORPHAN_AGE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
-
 /// Removes, from every table on a shared store, the data files of uploads that never
-/// committed and are older than [`SHARED_ORPHAN_AGE`]. A table with checkpoints is left
-/// alone, as on local disk.
+/// committed and are older than `age` (by default an hour: no upload takes that long
+/// between copying its files up and committing them; validation, which can, comes
+/// before the copy). A table with checkpoints is left alone, as on local disk.
 pub(crate) async fn sweep_uncommitted_shared(
     shared: &crate::shared::Shared,
+    age: chrono::TimeDelta,
 ) -> Result<usize, StoreError> {
     let listed = shared.list("tables", None).await?;
-    let mut by_table: std::collections::BTreeMap<String, Vec<(String, chrono::DateTime<chrono::Utc>)>> =
-        Default::default();
+    let mut by_table: std::collections::BTreeMap<
+        String,
+        Vec<(String, chrono::DateTime<chrono::Utc>)>,
+    > = Default::default();
     for (key, meta) in listed {
         let mut parts = key.splitn(3, '/');
         let (Some(_), Some(table), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
@@ -482,7 +481,7 @@ pub(crate) async fn sweep_uncommitted_shared(
             .or_default()
             .push((rest.to_owned(), meta.last_modified));
     }
-    let cutoff = chrono::Utc::now() - SHARED_ORPHAN_AGE;
+    let cutoff = chrono::Utc::now() - age;
     let mut removed = 0;
     for (table, objects) in by_table {
         if objects
@@ -492,7 +491,10 @@ pub(crate) async fn sweep_uncommitted_shared(
             continue;
         }
         let mut named = std::collections::HashSet::new();
-        for (k, _) in objects.iter().filter(|(k, _)| k.starts_with("_delta_log/") && k.ends_with(".json")) {
+        for (k, _) in objects
+            .iter()
+            .filter(|(k, _)| k.starts_with("_delta_log/") && k.ends_with(".json"))
+        {
             if let Some(text) = shared.get(&format!("tables/{table}/{k}")).await? {
                 named.extend(added_paths(&String::from_utf8_lossy(&text)));
             }
@@ -500,7 +502,7 @@ pub(crate) async fn sweep_uncommitted_shared(
         for (k, modified) in &objects {
             if k.starts_with(ORPHAN_PREFIX)
                 && k.ends_with(".parquet")
-                && *modified < cutoff
+                && *modified <= cutoff
                 && !named.contains(k)
             {
                 shared.delete(&format!("tables/{table}/{k}")).await?;

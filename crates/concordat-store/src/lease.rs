@@ -8,6 +8,8 @@
 //! gives it up when done; a holder that dies simply lets it expire. On a local directory
 //! one process owns the store, so the lease is always granted.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,7 +28,7 @@ struct Generation {
 #[derive(Debug)]
 pub struct Lease {
     renew: Option<tokio::task::JoinHandle<()>>,
-    release: Option<(Shared, String, String)>,
+    release: Option<(Shared, String, String, Arc<AtomicU64>)>,
 }
 
 impl Drop for Lease {
@@ -34,11 +36,12 @@ impl Drop for Lease {
         if let Some(r) = self.renew.take() {
             r.abort();
         }
-        if let Some((shared, name, holder)) = self.release.take()
+        if let Some((shared, name, holder, generation)) = self.release.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move {
-                let _ = write_next(&shared, &name, &holder, 0).await;
+                let held = generation.load(Ordering::SeqCst);
+                let _ = write_next(&shared, &name, &holder, 0, Some(held)).await;
             });
         }
     }
@@ -69,35 +72,49 @@ async fn latest(shared: &Shared, name: &str) -> Result<Option<(u64, Generation)>
     Ok(None)
 }
 
-/// Writes the generation after the latest if the latest is expired or `holder`'s, with
-/// `expires`; true when written. Older generations are removed once written.
+/// Writes the generation after the latest, with `expires`, and returns its number: when
+/// `after` is given, only if the latest is exactly that one (renewing or giving up a
+/// lease held); otherwise if the latest is expired or `holder`'s (taking it). `None`
+/// when another replica holds it. Older generations are removed once written.
 async fn write_next(
     shared: &Shared,
     name: &str,
     holder: &str,
     expires: i64,
-) -> Result<bool, StoreError> {
-    let now = chrono::Utc::now().timestamp_millis();
-    let current = latest(shared, name).await?;
-    let next = match &current {
-        Some((n, g)) if g.holder == holder || g.expires <= now => n + 1,
-        Some(_) => return Ok(false),
-        None => 1,
-    };
-    let body = serde_json::to_vec(&Generation {
-        holder: holder.to_owned(),
-        expires,
-    })
-    .map_err(StoreError::internal)?;
-    let written = shared
-        .put_new(&format!("{}/{next:020}.json", prefix(name)), body.into())
-        .await?;
-    if written && next > 2 {
-        let _ = shared
-            .delete(&format!("{}/{:020}.json", prefix(name), next - 2))
-            .await;
+    after: Option<u64>,
+) -> Result<Option<u64>, StoreError> {
+    for _ in 0..5 {
+        let now = chrono::Utc::now().timestamp_millis();
+        let current = latest(shared, name).await?;
+        let next = match (&current, after) {
+            (Some((n, _)), Some(held)) if *n == held => n + 1,
+            (_, Some(_)) => return Ok(None),
+            (Some((n, g)), None) if g.holder == holder || g.expires <= now => n + 1,
+            (Some(_), None) => return Ok(None),
+            (None, None) => 1,
+        };
+        let body = serde_json::to_vec(&Generation {
+            holder: holder.to_owned(),
+            expires,
+        })
+        .map_err(StoreError::internal)?;
+        if shared
+            .put_new(&format!("{}/{next:020}.json", prefix(name)), body.into())
+            .await?
+        {
+            if next > 2 {
+                let _ = shared
+                    .delete(&format!("{}/{:020}.json", prefix(name), next - 2))
+                    .await;
+            }
+            return Ok(Some(next));
+        }
+        // Someone wrote that generation first: look again.
+        if after.is_some() {
+            return Ok(None);
+        }
     }
-    Ok(written)
+    Ok(None)
 }
 
 impl crate::Store {
@@ -113,17 +130,24 @@ impl crate::Store {
         let holder = self.replica_id.clone();
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let expires = chrono::Utc::now().timestamp_millis() + ms(ttl);
-        if !write_next(&shared, name, &holder, expires).await? {
+        let Some(taken) = write_next(&shared, name, &holder, expires, None).await? else {
             return Ok(None);
-        }
-        let (s, n, h) = (shared.clone(), name.to_owned(), holder.clone());
+        };
+        let generation = Arc::new(AtomicU64::new(taken));
+        let (s, n, h, g) = (
+            shared.clone(),
+            name.to_owned(),
+            holder.clone(),
+            generation.clone(),
+        );
         let renew = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(ttl / 3).await;
                 let expires = chrono::Utc::now().timestamp_millis() + ms(ttl);
-                match write_next(&s, &n, &h, expires).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                let held = g.load(Ordering::SeqCst);
+                match write_next(&s, &n, &h, expires, Some(held)).await {
+                    Ok(Some(next)) => g.store(next, Ordering::SeqCst),
+                    Ok(None) => {
                         tracing::warn!(lease = n, "lease lost to another replica");
                         break;
                     }
@@ -133,7 +157,7 @@ impl crate::Store {
         });
         Ok(Some(Lease {
             renew: Some(renew),
-            release: Some((shared, name.to_owned(), holder)),
+            release: Some((shared, name.to_owned(), holder, generation)),
         }))
     }
 }

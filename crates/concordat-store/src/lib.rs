@@ -40,10 +40,10 @@ pub mod worker;
 
 pub use check::Checked;
 pub use inspect::{FileLimits, arrow_schema};
+pub use shared::{Location, S3Settings, Shared};
 pub use store::{Mode, StagedFile, Store, StoreConfig, UploadOutcome, UploadRequest, VersionInfo};
 pub use uploads::{UploadCall, Uploaded, Uploads};
 pub use violation::{Violation, Violations};
-pub use shared::{Location, S3Settings, Shared};
 pub use worker::Validator;
 
 use concordat_core::ErrorKind;

@@ -282,6 +282,17 @@ impl Shared {
         Ok(out)
     }
 
+    /// Whether anything is under `rel_dir/` (one request, whatever is there).
+    pub async fn any(&self, rel_dir: &str) -> Result<bool, StoreError> {
+        use futures::StreamExt;
+        let dir = self.key(rel_dir);
+        match self.inner.root.list(Some(&dir)).next().await {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(self.failed("list", rel_dir, e)),
+        }
+    }
+
     /// Copies a local file to `rel` in parts, without holding it in memory.
     pub async fn upload_file(&self, local: &std::path::Path, rel: &str) -> Result<(), StoreError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -304,7 +315,9 @@ impl Shared {
                 return Err(self.failed("write", rel, e));
             }
         }
-        out.shutdown().await.map_err(|e| self.failed("write", rel, e))
+        out.shutdown()
+            .await
+            .map_err(|e| self.failed("write", rel, e))
     }
 
     /// Reads (or, the first time anyone asks, creates with `make`) a small object that

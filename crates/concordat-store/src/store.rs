@@ -43,6 +43,10 @@ pub struct StoreConfig {
     /// The shared object store holding the tables, when there is one (replicas); the
     /// data directory then holds only scratch (staging, spill).
     pub shared: Option<crate::shared::Shared>,
+    /// How old an upload's data file on a shared store must be before a starting
+    /// replica treats it as left by a crash (another replica may be about to commit a
+    /// younger one).
+    pub orphan_age: std::time::Duration,
 }
 
 impl StoreConfig {
@@ -58,6 +62,7 @@ impl StoreConfig {
             abort_in_commit: false,
             validator: crate::worker::Validator::InProcess,
             shared: None,
+            orphan_age: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -233,11 +238,7 @@ impl Store {
             cfg,
             locks: std::sync::Mutex::new(HashMap::new()),
             validations: tokio::sync::Semaphore::new(permits),
-            replica_id: format!(
-                "{}-{}",
-                std::process::id(),
-                uuid::Uuid::new_v4().simple()
-            ),
+            replica_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         })
     }
 
@@ -253,11 +254,16 @@ impl Store {
             // Other replicas may be between copying an upload's files up and committing
             // them: only files older than any upload could take are swept.
             let shared = shared.clone();
-            let removed = shared
-                .clone()
-                .block_on(async move { crate::commit::sweep_uncommitted_shared(&shared).await })?;
+            let age =
+                chrono::TimeDelta::from_std(self.cfg.orphan_age).map_err(StoreError::internal)?;
+            let removed = shared.clone().block_on(async move {
+                crate::commit::sweep_uncommitted_shared(&shared, age).await
+            })?;
             if removed > 0 {
-                tracing::warn!(removed, "removed data files of uploads that never committed");
+                tracing::warn!(
+                    removed,
+                    "removed data files of uploads that never committed"
+                );
             }
             return Ok(());
         }
@@ -353,6 +359,11 @@ impl Store {
         // A table with no log yet is simply empty; asking the kernel to load it only logs an error.
         if let Ok(path) = url.to_file_path()
             && !path.join("_delta_log").exists()
+        {
+            return Ok(table);
+        }
+        if let Some(shared) = &self.cfg.shared
+            && !shared.any(&format!("tables/{dataset}/_delta_log")).await?
         {
             return Ok(table);
         }
@@ -548,7 +559,10 @@ impl Store {
         let _guard = lock.lock().await;
         // One replica compacts a dataset at a time.
         let Some(_lease) = self
-            .lease(&format!("compact-{dataset}"), std::time::Duration::from_secs(600))
+            .lease(
+                &format!("compact-{dataset}"),
+                std::time::Duration::from_secs(600),
+            )
             .await?
         else {
             return Ok(None);

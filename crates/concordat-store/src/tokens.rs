@@ -298,11 +298,14 @@ impl Tokens {
                 Utc::now().timestamp_millis(),
                 uuid::Uuid::new_v4().simple()
             );
-            let bytes = bytes::Bytes::from(serde_json::to_vec(entry).map_err(StoreError::internal)?);
+            let bytes =
+                bytes::Bytes::from(serde_json::to_vec(entry).map_err(StoreError::internal)?);
             let store = shared.clone();
             let created = shared.block_on(async move { store.put_new(&key, bytes).await })?;
             if !created {
-                return Err(StoreError::Internal("a token entry's name was taken".into()));
+                return Err(StoreError::Internal(
+                    "a token entry's name was taken".into(),
+                ));
             }
             self.forget_shared_reading();
             return Ok(());

@@ -5,9 +5,8 @@ use concordat_store::{Mode, StoreError};
 
 use crate::support::*;
 
-#[tokio::test]
-async fn a_valid_upload_commits_a_version_with_provenance() {
-    let f = fixture();
+on_both! {
+    async fn a_valid_upload_commits_a_version_with_provenance(f) {
     let batches = synth("reoffending_cohort", &["kent", "essex"]);
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let out = upload(
@@ -56,10 +55,10 @@ async fn a_valid_upload_commits_a_version_with_provenance() {
     assert_eq!(v.agreements, vec!["test-agreement".to_owned()]);
     assert!(v.committed_at.is_some());
 }
+}
 
-#[tokio::test]
-async fn the_same_bytes_again_are_a_duplicate_and_add_no_version() {
-    let f = fixture();
+on_both! {
+    async fn the_same_bytes_again_are_a_duplicate_and_add_no_version(f) {
     let bytes = parquet_bytes(&synth("force_performance", &["kent"]));
     let first = upload(
         &f.store,
@@ -95,11 +94,10 @@ async fn the_same_bytes_again_are_a_duplicate_and_add_no_version() {
         first.rows as usize
     );
 }
+}
 
-#[tokio::test]
-async fn replace_periods_replaces_exactly_the_file_periods_within_scope_and_time_travel_keeps_the_past()
- {
-    let f = fixture();
+on_both! {
+    async fn replace_periods_replaces_exactly_the_file_periods_within_scope_and_time_travel_keeps_the_past(f) {
     let kent_rows = synth("force_performance", &["kent"]);
     let essex_rows = synth("force_performance", &["essex"]);
     upload(
@@ -209,10 +207,10 @@ async fn replace_periods_replaces_exactly_the_file_periods_within_scope_and_time
         Err(StoreError::NotFound(_))
     ));
 }
+}
 
-#[tokio::test]
-async fn concurrent_uploads_to_one_dataset_all_commit() {
-    let f = fixture();
+on_both! {
+    async fn concurrent_uploads_to_one_dataset_all_commit(f) {
     let forces = ["kent", "essex", "surrey", "sussex", "hampshire", "dorset"];
     let store = &f.store;
     let uploads = forces.iter().map(|force| async move {
@@ -250,13 +248,11 @@ async fn concurrent_uploads_to_one_dataset_all_commit() {
         expected
     );
 }
+}
 
-#[tokio::test]
-async fn a_second_store_on_the_same_directory_sees_commits_and_conflicts_are_retried_or_reported() {
-    let f = fixture();
-    let other =
-        concordat_store::Store::open(concordat_store::StoreConfig::new(f.dir.path().join("data")))
-            .expect("second");
+on_both! {
+    async fn a_second_store_on_the_same_directory_sees_commits_and_conflicts_are_retried_or_reported(f) {
+    let other = f.replica();
     let a = upload(
         &f.store,
         "force_performance",
@@ -290,10 +286,10 @@ async fn a_second_store_on_the_same_directory_sees_commits_and_conflicts_are_ret
         Some(committed as u64 - 1)
     );
 }
+}
 
-#[tokio::test]
-async fn retention_removes_old_versions_and_keeps_the_latest() {
-    let f = fixture();
+on_both! {
+    async fn retention_removes_old_versions_and_keeps_the_latest(f) {
     let kent_rows = synth("force_performance", &["kent"]);
     upload(
         &f.store,
@@ -364,6 +360,7 @@ async fn retention_removes_old_versions_and_keeps_the_latest() {
     let read = async { ctx.sql("SELECT sum(value) FROM t").await?.collect().await };
     assert!(read.await.is_err(), "v0's data files are gone");
 }
+}
 
 fn synth_other_seed() -> Vec<arrow::array::RecordBatch> {
     concordat_synth::Synth::new(0.01, 99)
@@ -371,9 +368,8 @@ fn synth_other_seed() -> Vec<arrow::array::RecordBatch> {
         .batches("force_performance")
 }
 
-#[tokio::test]
-async fn compaction_merges_one_file_per_force_into_one_without_changing_a_row() {
-    let f = fixture();
+on_both! {
+    async fn compaction_merges_one_file_per_force_into_one_without_changing_a_row(f) {
     let forces = ["kent", "essex", "surrey", "sussex", "hampshire"];
     let mut total = 0;
     for force in forces {
@@ -431,29 +427,10 @@ async fn compaction_merges_one_file_per_force_into_one_without_changing_a_row() 
     assert_eq!(versions[0].operation.as_deref(), Some("OPTIMIZE"));
     assert_eq!(versions[1].partner.as_deref(), Some("force-hampshire"));
 }
-
-/// Data files in a table directory (not the log).
-fn data_files(f: &Fixture, dataset: &str) -> Vec<std::path::PathBuf> {
-    let dir = f.dir.path().join("data/tables").join(dataset);
-    match std::fs::read_dir(&dir) {
-        Err(_) => Vec::new(),
-        Ok(entries) => entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-            .collect(),
-    }
 }
 
-fn staging_entries(f: &Fixture) -> usize {
-    std::fs::read_dir(f.dir.path().join("data/staging"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-#[tokio::test]
-async fn stored_files_are_our_own_writing_and_refusals_leave_nothing_on_disk() {
-    let f = fixture();
+on_both! {
+    async fn stored_files_are_our_own_writing_and_refusals_leave_nothing_on_disk(f) {
     // The upload carries metadata of its own and a page index; none of it is stored.
     let batches = synth("force_resources", &["kent"]);
     let schema = batches[0].schema();
@@ -487,11 +464,11 @@ async fn stored_files_are_our_own_writing_and_refusals_leave_nothing_on_disk() {
     )
     .await
     .expect("commit");
-    let files = data_files(&f, "force_resources");
+    let files = f.data_files("force_resources").await;
     assert!(!files.is_empty());
     let mut rows = 0;
-    for path in &files {
-        let file = std::fs::File::open(path).expect("open");
+    for name in &files {
+        let file = f.read_data_file("force_resources", name).await;
         let reader =
             parquet::file::serialized_reader::SerializedFileReader::new(file).expect("reader");
         let md = parquet::file::reader::FileReader::metadata(&reader);
@@ -507,12 +484,12 @@ async fn stored_files_are_our_own_writing_and_refusals_leave_nothing_on_disk() {
         rows += md.file_metadata().num_rows();
     }
     assert_eq!(rows as u64, out.rows);
-    assert_eq!(staging_entries(&f), 0, "nothing is left in staging");
+    assert_eq!(f.staging_entries(), 0, "nothing is left in staging");
 
     // A refused upload leaves no data file anywhere.
     let mut bad = synth("force_resources", &["essex"]);
     bad.truncate(1);
-    let before = data_files(&f, "force_resources");
+    let before = f.data_files("force_resources").await;
     let refused = upload(
         &f.store,
         "force_resources",
@@ -523,13 +500,13 @@ async fn stored_files_are_our_own_writing_and_refusals_leave_nothing_on_disk() {
     )
     .await;
     assert!(matches!(refused, Err(StoreError::Validation(_))));
-    assert_eq!(data_files(&f, "force_resources"), before);
-    assert_eq!(staging_entries(&f), 0);
+    assert_eq!(f.data_files("force_resources").await, before);
+    assert_eq!(f.staging_entries(), 0);
+}
 }
 
-#[tokio::test]
-async fn data_files_of_uploads_that_never_committed_are_swept_at_start() {
-    let f = fixture();
+on_both! {
+    async fn data_files_of_uploads_that_never_committed_are_swept_at_start(f) {
     upload(
         &f.store,
         "force_resources",
@@ -540,17 +517,25 @@ async fn data_files_of_uploads_that_never_committed_are_swept_at_start() {
     )
     .await
     .expect("commit");
-    let committed = data_files(&f, "force_resources");
+    let committed = f.data_files("force_resources").await;
     // A crash between moving an upload's files into the table and committing them.
-    let dir = f.dir.path().join("data/tables/force_resources");
-    std::fs::copy(&committed[0], dir.join("u-deadbeef-00000.parquet")).expect("copy");
+    let copy = f.read_data_file("force_resources", &committed[0]).await;
+    f.put_data_file("force_resources", "u-deadbeef-00000.parquet", copy).await;
     // Files of other origins are not touched.
-    std::fs::write(dir.join("part-00000-other.parquet"), b"x").expect("write");
-    f.store.discard_staged().expect("sweep");
-    let mut after = data_files(&f, "force_resources");
-    after.sort();
+    f.put_data_file("force_resources", "part-00000-other.parquet", bytes::Bytes::from_static(b"x"))
+        .await;
+    // On a shared store, a file this young may belong to another replica's upload in
+    // flight: it is left alone.
+    if f.shared.is_some() {
+        f.store.discard_staged().expect("sweep");
+        assert!(f.data_files("force_resources").await.contains(&"u-deadbeef-00000.parquet".to_owned()));
+    }
+    // Once old enough (here: at once), it is swept.
+    let started = f.replica_with(|cfg| cfg.orphan_age = std::time::Duration::ZERO);
+    started.discard_staged().expect("sweep");
+    let after = f.data_files("force_resources").await;
     let mut want = committed.clone();
-    want.push(dir.join("part-00000-other.parquet"));
+    want.push("part-00000-other.parquet".to_owned());
     want.sort();
     assert_eq!(after, want);
     assert_eq!(
@@ -559,5 +544,63 @@ async fn data_files_of_uploads_that_never_committed_are_swept_at_start() {
             .iter()
             .map(|b| b.num_rows())
             .sum::<usize>()
+    );
+}
+}
+
+#[tokio::test]
+async fn background_work_leases_are_held_by_one_replica_at_a_time_and_expire_with_their_holder() {
+    let f = fixture_on(Backend::S3, |_| {});
+    let (a, b) = (&f.store, f.replica());
+    let ttl = std::time::Duration::from_secs(30);
+    let held = a
+        .lease("rebuild", ttl)
+        .await
+        .expect("lease")
+        .expect("taken");
+    assert!(
+        b.lease("rebuild", ttl).await.expect("lease").is_none(),
+        "two holders"
+    );
+    // Renewal keeps it held past its first term.
+    let short = std::time::Duration::from_millis(600);
+    let renewed = a
+        .lease("compact", short)
+        .await
+        .expect("lease")
+        .expect("taken");
+    tokio::time::sleep(short * 2).await;
+    assert!(
+        b.lease("compact", short).await.expect("lease").is_none(),
+        "renewal failed"
+    );
+    drop(renewed);
+    // Given up when dropped: the other replica takes it.
+    drop(held);
+    let start = std::time::Instant::now();
+    while b.lease("rebuild", ttl).await.expect("lease").is_none() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "never given up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A holder that dies (its runtime gone: no renewal, no release) loses it at expiry.
+    let dying = f.replica();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let lease = rt
+            .block_on(dying.lease("vacuum", short))
+            .expect("lease")
+            .expect("taken");
+        std::mem::forget(lease);
+    })
+    .join()
+    .expect("holder");
+    assert!(b.lease("vacuum", short).await.expect("lease").is_none());
+    tokio::time::sleep(short * 2).await;
+    assert!(
+        b.lease("vacuum", short).await.expect("lease").is_some(),
+        "never expired"
     );
 }
