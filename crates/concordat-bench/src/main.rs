@@ -70,6 +70,14 @@ struct Args {
     /// Measure only ingest (and the big upload, with the efficiency rebuild after it).
     #[arg(long)]
     ingest_only: bool,
+    /// Keep the gateway's tables and state on an S3-compatible store: moto's server on
+    /// loopback, started here (`pip install 'moto[server]'`). Loopback is not a network.
+    #[arg(long)]
+    s3: bool,
+    /// Gateway replicas on the shared store (with `--s3`); the concurrent analysts are
+    /// spread over them.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -148,6 +156,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The gateway's settings for the benchmark (every replica the same).
+const SERVER_ENV: &[(&str, &str)] = &[
+    ("CONCORDAT_LIMITS__MAX_UPLOAD_BYTES", "4000000000"),
+    ("CONCORDAT_QUERY__MAX_JSON_ROWS", "1000000"),
+    ("CONCORDAT_QUERY__TIMEOUT_SECONDS", "300"),
+    // The in-process baseline has no memory limit; the joins of two 5-million-row
+    // tables build hash tables of a few GB, past the gateway's default of 512 MB.
+    ("CONCORDAT_QUERY__MEMORY_MB", "8192"),
+    // The other doors, for the door comparison.
+    ("CONCORDAT_PG__ADDR", "127.0.0.1:0"),
+    ("CONCORDAT_FLIGHT__ADDR", "127.0.0.1:0"),
+];
+
 fn geomean(v: &[f64]) -> f64 {
     let logs: Vec<f64> = v
         .iter()
@@ -175,18 +196,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut report = serde_json::Map::new();
     report.insert("scale".into(), serde_json::json!(args.scale));
 
+    if args.replicas > 1 && !args.s3 {
+        bail!("--replicas needs --s3: replicas share an object store");
+    }
+    let s3 = args.s3.then(concordat_e2e::S3::start);
+    report.insert(
+        "store".into(),
+        serde_json::json!(if args.s3 {
+            "s3 (moto, loopback)"
+        } else {
+            "local"
+        }),
+    );
+    report.insert("replicas".into(), serde_json::json!(args.replicas.max(1)));
     let site = Site::with_agreement("bench-probation-court.toml", BENCH_AGREEMENT);
-    let server = site.serve_with(&[
-        ("CONCORDAT_LIMITS__MAX_UPLOAD_BYTES", "4000000000"),
-        ("CONCORDAT_QUERY__MAX_JSON_ROWS", "1000000"),
-        ("CONCORDAT_QUERY__TIMEOUT_SECONDS", "300"),
-        // The in-process baseline has no memory limit; the joins of two 5-million-row
-        // tables build hash tables of a few GB, past the gateway's default of 512 MB.
-        ("CONCORDAT_QUERY__MEMORY_MB", "8192"),
-        // The other doors, for the door comparison.
-        ("CONCORDAT_PG__ADDR", "127.0.0.1:0"),
-        ("CONCORDAT_FLIGHT__ADDR", "127.0.0.1:0"),
-    ]);
+    if let Some(s3) = &s3 {
+        site.use_store(s3, "bench");
+    }
+    let server = site.serve_with(SERVER_ENV);
+    let replicas: Vec<(Site, Server)> = (1..args.replicas.max(1))
+        .map(|_| {
+            let replica = Site::replica_of(&site);
+            let server = replica.serve_with(SERVER_ENV);
+            (replica, server)
+        })
+        .collect();
     let pid = server.child.id();
     let idle = peak_rss_mib(pid);
     let mut gw = Gateway {
@@ -659,9 +693,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for slug in &forces {
         pcc_tokens.push(gw.token(&format!("pcc-{slug}"), "analyst"));
     }
+    let urls: Vec<String> = std::iter::once(gw.server.url.clone())
+        .chain(replicas.iter().map(|(_, s)| s.url.clone()))
+        .collect();
     println!(
-        "\n## Concurrent analysts ({}s each, one PCC per analyst, small-query mix)\n",
-        args.seconds
+        "\n## Concurrent analysts ({}s each, one PCC per analyst, small-query mix, {} replica(s), {} store)\n",
+        args.seconds,
+        urls.len(),
+        if args.s3 { "S3" } else { "local" }
     );
     println!(
         "| analysts | path | queries | queries/s | p50 ms | p95 ms | p99 ms | errors |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -679,7 +718,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut tasks = Vec::new();
         for c in 0..n {
             let client = gw.client.clone();
-            let url = gw.server.url.clone();
+            let url = urls[c % urls.len()].clone();
             let token = pcc_tokens[c % pcc_tokens.len()].clone();
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
@@ -723,6 +762,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         levels.push(serde_json::json!({"analysts": n, "path": path, "queries": lat.len(), "qps": lat.len() as f64 / wall, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "errors": errors.len()}));
     }
     report.insert("concurrency".into(), serde_json::json!(levels));
+    drop(replicas);
     report.insert(
         "server_peak_mib".into(),
         serde_json::json!(peak_rss_mib(pid)),
