@@ -131,7 +131,7 @@ impl Fixture {
 /// this process's end of a pipe closes, so no server outlives the tests.
 struct S3Server {
     endpoint: String,
-    _guard: std::sync::Mutex<std::process::ChildStdin>,
+    _guard: std::sync::Mutex<(std::process::Child, std::process::ChildStdin)>,
 }
 
 fn s3_server() -> &'static S3Server {
@@ -166,7 +166,7 @@ fn s3_server() -> &'static S3Server {
         }
         S3Server {
             endpoint,
-            _guard: std::sync::Mutex::new(stdin),
+            _guard: std::sync::Mutex::new((child, stdin)),
         }
     })
 }
