@@ -79,6 +79,17 @@ fn all_events(server: &Server, token: &str) -> Vec<serde_json::Value> {
     }
 }
 
+/// A body sent slowly (64 KiB every 20 ms), so a kill lands while it is on its way.
+struct Slow(std::io::Cursor<Vec<u8>>);
+
+impl std::io::Read for Slow {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_millis(20));
+        let n = buf.len().min(64 * 1024);
+        self.0.read(&mut buf[..n])
+    }
+}
+
 fn verify_cli(site: &Site) -> (bool, String) {
     let out = std::process::Command::new(binary())
         .args(["audit", "verify", "--config"])
@@ -174,6 +185,39 @@ fn two_replicas_share_tables_disclosure_audit_and_tokens() {
         from_a["rows"], from_b["rows"],
         "replicas perturb differently"
     );
+
+    // Background work once: the efficiency dataset is rebuilt over the latest inputs by
+    // one replica at a time (a lease), never twice from the same inputs, and both
+    // replicas serve the result.
+    let start = Instant::now();
+    loop {
+        let (_, a_view) = get(&a, &hmicfrs, "/v1/datasets/force_efficiency");
+        let (_, b_view) = get(&b, &hmicfrs, "/v1/datasets/force_efficiency");
+        let newest = &a_view["versions"][0]["sources"];
+        if newest["force_performance"] == 7
+            && newest["reoffending_cohort"] == 0
+            && a_view["versions"] == b_view["versions"]
+        {
+            let built: Vec<String> = a_view["versions"]
+                .as_array()
+                .expect("versions")
+                .iter()
+                .map(|v| v["sources"].to_string())
+                .collect();
+            let distinct: BTreeSet<&String> = built.iter().collect();
+            assert_eq!(
+                distinct.len(),
+                built.len(),
+                "rebuilt twice from the same inputs: {built:?}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "force_efficiency never caught up: {a_view}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 
     // A token made on one replica works on the other; revoked there, it stops on both.
     let mint = json(
@@ -274,11 +318,13 @@ fn a_replica_killed_mid_upload_loses_nothing_acknowledged_and_catches_up() {
             ))
             .bearer_auth(probation)
             .header("content-type", "application/vnd.apache.parquet")
-            .body(big)
+            .body(reqwest::blocking::Body::new(Slow(std::io::Cursor::new(
+                big,
+            ))))
             .send()
             .map(|r| r.status().as_u16())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(400));
     a.kill();
     let sent = sender.join().expect("sender");
     // B serves on, and commits.
@@ -297,6 +343,10 @@ fn a_replica_killed_mid_upload_loses_nothing_acknowledged_and_catches_up() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"][0][0], 2);
+    assert!(
+        !sent.as_ref().is_ok_and(|s| *s == 201),
+        "the upload finished before the kill"
+    );
     // The killed upload either committed whole (and was acknowledged) or left nothing.
     let (_, cohort) = get(
         &b,

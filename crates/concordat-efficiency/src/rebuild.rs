@@ -22,18 +22,26 @@ pub async fn built_from(
     Ok(versions.first().map(|v| v.sources.clone()))
 }
 
+/// Whether `force_efficiency` was built from the inputs' latest versions (or there is
+/// nothing to build).
+pub async fn up_to_date(store: &Store) -> Result<bool, BuildError> {
+    let mut current = BTreeMap::new();
+    for name in INPUTS {
+        current.insert(name.to_owned(), store.latest_version(name).await?);
+    }
+    Ok(
+        current.values().all(Option::is_none)
+            || built_from(store).await?.as_ref() == Some(&current),
+    )
+}
+
 /// Rebuilds `force_efficiency` if an input has changed since the last build. Returns the
 /// new version, or `None` when it was already up to date (or there is nothing to build).
 pub async fn rebuild(store: &Store, release: Release<'_>) -> Result<Option<u64>, BuildError> {
     let min_count = release.terms.min_count;
     // Compare versions before reading any rows: at start, and after a commit that a
     // coalesced rebuild already covered, the inputs are not scanned at all.
-    let mut current = BTreeMap::new();
-    for name in INPUTS {
-        current.insert(name.to_owned(), store.latest_version(name).await?);
-    }
-    if current.values().all(Option::is_none) || built_from(store).await?.as_ref() == Some(&current)
-    {
+    if up_to_date(store).await? {
         return Ok(None);
     }
     let (inputs, years, versions) = read_inputs(store, release).await?;
@@ -122,7 +130,11 @@ impl Rebuilder {
         store: &Arc<Store>,
         policies: &Policies,
     ) -> Result<Option<u64>, BuildError> {
-        // One replica at a time; the others read what it writes.
+        // One replica at a time; the others read what it writes. Nothing to do is
+        // found without taking the lease.
+        if up_to_date(store).await? {
+            return Ok(None);
+        }
         let Some(_lease) = store.lease(LEASE, LEASE_TTL).await? else {
             return Ok(None);
         };

@@ -25,14 +25,27 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: the data directory is writable and the policies are loaded.
+/// `GET /readyz`: the data directory is writable, the shared store (if any) answers, and
+/// the policies are loaded.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let probe = state.config.data_dir.join("staging").join(".ready");
-    match std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe)) {
+    let mut ready = std::fs::write(&probe, b"ok")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("data directory not writable: {e}"));
+    if ready.is_ok()
+        && let Some(shared) = &state.store.config().shared
+    {
+        ready = shared
+            .any("tables")
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("shared store unreachable: {e}"));
+    }
+    match ready {
         Ok(()) => Json(json!({"status": "ready", "agreements": state.policies.agreements().len()}))
             .into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "data directory not writable");
+            tracing::warn!(error = %e, "not ready");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({"status": "unavailable"})),
