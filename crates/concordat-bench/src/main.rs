@@ -199,7 +199,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.replicas > 1 && !args.s3 {
         bail!("--replicas needs --s3: replicas share an object store");
     }
-    let s3 = args.s3.then(concordat_e2e::S3::start);
+    // The S3 server's start is blocking (it makes the bucket): off the runtime.
+    let s3 = match args.s3 {
+        true => Some(
+            tokio::task::spawn_blocking(concordat_e2e::S3::start)
+                .await
+                .map_err(|e| anyhow!("the S3 server did not start: {e}"))?,
+        ),
+        false => None,
+    };
     report.insert(
         "store".into(),
         serde_json::json!(if args.s3 {
