@@ -396,3 +396,65 @@ fn a_replica_killed_mid_upload_loses_nothing_acknowledged_and_catches_up() {
     assert!(ok, "{text}");
     drop(b);
 }
+
+#[test]
+fn a_crash_in_the_middle_of_a_commit_on_the_shared_store_leaves_the_last_version_intact() {
+    let s3 = S3::start();
+    let (site, other) = replicas(&s3, "commit-crash");
+    let kent = site.token("force-kent", "uploader");
+    let essex = site.token("force-essex", "uploader");
+    let hmicfrs = site.token("hmicfrs", "inspector");
+    let witness = other.serve();
+    {
+        let server = site.serve();
+        let v = upload_retrying(
+            &server,
+            &kent,
+            "force_performance",
+            parquet("force_performance", &["kent"], 0.01),
+        );
+        assert_eq!(v, 0);
+    }
+    // The process dies at the moment its log entry would reach the store, after the data
+    // files are on it.
+    let essex_file = parquet("force_performance", &["essex"], 0.01);
+    let mut crashing = site.serve_with(&[("CONCORDAT_FAULT", "abort_in_commit")]);
+    let result = client()
+        .post(format!(
+            "{}/v1/datasets/force_performance/uploads",
+            crashing.url
+        ))
+        .bearer_auth(&essex)
+        .header("content-type", "application/vnd.apache.parquet")
+        .body(essex_file.clone())
+        .send();
+    assert!(result.is_err(), "the server died before answering");
+    assert!(
+        !crashing
+            .wait_exit(Duration::from_secs(10))
+            .expect("aborted")
+            .success()
+    );
+    // The other replica never saw a half-written version, and answers over version 0.
+    assert_eq!(versions(&witness, &hmicfrs, "force_performance"), vec![0]);
+    let (status, body) = ask(
+        &witness,
+        &hmicfrs,
+        "inspection",
+        "SELECT count(DISTINCT pfa_code) AS n FROM force_performance",
+    );
+    assert_eq!(
+        (status, &body["rows"][0][0]),
+        (200, &serde_json::json!(1)),
+        "{body}"
+    );
+    // Restarted, the crashed replica agrees, and a retry commits.
+    let server = site.serve();
+    assert_eq!(versions(&server, &hmicfrs, "force_performance"), vec![0]);
+    let v = upload_retrying(&server, &essex, "force_performance", essex_file);
+    assert_eq!(v, 1);
+    assert_eq!(
+        versions(&witness, &hmicfrs, "force_performance"),
+        vec![1, 0]
+    );
+}
