@@ -60,6 +60,10 @@ struct Inner {
     url: Url,
     /// The store, rooted at the bucket.
     root: Arc<dyn ObjectStore>,
+    /// The same store with a connection pool of its own, for requests made on the store's
+    /// own runtime: a pooled connection is driven by the runtime that opened it, and the
+    /// threads waiting in [`Shared::block_on`] may be that runtime's.
+    io_root: Arc<dyn ObjectStore>,
     /// The configured prefix inside the bucket.
     prefix: String,
 }
@@ -146,6 +150,7 @@ impl Shared {
         if let Some(v) = &s3.secret_access_key {
             b = b.with_secret_access_key(v);
         }
+        let io_root = b.clone().build().map_err(|e| bad(e.to_string()))?;
         let root = b.build().map_err(|e| bad(e.to_string()))?;
         let mut base = format!("s3://{bucket}");
         if !prefix.is_empty() {
@@ -157,6 +162,7 @@ impl Shared {
             inner: Arc::new(Inner {
                 url: Url::parse(&base).map_err(|e| bad(e.to_string()))?,
                 root: Arc::new(root),
+                io_root: Arc::new(io_root),
                 prefix,
             }),
         })
@@ -170,6 +176,17 @@ impl Shared {
     /// The store, rooted at the bucket (what Delta is given).
     pub fn root(&self) -> Arc<dyn ObjectStore> {
         self.inner.root.clone()
+    }
+
+    /// The client for a request made here: the store runtime's own pool on that runtime.
+    fn client(&self) -> &Arc<dyn ObjectStore> {
+        let on_io = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.id() == io_runtime().handle().id());
+        if on_io {
+            &self.inner.io_root
+        } else {
+            &self.inner.root
+        }
     }
 
     /// The key of `rel` (a `/`-separated path) under the prefix.
@@ -208,8 +225,7 @@ impl Shared {
             ..PutOptions::default()
         };
         match self
-            .inner
-            .root
+            .client()
             .put_opts(&self.key(rel), PutPayload::from(bytes), opts)
             .await
         {
@@ -221,8 +237,7 @@ impl Shared {
 
     /// Writes `bytes` at `rel`, replacing what is there.
     pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<(), StoreError> {
-        self.inner
-            .root
+        self.client()
             .put(&self.key(rel), PutPayload::from(bytes))
             .await
             .map(|_| ())
@@ -231,7 +246,7 @@ impl Shared {
 
     /// The bytes at `rel`, or `None` when nothing is there.
     pub async fn get(&self, rel: &str) -> Result<Option<Bytes>, StoreError> {
-        match self.inner.root.get(&self.key(rel)).await {
+        match self.client().get(&self.key(rel)).await {
             Ok(got) => got
                 .bytes()
                 .await
@@ -244,7 +259,7 @@ impl Shared {
 
     /// Removes `rel` (nothing there is not an error).
     pub async fn delete(&self, rel: &str) -> Result<(), StoreError> {
-        match self.inner.root.delete(&self.key(rel)).await {
+        match self.client().delete(&self.key(rel)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.failed("remove", rel, e)),
         }
@@ -260,13 +275,12 @@ impl Shared {
         let dir = self.key(rel_dir);
         let listed: Vec<ObjectMeta> = match after {
             Some(a) => {
-                self.inner
-                    .root
+                self.client()
                     .list_with_offset(Some(&dir), &self.key(a))
                     .try_collect()
                     .await
             }
-            None => self.inner.root.list(Some(&dir)).try_collect().await,
+            None => self.client().list(Some(&dir)).try_collect().await,
         }
         .map_err(|e| self.failed("list", rel_dir, e))?;
         let cut = if self.inner.prefix.is_empty() {
@@ -286,7 +300,7 @@ impl Shared {
     pub async fn any(&self, rel_dir: &str) -> Result<bool, StoreError> {
         use futures::StreamExt;
         let dir = self.key(rel_dir);
-        match self.inner.root.list(Some(&dir)).next().await {
+        match self.client().list(Some(&dir)).next().await {
             None => Ok(false),
             Some(Ok(_)) => Ok(true),
             Some(Err(e)) => Err(self.failed("list", rel_dir, e)),
@@ -300,7 +314,7 @@ impl Shared {
             .await
             .map_err(StoreError::internal)?;
         let mut out = object_store::buffered::BufWriter::with_capacity(
-            self.inner.root.clone(),
+            self.client().clone(),
             self.key(rel),
             8 << 20,
         );
