@@ -27,6 +27,8 @@ pub async fn built_from(
 pub async fn up_to_date(store: &Store) -> Result<bool, BuildError> {
     let mut current = BTreeMap::new();
     for name in INPUTS {
+        // Never from a snapshot another replica has moved past.
+        store.look_again(name);
         current.insert(name.to_owned(), store.latest_version(name).await?);
     }
     Ok(

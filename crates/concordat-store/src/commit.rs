@@ -144,9 +144,12 @@ impl Store {
             uploaded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             sources: Default::default(),
         };
-        let version = self
+        let committed = self
             .commit(table, &req, &periods, provenance, out.path(), &files)
-            .await?;
+            .await;
+        // Whatever the outcome, the next read looks at the log again.
+        self.changed(&dataset);
+        let version = committed?;
         tracing::info!(
             dataset,
             version,

@@ -217,7 +217,23 @@ pub struct Store {
     pub(crate) validations: tokio::sync::Semaphore,
     /// This process, as named in the leases it holds.
     pub(crate) replica_id: String,
+    /// On a shared store: when each dataset's snapshot was last brought up to date.
+    /// Within [`SHARED_FRESH`] of that it is used as it is (one listing of the log per
+    /// dataset per second, not per query); a commit through this replica clears it, so
+    /// the replica always reads its own writes.
+    /// (dataset → last refresh, dataset → last commit through this replica).
+    pub(crate) refreshed: std::sync::Mutex<Freshness>,
 }
+
+/// When each dataset's snapshot was last refreshed, and last changed here.
+pub(crate) type Freshness = (
+    HashMap<String, std::time::Instant>,
+    HashMap<String, std::time::Instant>,
+);
+
+/// How long a replica on a shared store serves a snapshot before looking for commits
+/// made through other replicas.
+pub const SHARED_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -238,6 +254,7 @@ impl Store {
             cfg,
             locks: std::sync::Mutex::new(HashMap::new()),
             validations: tokio::sync::Semaphore::new(permits),
+            refreshed: std::sync::Mutex::new((HashMap::new(), HashMap::new())),
             replica_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         })
     }
@@ -405,22 +422,74 @@ impl Store {
             .clone();
         let mut cached = slot.lock().await;
         if let Some(table) = cached.as_mut() {
+            if self.cfg.shared.is_some() {
+                let recent = self
+                    .refreshed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0
+                    .get(dataset)
+                    .is_some_and(|at| at.elapsed() < SHARED_FRESH);
+                if recent {
+                    return Ok(table.clone());
+                }
+            }
+            let started = std::time::Instant::now();
             match table.update_incremental(None).await {
-                Ok(()) => return Ok(table.clone()),
+                Ok(()) => {
+                    self.mark_refreshed(dataset, started);
+                    return Ok(table.clone());
+                }
                 Err(e) => {
                     tracing::warn!(dataset, error = %e, "cached snapshot could not be refreshed; reloading");
                     *cached = None;
                 }
             }
         }
+        let started = std::time::Instant::now();
         let table = self.open_table(dataset).await?;
         if table.version().is_none() {
             return Err(StoreError::NotFound(format!(
                 "dataset {dataset} has no data yet"
             )));
         }
+        self.mark_refreshed(dataset, started);
         *cached = Some(table.clone());
         Ok(table)
+    }
+
+    /// Records a refresh that began at `at`, unless this replica committed since then
+    /// (the refresh may have listed the log before that commit).
+    fn mark_refreshed(&self, dataset: &str, at: std::time::Instant) {
+        if self.cfg.shared.is_some() {
+            let mut f = self
+                .refreshed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if f.1.get(dataset).is_none_or(|changed| *changed < at) {
+                f.0.insert(dataset.to_owned(), at);
+            }
+        }
+    }
+
+    /// The next read of `dataset` brings its snapshot up to date whatever the time since
+    /// the last (work that must see every replica's commits: the efficiency rebuild).
+    pub fn look_again(&self, dataset: &str) {
+        self.refreshed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .remove(dataset);
+    }
+
+    /// After a commit through this replica: the next read looks for it.
+    pub(crate) fn changed(&self, dataset: &str) {
+        let mut f = self
+            .refreshed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f.0.remove(dataset);
+        f.1.insert(dataset.to_owned(), std::time::Instant::now());
     }
 
     /// Latest committed version of a dataset, if it has data.
@@ -541,6 +610,7 @@ impl Store {
             ])
             .await
             .map_err(StoreError::internal)?;
+        self.changed(dataset);
         written
             .version()
             .ok_or_else(|| StoreError::Internal("commit left no version".into()))
@@ -592,6 +662,7 @@ impl Store {
             .with_max_concurrent_tasks(1)
             .await
             .map_err(StoreError::internal)?;
+        self.changed(dataset);
         if metrics.num_files_removed == 0 {
             return Ok(None);
         }
