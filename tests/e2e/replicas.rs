@@ -90,6 +90,19 @@ impl std::io::Read for Slow {
     }
 }
 
+/// The events are numbered 1, 2, 3... without a gap or a repeat.
+fn assert_gapless(events: &[serde_json::Value]) {
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gaps in the chain"
+    );
+}
+
 fn verify_cli(site: &Site) -> (bool, String) {
     let out = std::process::Command::new(binary())
         .args(["audit", "verify", "--config"])
@@ -265,15 +278,7 @@ fn two_replicas_share_tables_disclosure_audit_and_tokens() {
     let auditor = site_a.token("operator", "auditor");
     let events_a = all_events(&a, &auditor);
     let events_b = all_events(&b, &auditor);
-    let seqs: Vec<u64> = events_a
-        .iter()
-        .map(|e| e["seq"].as_u64().expect("seq"))
-        .collect();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as u64).collect::<Vec<_>>(),
-        "gaps in the chain"
-    );
+    assert_gapless(&events_a);
     for (x, y) in events_a.iter().zip(&events_b) {
         assert_eq!(x["hash"], y["hash"], "the replicas read different chains");
     }
@@ -387,15 +392,7 @@ fn a_replica_killed_mid_upload_loses_nothing_acknowledged_and_catches_up() {
     // The chain is whole: every acknowledged upload is in it, and it verifies.
     let auditor = site_b.token("operator", "auditor");
     let events = all_events(&a, &auditor);
-    let seqs: Vec<u64> = events
-        .iter()
-        .map(|e| e["seq"].as_u64().expect("seq"))
-        .collect();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as u64).collect::<Vec<_>>(),
-        "gaps in the chain"
-    );
+    assert_gapless(&events);
     let force_uploads = events
         .iter()
         .filter(|e| e["action"] == "upload" && e["outcome"] == "ok")
