@@ -223,6 +223,8 @@ pub struct Store {
     /// the replica always reads its own writes.
     /// (dataset → last refresh, dataset → last commit through this replica).
     pub(crate) refreshed: std::sync::Mutex<Freshness>,
+    /// On local disk: each table's log directory time at its last refresh.
+    pub(crate) log_stamps: std::sync::Mutex<HashMap<String, std::time::SystemTime>>,
 }
 
 /// When each dataset's snapshot was last refreshed, and last changed here.
@@ -255,6 +257,7 @@ impl Store {
             locks: std::sync::Mutex::new(HashMap::new()),
             validations: tokio::sync::Semaphore::new(permits),
             refreshed: std::sync::Mutex::new((HashMap::new(), HashMap::new())),
+            log_stamps: std::sync::Mutex::new(HashMap::new()),
             replica_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         })
     }
@@ -434,10 +437,18 @@ impl Store {
                     return Ok(table.clone());
                 }
             }
+            // On local disk a commit adds a file to the log directory, changing its
+            // modification time: while that is what it was at the last refresh, the
+            // snapshot is current, and one `stat` replaces listing the log.
+            let stamp = self.local_log_stamp(dataset);
+            if stamp.is_some() && self.log_stamps_get(dataset) == stamp {
+                return Ok(table.clone());
+            }
             let started = std::time::Instant::now();
             match table.update_incremental(None).await {
                 Ok(()) => {
                     self.mark_refreshed(dataset, started);
+                    self.log_stamps_set(dataset, stamp);
                     return Ok(table.clone());
                 }
                 Err(e) => {
@@ -447,6 +458,7 @@ impl Store {
             }
         }
         let started = std::time::Instant::now();
+        let stamp = self.local_log_stamp(dataset);
         let table = self.open_table(dataset).await?;
         if table.version().is_none() {
             return Err(StoreError::NotFound(format!(
@@ -454,8 +466,52 @@ impl Store {
             )));
         }
         self.mark_refreshed(dataset, started);
+        self.log_stamps_set(dataset, stamp);
         *cached = Some(table.clone());
         Ok(table)
+    }
+
+    /// The modification time of a local table's log directory (`None` on a shared store).
+    fn local_log_stamp(&self, dataset: &str) -> Option<std::time::SystemTime> {
+        if self.cfg.shared.is_some() {
+            return None;
+        }
+        std::fs::metadata(
+            self.cfg
+                .data_dir
+                .join("tables")
+                .join(dataset)
+                .join("_delta_log"),
+        )
+        .and_then(|m| m.modified())
+        .ok()
+    }
+
+    fn log_stamps_get(&self, dataset: &str) -> Option<std::time::SystemTime> {
+        self.log_stamps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(dataset)
+            .copied()
+    }
+
+    /// Remembers the log directory's time read before a refresh, once it is old enough
+    /// that a commit in the same clock tick (file times are coarse) cannot hide behind
+    /// it; a younger one is not trusted, and the next read refreshes again.
+    fn log_stamps_set(&self, dataset: &str, stamp: Option<std::time::SystemTime>) {
+        const SETTLED: std::time::Duration = std::time::Duration::from_millis(50);
+        let mut stamps = self
+            .log_stamps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match stamp.filter(|s| s.elapsed().is_ok_and(|e| e > SETTLED)) {
+            Some(s) => {
+                stamps.insert(dataset.to_owned(), s);
+            }
+            None => {
+                stamps.remove(dataset);
+            }
+        }
     }
 
     /// Records a refresh that began at `at`, unless this replica committed since then

@@ -604,3 +604,42 @@ async fn background_work_leases_are_held_by_one_replica_at_a_time_and_expire_wit
         "never expired"
     );
 }
+
+#[tokio::test]
+async fn a_commit_by_another_process_on_the_same_directory_is_read_at_once() {
+    // The first store keeps its snapshot while the log directory is unchanged; a commit
+    // through the second, straight after a read through the first (often within the
+    // same clock tick of file times), must be seen by the very next read.
+    let f = fixture();
+    let other = f.replica();
+    let forces = ["kent", "essex", "surrey", "sussex", "hampshire", "dorset"];
+    for (i, force) in forces.iter().enumerate() {
+        if i > 0 {
+            assert_eq!(
+                f.store
+                    .latest_version("force_performance")
+                    .await
+                    .expect("v"),
+                Some(i as u64 - 1)
+            );
+        }
+        upload(
+            &other,
+            "force_performance",
+            Mode::Append,
+            force,
+            ScopeFilter::All,
+            parquet_bytes(&synth("force_performance", &[force])),
+        )
+        .await
+        .expect("commit");
+        assert_eq!(
+            f.store
+                .latest_version("force_performance")
+                .await
+                .expect("v"),
+            Some(i as u64),
+            "a commit by another process was not seen"
+        );
+    }
+}
