@@ -449,12 +449,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "--retain-days must be at least 1: younger files may belong to a commit in flight"
                 );
             }
-            let mut store_cfg = concordat_store::StoreConfig::new(&cfg.data_dir);
-            if let concordat_store::Location::Shared(shared) =
-                cfg.location().map_err(|e| anyhow!("{e}"))?
-            {
-                store_cfg.shared = Some(shared);
-            }
+            let location = cfg.location().map_err(|e| anyhow!("{e}"))?;
+            let store_cfg = concordat_store::StoreConfig::new(&cfg.data_dir).on(&location);
             let store = concordat_store::Store::open(store_cfg).map_err(|e| anyhow!("{e:?}"))?;
             let names: Vec<String> = match dataset {
                 Some(d) => vec![d],

@@ -61,10 +61,7 @@ impl AppState {
         let verifier =
             Verifier::from_config(&config.auth).map_err(|e| StartError::new("auth", e))?;
         let location = config.location().map_err(|e| StartError::new("store", e))?;
-        let mut store_cfg = StoreConfig::new(&config.data_dir);
-        if let concordat_store::Location::Shared(shared) = &location {
-            store_cfg.shared = Some(shared.clone());
-        }
+        let mut store_cfg = StoreConfig::new(&config.data_dir).on(&location);
         store_cfg.max_upload_bytes = config.limits.max_upload_bytes;
         store_cfg.concurrent_validations = config.limits.concurrent_validations;
         store_cfg.log_retention_days = config.store.log_retention_days;
@@ -117,9 +114,8 @@ impl AppState {
             // One secret for every replica, so each gives the same perturbed answers: the
             // first replica to start writes it (if absent), the others read it.
             concordat_store::Location::Shared(shared) => {
-                let store = shared.clone();
                 let secret = shared
-                    .block_on(async move {
+                    .block_on(|store| async move {
                         store
                             .get_or_create(RECORD_KEY_OBJECT, || {
                                 bytes::Bytes::from(rand::random::<[u8; 32]>().to_vec())

@@ -223,18 +223,15 @@ impl AuditLog {
             .truncate(true)
             .open(copy)
             .map_err(StoreError::internal)?;
-        let last = {
-            let shared = shared.clone();
-            shared.clone().block_on(async move {
-                let listed = shared.list("audit", None).await?;
-                match listed.last() {
-                    Some((key, _)) => {
-                        Ok::<_, StoreError>(shared.get(key).await?.as_deref().and_then(last_event))
-                    }
-                    None => Ok(None),
+        let last = shared.block_on(|store| async move {
+            let listed = store.list("audit", None).await?;
+            match listed.last() {
+                Some((key, _)) => {
+                    Ok::<_, StoreError>(store.get(key).await?.as_deref().and_then(last_event))
                 }
-            })?
-        };
+                None => Ok(None),
+            }
+        })?;
         let (seq, hash) = last.map_or((0, GENESIS.to_owned()), |e| (e.seq, e.hash));
         Ok(AuditLog {
             path: copy.to_owned(),
@@ -337,10 +334,9 @@ impl AuditLog {
         for _ in 0..1000 {
             let (lines, events) = chain(bodies, tail.seq, &tail.hash, time)?;
             let key = segment_key(tail.seq + 1);
-            let store = shared.clone();
             let k = key.clone();
             let created = shared
-                .block_on(async move { store.put_new(&k, bytes::Bytes::from(lines)).await })
+                .block_on(|store| async move { store.put_new(&k, lines.into()).await })
                 .map_err(|e| e.to_string())?;
             if created {
                 if let Some(last) = events.last() {
@@ -351,19 +347,15 @@ impl AuditLog {
                         hash: last.hash.clone(),
                     })
                     .unwrap_or_default();
-                    let store = shared.clone();
-                    shared.block_on(async move {
-                        tokio::spawn(async move {
-                            let _ = store.put(SHARED_HEAD, bytes::Bytes::from(head)).await;
-                        });
+                    shared.spawn(|store| async move {
+                        let _ = store.put(SHARED_HEAD, head.into()).await;
                     });
                 }
                 return Ok(events);
             }
-            let store = shared.clone();
             let k = key.clone();
             let theirs = shared
-                .block_on(async move { store.get(&k).await })
+                .block_on(|store| async move { store.get(&k).await })
                 .map_err(|e| e.to_string())?
                 .as_deref()
                 .and_then(last_event)
@@ -454,26 +446,22 @@ impl AuditLog {
         self.scan_file(each)
     }
 
-    /// Appends to the local copy every event of the shared trail after `copied`;
-    /// returns the last event copied.
+    /// Appends to the local copy every event of the shared trail after `copied`, one
+    /// object at a time; returns the last event copied.
     fn copy_from_shared(
         &self,
         shared: &crate::shared::Shared,
         copied: u64,
     ) -> Result<u64, StoreError> {
-        let store = shared.clone();
-        let segments = shared.block_on(async move {
-            let mut out = Vec::new();
-            for (key, _) in store.list("audit", Some(&segment_key(copied))).await? {
-                if let Some(b) = store.get(&key).await? {
-                    out.push(b);
-                }
-            }
-            Ok::<_, StoreError>(out)
+        let keys = shared.block_on(|store| async move {
+            store.list("audit", Some(&segment_key(copied))).await
         })?;
         let mut last = copied;
-        let mut lines = Vec::new();
-        for seg in segments {
+        for (key, _) in keys {
+            let Some(seg) = shared.block_on(|store| async move { store.get(&key).await })? else {
+                continue;
+            };
+            let mut lines = Vec::with_capacity(seg.len());
             for line in seg.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let Ok(ev) = serde_json::from_slice::<AuditEvent>(line) else {
                     continue;
@@ -485,13 +473,13 @@ impl AuditLog {
                 lines.extend_from_slice(line);
                 lines.push(b'\n');
             }
-        }
-        if !lines.is_empty() {
-            let mut f = OpenOptions::new()
-                .append(true)
-                .open(&self.path)
-                .map_err(StoreError::internal)?;
-            f.write_all(&lines).map_err(StoreError::internal)?;
+            if !lines.is_empty() {
+                let mut f = OpenOptions::new()
+                    .append(true)
+                    .open(&self.path)
+                    .map_err(StoreError::internal)?;
+                f.write_all(&lines).map_err(StoreError::internal)?;
+            }
         }
         Ok(last)
     }

@@ -203,19 +203,31 @@ impl Shared {
         Url::parse(&format!("{}/tables/{dataset}/", self.inner.url)).map_err(StoreError::internal)
     }
 
-    /// Runs `f` on the store's own runtime and waits for it: for callers that are plain
-    /// threads (never call it from that runtime itself).
-    pub fn block_on<F>(&self, f: F) -> F::Output
+    /// Runs the work `f` makes of this store on the store's own runtime and waits for
+    /// it: for callers that are plain threads (never call it from that runtime itself).
+    pub fn block_on<F, Fut>(&self, f: F) -> Fut::Output
     where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
+        F: FnOnce(Shared) -> Fut,
+        Fut: std::future::Future + Send + 'static,
+        Fut::Output: Send + 'static,
     {
+        let work = f(self.clone());
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         io_runtime().spawn(async move {
-            let _ = tx.send(f.await);
+            let _ = tx.send(work.await);
         });
         rx.recv()
             .unwrap_or_else(|_| panic!("the store's I/O runtime stopped"))
+    }
+
+    /// Starts the work `f` makes of this store on the store's own runtime, not waiting
+    /// for it.
+    pub fn spawn<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Shared) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        io_runtime().spawn(f(self.clone()));
     }
 
     /// Writes `bytes` at `rel` only if nothing is there yet; `false` when something is.

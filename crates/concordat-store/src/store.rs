@@ -65,6 +65,14 @@ impl StoreConfig {
             orphan_age: std::time::Duration::from_secs(3600),
         }
     }
+    /// The tables on a shared store, when `location` is one (the data directory stays
+    /// scratch).
+    pub fn on(mut self, location: &crate::shared::Location) -> Self {
+        if let crate::shared::Location::Shared(shared) = location {
+            self.shared = Some(shared.clone());
+        }
+        self
+    }
 }
 
 /// How an upload changes the dataset.
@@ -217,21 +225,72 @@ pub struct Store {
     pub(crate) validations: tokio::sync::Semaphore,
     /// This process, as named in the leases it holds.
     pub(crate) replica_id: String,
-    /// On a shared store: when each dataset's snapshot was last brought up to date.
-    /// Within [`SHARED_FRESH`] of that it is used as it is (one listing of the log per
-    /// dataset per second, not per query); a commit through this replica clears it, so
-    /// the replica always reads its own writes.
-    /// (dataset → last refresh, dataset → last commit through this replica).
-    pub(crate) refreshed: std::sync::Mutex<Freshness>,
-    /// On local disk: each table's log directory time at its last refresh.
-    pub(crate) log_stamps: std::sync::Mutex<HashMap<String, std::time::SystemTime>>,
+    /// What is known of each dataset's snapshot being current.
+    pub(crate) fresh: std::sync::Mutex<Freshness>,
 }
 
-/// When each dataset's snapshot was last refreshed, and last changed here.
-pub(crate) type Freshness = (
-    HashMap<String, std::time::Instant>,
-    HashMap<String, std::time::Instant>,
-);
+/// What is known of each cached snapshot being current, without reading the log.
+#[derive(Debug, Default)]
+pub(crate) struct Freshness {
+    /// Shared store: when each snapshot was last brought up to date. Within
+    /// [`SHARED_FRESH`] of that it is used as it is (one listing of the log per dataset
+    /// per second, not per query).
+    refreshed: HashMap<String, std::time::Instant>,
+    /// Shared store: when this replica last committed to each dataset; a refresh begun
+    /// before that may have missed the commit, so it does not count.
+    changed: HashMap<String, std::time::Instant>,
+    /// Local disk: each log directory's time at the last refresh. A commit adds a file
+    /// to the directory, changing its time; while it is unchanged the snapshot is
+    /// current, and one `stat` replaces listing the log.
+    log_stamps: HashMap<String, std::time::SystemTime>,
+}
+
+impl Freshness {
+    /// Whether the cached snapshot is current: on a shared store, refreshed within the
+    /// last second; on local disk, the log directory's time (`stamp`) unchanged.
+    fn current(&self, dataset: &str, shared: bool, stamp: Option<std::time::SystemTime>) -> bool {
+        if shared {
+            self.refreshed
+                .get(dataset)
+                .is_some_and(|at| at.elapsed() < SHARED_FRESH)
+        } else {
+            stamp.is_some() && self.log_stamps.get(dataset).copied() == stamp
+        }
+    }
+
+    /// Records a refresh that began at `started`, when the log directory's time was
+    /// `stamp`. A shared refresh counts unless this replica committed since it began. A
+    /// stamp counts once it is old enough that a commit in the same clock tick (file
+    /// times are coarse) cannot hide behind it; a younger one is not trusted, and the
+    /// next read refreshes again.
+    fn refreshed(
+        &mut self,
+        dataset: &str,
+        shared: bool,
+        started: std::time::Instant,
+        stamp: Option<std::time::SystemTime>,
+    ) {
+        const SETTLED: std::time::Duration = std::time::Duration::from_millis(50);
+        if shared {
+            if self
+                .changed
+                .get(dataset)
+                .is_none_or(|changed| *changed < started)
+            {
+                self.refreshed.insert(dataset.to_owned(), started);
+            }
+            return;
+        }
+        match stamp.filter(|s| s.elapsed().is_ok_and(|e| e > SETTLED)) {
+            Some(s) => {
+                self.log_stamps.insert(dataset.to_owned(), s);
+            }
+            None => {
+                self.log_stamps.remove(dataset);
+            }
+        }
+    }
+}
 
 /// How long a replica on a shared store serves a snapshot before looking for commits
 /// made through other replicas.
@@ -256,8 +315,7 @@ impl Store {
             cfg,
             locks: std::sync::Mutex::new(HashMap::new()),
             validations: tokio::sync::Semaphore::new(permits),
-            refreshed: std::sync::Mutex::new((HashMap::new(), HashMap::new())),
-            log_stamps: std::sync::Mutex::new(HashMap::new()),
+            fresh: std::sync::Mutex::new(Freshness::default()),
             replica_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         })
     }
@@ -273,11 +331,10 @@ impl Store {
         if let Some(shared) = &self.cfg.shared {
             // Other replicas may be between copying an upload's files up and committing
             // them: only files older than any upload could take are swept.
-            let shared = shared.clone();
             let age =
                 chrono::TimeDelta::from_std(self.cfg.orphan_age).map_err(StoreError::internal)?;
-            let removed = shared.clone().block_on(async move {
-                crate::commit::sweep_uncommitted_shared(&shared, age).await
+            let removed = shared.block_on(|store| async move {
+                crate::commit::sweep_uncommitted_shared(&store, age).await
             })?;
             if removed > 0 {
                 tracing::warn!(
@@ -425,30 +482,15 @@ impl Store {
             .clone();
         let mut cached = slot.lock().await;
         if let Some(table) = cached.as_mut() {
-            if self.cfg.shared.is_some() {
-                let recent = self
-                    .refreshed
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .0
-                    .get(dataset)
-                    .is_some_and(|at| at.elapsed() < SHARED_FRESH);
-                if recent {
-                    return Ok(table.clone());
-                }
-            }
-            // On local disk a commit adds a file to the log directory, changing its
-            // modification time: while that is what it was at the last refresh, the
-            // snapshot is current, and one `stat` replaces listing the log.
             let stamp = self.local_log_stamp(dataset);
-            if stamp.is_some() && self.log_stamps_get(dataset) == stamp {
+            if self.fresh().current(dataset, self.is_shared(), stamp) {
                 return Ok(table.clone());
             }
             let started = std::time::Instant::now();
             match table.update_incremental(None).await {
                 Ok(()) => {
-                    self.mark_refreshed(dataset, started);
-                    self.log_stamps_set(dataset, stamp);
+                    self.fresh()
+                        .refreshed(dataset, self.is_shared(), started, stamp);
                     return Ok(table.clone());
                 }
                 Err(e) => {
@@ -465,8 +507,8 @@ impl Store {
                 "dataset {dataset} has no data yet"
             )));
         }
-        self.mark_refreshed(dataset, started);
-        self.log_stamps_set(dataset, stamp);
+        self.fresh()
+            .refreshed(dataset, self.is_shared(), started, stamp);
         *cached = Some(table.clone());
         Ok(table)
     }
@@ -487,65 +529,24 @@ impl Store {
         .ok()
     }
 
-    fn log_stamps_get(&self, dataset: &str) -> Option<std::time::SystemTime> {
-        self.log_stamps
+    fn fresh(&self) -> std::sync::MutexGuard<'_, Freshness> {
+        self.fresh
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(dataset)
-            .copied()
-    }
-
-    /// Remembers the log directory's time read before a refresh, once it is old enough
-    /// that a commit in the same clock tick (file times are coarse) cannot hide behind
-    /// it; a younger one is not trusted, and the next read refreshes again.
-    fn log_stamps_set(&self, dataset: &str, stamp: Option<std::time::SystemTime>) {
-        const SETTLED: std::time::Duration = std::time::Duration::from_millis(50);
-        let mut stamps = self
-            .log_stamps
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match stamp.filter(|s| s.elapsed().is_ok_and(|e| e > SETTLED)) {
-            Some(s) => {
-                stamps.insert(dataset.to_owned(), s);
-            }
-            None => {
-                stamps.remove(dataset);
-            }
-        }
-    }
-
-    /// Records a refresh that began at `at`, unless this replica committed since then
-    /// (the refresh may have listed the log before that commit).
-    fn mark_refreshed(&self, dataset: &str, at: std::time::Instant) {
-        if self.cfg.shared.is_some() {
-            let mut f = self
-                .refreshed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if f.1.get(dataset).is_none_or(|changed| *changed < at) {
-                f.0.insert(dataset.to_owned(), at);
-            }
-        }
     }
 
     /// The next read of `dataset` brings its snapshot up to date whatever the time since
     /// the last (work that must see every replica's commits: the efficiency rebuild).
     pub fn look_again(&self, dataset: &str) {
-        self.refreshed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0
-            .remove(dataset);
+        self.fresh().refreshed.remove(dataset);
     }
 
     /// After a commit through this replica: the next read looks for it.
     pub(crate) fn changed(&self, dataset: &str) {
-        let mut f = self
-            .refreshed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f.0.remove(dataset);
-        f.1.insert(dataset.to_owned(), std::time::Instant::now());
+        let mut f = self.fresh();
+        f.refreshed.remove(dataset);
+        f.changed
+            .insert(dataset.to_owned(), std::time::Instant::now());
     }
 
     /// Latest committed version of a dataset, if it has data.

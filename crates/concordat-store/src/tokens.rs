@@ -91,10 +91,12 @@ pub struct Tokens {
     shared: Option<(crate::shared::Shared, Mutex<SharedRead>)>,
 }
 
-/// The shared register as last read: the entries by object name, and when.
+/// The shared register as last read: the entries by object name, the register they
+/// describe, and when.
 #[derive(Debug, Default)]
 struct SharedRead {
     entries: std::collections::BTreeMap<String, Entry>,
+    tokens: Vec<TokenInfo>,
     at: Option<std::time::Instant>,
 }
 
@@ -227,8 +229,7 @@ impl Tokens {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if read.at.is_none_or(|at| at.elapsed() > SHARED_FRESH) {
                 let known: Vec<String> = read.entries.keys().cloned().collect();
-                let store = shared.clone();
-                let new = shared.block_on(async move {
+                let new = shared.block_on(|store| async move {
                     let mut new = Vec::new();
                     for (key, _) in store.list("tokens", None).await? {
                         if known.binary_search(&key).is_err()
@@ -239,6 +240,7 @@ impl Tokens {
                     }
                     Ok::<_, StoreError>(new)
                 })?;
+                let grew = !new.is_empty();
                 for (key, bytes) in new {
                     match serde_json::from_slice::<Entry>(&bytes) {
                         Ok(e) => {
@@ -247,9 +249,12 @@ impl Tokens {
                         Err(e) => tracing::warn!(error = %e, "token register entry skipped"),
                     }
                 }
+                if grew {
+                    read.tokens = replay(read.entries.values());
+                }
                 read.at = Some(std::time::Instant::now());
             }
-            return Ok(f(&replay(read.entries.values())));
+            return Ok(f(&read.tokens));
         }
         let len = match std::fs::metadata(&self.path) {
             Ok(m) => m.len(),
@@ -300,8 +305,8 @@ impl Tokens {
             );
             let bytes =
                 bytes::Bytes::from(serde_json::to_vec(entry).map_err(StoreError::internal)?);
-            let store = shared.clone();
-            let created = shared.block_on(async move { store.put_new(&key, bytes).await })?;
+            let created =
+                shared.block_on(|store| async move { store.put_new(&key, bytes).await })?;
             if !created {
                 return Err(StoreError::Internal(
                     "a token entry's name was taken".into(),
