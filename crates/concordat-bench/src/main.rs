@@ -246,6 +246,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (_, up_rows) = gw.upload("probation", "reoffending_cohort", &reo).await?;
     let upload_time = started.elapsed();
     let mib = reo_bytes / (1 << 20) as f64;
+    // Where the upload's time went, as the server logged it.
+    let stages: Vec<String> = std::fs::read_to_string(&gw.server.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("upload received") || l.contains("upload validated and written"))
+        .map(|l| {
+            // The log is coloured: drop the escape sequences.
+            let mut plain = String::with_capacity(l.len());
+            let mut escaped = false;
+            for c in l.chars() {
+                match (escaped, c) {
+                    (false, '\x1b') => escaped = true,
+                    (false, c) => plain.push(c),
+                    (true, 'm') => escaped = false,
+                    (true, _) => {}
+                }
+            }
+            plain
+                .split_whitespace()
+                .filter(|w| {
+                    ["receive_ms=", "validate_ms=", "write_ms="]
+                        .iter()
+                        .any(|k| w.starts_with(k))
+                })
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
     let ingest = serde_json::json!({
         "file_mib": mib,
         "rows": up_rows,
@@ -258,6 +287,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "upload_over_decode": decode_time.as_secs_f64() / upload_time.as_secs_f64(),
         "server_idle_mib": idle,
         "server_peak_mib": peak_rss_mib(pid),
+        "server_stages": stages.join(" "),
     });
     println!("\n## Ingest (reoffending_cohort, {mib:.0} MiB, {up_rows} rows)\n");
     println!("| | seconds | rows/s | MiB/s |\n| --- | ---: | ---: | ---: |");
@@ -279,6 +309,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         peak_rss_mib(pid).unwrap_or(f64::NAN),
         idle.unwrap_or(f64::NAN)
     );
+    println!("The server's own times for it: {}.", stages.join(", "));
     report.insert("ingest".into(), ingest);
     if let Some(big) = args.big_upload_scale {
         let path = args.data.join(format!("big-reoffending-{big}.parquet"));

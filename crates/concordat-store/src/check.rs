@@ -5,11 +5,18 @@
 
 use std::path::Path;
 
-use arrow::array::ArrayRef;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema};
 use concordat_core::DatasetSchema;
+use concordat_core::schema::{ColumnType, Format};
 use concordat_policy::ScopeFilter;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
@@ -71,66 +78,77 @@ fn decode_validate_write(
     };
     let mut file = std::fs::File::open(path).map_err(StoreError::internal)?;
     let inspected = inspect(&mut file, schema, limits).map_err(StoreError::Validation)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|_| corrupt())?;
-    let mask = ProjectionMask::roots(
-        builder.parquet_schema(),
-        inspected.projection.iter().copied(),
-    );
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(batch_rows)
-        .build()
-        .map_err(|_| corrupt())?;
+    let coded = coded_columns(schema);
+    let reader = decoder(file, &inspected.projection, &coded, batch_rows).ok_or_else(corrupt)?;
     let mut checker = RowChecker::new(schema, scope, agreements);
-    // Encoding runs on a thread of its own while the next batch is decoded and checked,
-    // so both cores work; the channel holds at most two batches.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ArrayRef>>(2);
-    let mut sink = Sink::new(out, file_schema(schema), plain_columns(schema));
-    let writer = std::thread::Builder::new()
-        .name("concordat-encode".into())
-        .stack_size(1 << 20)
-        .spawn(move || -> Result<Vec<DataFile>, StoreError> {
-            for cols in rx {
-                sink.write(cols)?;
-            }
-            sink.finish()
-        })
-        .map_err(|_| {
-            StoreError::Validation(Violations::single(Violation {
-                row: None,
-                column: None,
-                rule: "limits".into(),
-                message: "the file could not be checked within the validation memory limit".into(),
-            }))
-        })?;
+    // Encoding costs more than decoding and checking: batches go in turn to two
+    // encoders on threads of their own (each writing its own files), so both cores
+    // work; each channel holds at most one batch.
+    let stored = file_schema(schema);
+    let mut encoders = Vec::with_capacity(ENCODERS);
+    for e in 0..ENCODERS {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ArrayRef>>(1);
+        let mut sink = Sink::new(
+            out,
+            stored.clone(),
+            plain_columns(schema),
+            &format!("part-{e}"),
+        );
+        let thread = std::thread::Builder::new()
+            .name("concordat-encode".into())
+            .stack_size(1 << 20)
+            .spawn(move || -> Result<Vec<DataFile>, StoreError> {
+                for cols in rx {
+                    sink.write(cols)?;
+                }
+                sink.finish()
+            })
+            .map_err(|_| {
+                StoreError::Validation(Violations::single(Violation {
+                    row: None,
+                    column: None,
+                    rule: "limits".into(),
+                    message: "the file could not be checked within the validation memory limit"
+                        .into(),
+                }))
+            })?;
+        encoders.push((tx, thread));
+    }
     let decoded = (|| -> Result<(), StoreError> {
-        for batch in reader {
+        for (n, batch) in reader.enumerate() {
             let batch = batch.map_err(|_| corrupt())?;
             let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
-            for c in &schema.columns {
+            for (c, coded) in schema.columns.iter().zip(&coded) {
                 let a = batch.column_by_name(&c.name).ok_or_else(corrupt)?;
-                let want = arrow_type(c.data_type);
-                cols.push(if a.data_type() == &want {
-                    a.clone()
-                } else {
-                    arrow::compute::cast(a, &want).map_err(|_| corrupt())?
-                });
+                cols.push(canonical(a, c.data_type, *coded).ok_or_else(corrupt)?);
             }
             checker.check(&cols);
             // Once a rule is broken nothing will be committed: stop writing, keep checking.
-            if checker.violations.count == 0 && tx.send(cols).is_err() {
-                // The writer stopped: its error is reported below.
+            if checker.violations.count == 0 && encoders[n % ENCODERS].0.send(cols).is_err() {
+                // An encoder stopped: its error is reported below.
                 break;
             }
         }
         Ok(())
     })();
-    drop(tx);
-    let written = writer
-        .join()
-        .map_err(|_| StoreError::Internal("the data file writer panicked".into()))?;
+    let mut files = Vec::new();
+    let mut failed = None;
+    for (tx, thread) in encoders {
+        drop(tx);
+        match thread.join() {
+            Ok(Ok(f)) => files.extend(f),
+            Ok(Err(e)) => failed = failed.or(Some(e)),
+            Err(_) => {
+                failed = failed.or(Some(StoreError::Internal(
+                    "the data file writer panicked".into(),
+                )))
+            }
+        }
+    }
     decoded?;
-    let files = written?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if checker.violations.count > 0 {
         let mut v = checker.violations;
         v.sort();
@@ -161,4 +179,93 @@ fn decode_validate_write(
         periods: checker.periods.into_iter().collect(),
         files,
     })
+}
+
+/// Threads encoding data files.
+const ENCODERS: usize = 2;
+
+/// The type text columns of few distinct values are decoded, checked and written as.
+fn coded_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// Per column, whether it is text of few distinct values (an enum, a reference or a
+/// period), kept as a dictionary from decoding to encoding: each distinct value is
+/// decoded and checked once, not once per row.
+fn coded_columns(schema: &DatasetSchema) -> Vec<bool> {
+    schema
+        .columns
+        .iter()
+        .map(|c| {
+            c.data_type == ColumnType::Utf8
+                && !c.pseudonym
+                && (c.allowed.is_some()
+                    || c.reference.is_some()
+                    || matches!(c.format, Some(Format::Quarter | Format::FinancialYear)))
+        })
+        .collect()
+}
+
+/// A decoder of the `projection` (root columns) of `file` that decodes the coded text
+/// columns as dictionaries.
+fn decoder(
+    file: std::fs::File,
+    projection: &[usize],
+    coded: &[bool],
+    batch_rows: usize,
+) -> Option<ParquetRecordBatchReader> {
+    let options = ArrowReaderOptions::new();
+    let meta = ArrowReaderMetadata::load(&file, options.clone()).ok()?;
+    let fields: Vec<Field> = meta
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let is_coded = projection
+                .iter()
+                .position(|p| *p == i)
+                .is_some_and(|k| coded.get(k).copied().unwrap_or(false));
+            if is_coded && f.data_type() == &DataType::Utf8 {
+                f.as_ref().clone().with_data_type(coded_type())
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    let hinted = Arc::new(Schema::new_with_metadata(
+        fields,
+        meta.schema().metadata().clone(),
+    ));
+    let meta =
+        ArrowReaderMetadata::try_new(meta.metadata().clone(), options.with_schema(hinted)).ok()?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta);
+    let mask = ProjectionMask::roots(builder.parquet_schema(), projection.iter().copied());
+    builder
+        .with_projection(mask)
+        .with_batch_size(batch_rows)
+        .build()
+        .ok()
+}
+
+/// A decoded column in the type it is checked and written as: coded text as a
+/// dictionary of valid UTF-8 with `Int32` keys, anything else in the schema's type.
+fn canonical(a: &ArrayRef, t: ColumnType, coded: bool) -> Option<ArrayRef> {
+    if !coded {
+        let want = arrow_type(t);
+        return if a.data_type() == &want {
+            Some(a.clone())
+        } else {
+            arrow::compute::cast(a, &want).ok()
+        };
+    }
+    if a.data_type() == &coded_type() {
+        // The decoder checks keys against the dictionary; the dictionary's own text is
+        // checked here, once per batch (it is small).
+        let d = a.as_dictionary::<Int32Type>();
+        d.values().to_data().validate_full().ok()?;
+        return Some(a.clone());
+    }
+    let text = arrow::compute::cast(a, &DataType::Utf8).ok()?;
+    arrow::compute::cast(&text, &coded_type()).ok()
 }

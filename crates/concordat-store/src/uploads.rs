@@ -168,8 +168,15 @@ impl Uploads {
         if call.declared_bytes.is_some_and(|n| n > limit) {
             return Err(StoreError::TooLarge { limit });
         }
+        let receiving = std::time::Instant::now();
         let file = self.store.stage(call.body).await?;
         let bytes = file.bytes;
+        tracing::info!(
+            dataset = %dataset,
+            bytes,
+            receive_ms = receiving.elapsed().as_millis() as u64,
+            "upload received"
+        );
         ev.event().bytes = Some(bytes);
         let outcome = self
             .store

@@ -6,10 +6,13 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Scalar, StringArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int32Array, Scalar, StringArray,
+};
+use arrow::buffer::BooleanBuffer;
 use arrow::compute::kernels::cmp;
 use arrow::compute::{and, not, or};
-use arrow::datatypes::{DataType, Float64Type};
+use arrow::datatypes::{DataType, Float64Type, Int32Type};
 use arrow::error::ArrowError;
 use chrono::NaiveDate;
 use concordat_core::schema::{ColumnType, Condition, Format, ReferenceKind, Rule, RuleKind};
@@ -73,13 +76,10 @@ impl Cond {
     fn mask(&self, cols: &[ArrayRef]) -> Result<BooleanArray, ArrowError> {
         match self {
             Cond::Bool { col, value } => cmp::eq(&cols[*col], &BooleanArray::new_scalar(*value)),
-            Cond::Text { col, value } => {
-                cmp::eq(&cols[*col], &StringArray::new_scalar(value.as_str()))
+            Cond::Text { col, value } => Ok(Text::of(&cols[*col])?.mask(|v| v == value)),
+            Cond::EndsWith { col, suffix } => {
+                Ok(Text::of(&cols[*col])?.mask(|v| v.ends_with(suffix.as_str())))
             }
-            Cond::EndsWith { col, suffix } => arrow::compute::kernels::comparison::ends_with(
-                &cols[*col],
-                &StringArray::new_scalar(suffix.as_str()),
-            ),
         }
     }
 }
@@ -120,6 +120,153 @@ fn text_mask(s: &StringArray, test: impl Fn(&str) -> bool) -> BooleanArray {
             })
         })
         .collect()
+}
+
+/// A text column as decoded: plain strings, or `Int32` keys into a dictionary of them.
+#[derive(Clone, Copy)]
+enum Text<'a> {
+    Plain(&'a StringArray),
+    Coded(&'a Int32Array, &'a StringArray),
+}
+
+impl<'a> Text<'a> {
+    fn of(a: &'a ArrayRef) -> Result<Text<'a>, ArrowError> {
+        match a.data_type() {
+            DataType::Utf8 => Ok(Text::Plain(a.as_string::<i32>())),
+            DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => {
+                let d = a.as_dictionary::<Int32Type>();
+                Ok(Text::Coded(d.keys(), d.values().as_string::<i32>()))
+            }
+            t => Err(ArrowError::InvalidArgumentError(format!(
+                "a text column decoded as {t}"
+            ))),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Text::Plain(s) => s.len(),
+            Text::Coded(k, _) => k.len(),
+        }
+    }
+
+    /// The value of row `i`.
+    fn get(&self, i: usize) -> Option<&'a str> {
+        match self {
+            Text::Plain(s) => s.is_valid(i).then(|| s.value(i)),
+            Text::Coded(k, v) => {
+                if !k.is_valid(i) {
+                    return None;
+                }
+                let key = usize::try_from(k.value(i)).ok()?;
+                (key < v.len() && v.is_valid(key)).then(|| v.value(key))
+            }
+        }
+    }
+
+    /// An identity of row `i`'s value that is cheap to compare (the key when coded).
+    fn id(&self, i: usize) -> Option<usize> {
+        match self {
+            Text::Plain(_) => None,
+            Text::Coded(k, _) => k.is_valid(i).then(|| k.value(i) as usize),
+        }
+    }
+
+    /// A mask from a test of each distinct value (null where the row is null): coded
+    /// columns test each dictionary value once and map the keys.
+    fn mask(&self, test: impl Fn(&str) -> bool) -> BooleanArray {
+        match self {
+            Text::Plain(s) => text_mask(s, test),
+            Text::Coded(keys, values) => {
+                let per_value: Vec<bool> = values.iter().map(|v| v.is_some_and(&test)).collect();
+                let k = keys.values();
+                let bits = BooleanBuffer::collect_bool(k.len(), |i| {
+                    usize::try_from(k[i])
+                        .ok()
+                        .and_then(|key| per_value.get(key).copied())
+                        .unwrap_or(false)
+                });
+                BooleanArray::new(bits, keys.nulls().cloned())
+            }
+        }
+    }
+
+    /// The distinct values present (for a coded column, those some row refers to).
+    fn present(&self, mut each: impl FnMut(&str)) {
+        match self {
+            Text::Plain(s) => {
+                let mut last: Option<&str> = None;
+                for v in s.iter().flatten() {
+                    if last != Some(v) {
+                        each(v);
+                        last = Some(v);
+                    }
+                }
+            }
+            Text::Coded(keys, values) => {
+                let mut used = vec![false; values.len()];
+                for k in keys.iter().flatten() {
+                    if let Some(u) = usize::try_from(k).ok().and_then(|k| used.get_mut(k)) {
+                        *u = true;
+                    }
+                }
+                for (i, u) in used.into_iter().enumerate() {
+                    if u && values.is_valid(i) {
+                        each(values.value(i));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A mask from a test of each row's pair of text values (null where either is null);
+/// each distinct pair is tested once when both columns are coded, and runs of one pair
+/// are not looked up again.
+fn pair_mask(a: Text, b: Text, test: impl Fn(&str, &str) -> bool) -> BooleanArray {
+    let mut memo: HashMap<(usize, usize), bool, foldhash::fast::RandomState> = HashMap::default();
+    let mut last: Option<((&str, &str), bool)> = None;
+    (0..a.len())
+        .map(|i| {
+            if let (Some(x), Some(y)) = (a.id(i), b.id(i)) {
+                if let Some(r) = memo.get(&(x, y)) {
+                    return Some(*r);
+                }
+                let (p, q) = (a.get(i)?, b.get(i)?);
+                let r = test(p, q);
+                memo.insert((x, y), r);
+                return Some(r);
+            }
+            let (p, q) = (a.get(i)?, b.get(i)?);
+            Some(match last {
+                Some((l, r)) if l == (p, q) => r,
+                _ => {
+                    let r = test(p, q);
+                    last = Some(((p, q), r));
+                    r
+                }
+            })
+        })
+        .collect()
+}
+
+/// Rows whose value is not a pseudonym (64 lowercase hexadecimal characters). The whole
+/// value buffer is tested at once; rows are looked at one by one only if it fails.
+fn hex64_mask(t: Text) -> BooleanArray {
+    let valid =
+        |v: &str| v.len() == 64 && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if let Text::Plain(s) = t {
+        let offsets = s.value_offsets();
+        let all_64 = offsets.windows(2).all(|w| w[1] - w[0] == 64);
+        let start = offsets.first().copied().unwrap_or(0) as usize;
+        let end = offsets.last().copied().unwrap_or(0) as usize;
+        let bytes = s.values().get(start..end).unwrap_or_default();
+        if all_64 && bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return BooleanArray::new(BooleanBuffer::new_unset(s.len()), s.nulls().cloned());
+        }
+        return s.iter().map(|v| v.map(|v| !valid(v))).collect();
+    }
+    t.mask(|v| !valid(v))
 }
 
 /// The rows where a mask is true (null counts as false), in order.
@@ -252,17 +399,17 @@ impl<'a> RowChecker<'a> {
                 "the file could not be checked: its values could not be read".into()
             });
         }
-        if let Some(p) = self.period_col {
-            let a = cols[p].as_string::<i32>();
-            for v in a.iter().flatten() {
-                if !self.periods.contains(v)
-                    && self.periods.len() < 10_000
+        if let Some(text) = self.period_col.and_then(|p| Text::of(&cols[p]).ok()) {
+            let periods = &mut self.periods;
+            text.present(|v| {
+                if !periods.contains(v)
+                    && periods.len() < 10_000
                     && (Quarter::parse(v).is_some()
                         || concordat_core::FinancialYear::parse(v).is_some())
                 {
-                    self.periods.insert(v.to_owned());
+                    periods.insert(v.to_owned());
                 }
-            }
+            });
         }
         self.rows += n as u64;
     }
@@ -277,9 +424,8 @@ impl<'a> RowChecker<'a> {
         if let Some(f) = self.force_col {
             let reference = self.reference;
             let scope = self.scope;
-            let outside = text_mask(cols[f].as_string::<i32>(), |v| {
-                reference.force(v).is_some() && !scope.allows(v)
-            });
+            let outside =
+                Text::of(&cols[f])?.mask(|v| reference.force(v).is_some() && !scope.allows(v));
             let agreements = self.scope_agreements.clone();
             let column = self.schema.columns[f].name.clone();
             for row in rows_of(&outside) {
@@ -318,9 +464,9 @@ impl<'a> RowChecker<'a> {
         }
         match col.data_type {
             ColumnType::Utf8 => {
-                let s = a.as_string::<i32>();
+                let s = Text::of(a)?;
                 if let Some(set) = &self.enums[i] {
-                    let outside = text_mask(s, |v| !set.contains(v));
+                    let outside = s.mask(|v| !set.contains(v));
                     let allowed = col.allowed.as_deref().unwrap_or_default().join(", ");
                     self.report(&outside, name, "enum", &|| {
                         format!("`{name}` must be one of: {allowed}")
@@ -349,23 +495,23 @@ impl<'a> RowChecker<'a> {
                 };
                 if let Some((valid, message)) = format {
                     let bad = if col.format == Some(Format::Hex64) {
-                        // Pseudonyms are nearly all distinct: test each row, keep no memo.
-                        s.iter().map(|v| v.map(|v| !valid(v))).collect()
+                        // Pseudonyms are nearly all distinct: no memo.
+                        hex64_mask(s)
                     } else {
-                        text_mask(s, |v| !valid(v))
+                        s.mask(|v| !valid(v))
                     };
                     self.report(&bad, name, "format", &|| message.clone());
                 }
                 let reference = self.reference;
                 let bad_reference = match col.reference {
                     Some(ReferenceKind::PfaCode) => Some((
-                        text_mask(s, |v| reference.force(v).is_none()),
+                        s.mask(|v| reference.force(v).is_none()),
                         format!(
                             "`{name}` must be one of the 43 police force area codes (see police_forces)"
                         ),
                     )),
                     Some(ReferenceKind::ProbationRegionCode) => Some((
-                        text_mask(s, |v| !reference.is_probation_region(v)),
+                        s.mask(|v| !reference.is_probation_region(v)),
                         format!("`{name}` must be a probation region code (N03, N07, N50 to N59)"),
                     )),
                     None => None,
@@ -455,19 +601,12 @@ impl<'a> RowChecker<'a> {
                 pfa_column,
                 region_column,
             } => {
-                let p = cols[idx(pfa_column)].as_string::<i32>();
-                let g = cols[idx(region_column)].as_string::<i32>();
-                let mask: BooleanArray = p
-                    .iter()
-                    .zip(g.iter())
-                    .map(|(p, g)| match (p, g) {
-                        (Some(p), Some(g)) => Some(
-                            self.pfa_region.get(p).is_some_and(|want| want != g)
-                                && self.reference.is_probation_region(g),
-                        ),
-                        _ => None,
-                    })
-                    .collect();
+                let p = Text::of(&cols[idx(pfa_column)])?;
+                let g = Text::of(&cols[idx(region_column)])?;
+                let mask = pair_mask(p, g, |p, g| {
+                    self.pfa_region.get(p).is_some_and(|want| want != g)
+                        && self.reference.is_probation_region(g)
+                });
                 bad.push((region_column.clone(), mask));
             }
             RuleKind::MemberOfGroup {
@@ -475,20 +614,13 @@ impl<'a> RowChecker<'a> {
                 group_column,
                 groups,
             } => {
-                let v = cols[idx(column)].as_string::<i32>();
-                let g = cols[idx(group_column)].as_string::<i32>();
-                let mask: BooleanArray = v
-                    .iter()
-                    .zip(g.iter())
-                    .map(|(v, g)| match (v, g) {
-                        (Some(v), Some(g)) => Some(
-                            groups
-                                .get(g)
-                                .is_some_and(|members| !members.iter().any(|m| m == v)),
-                        ),
-                        _ => None,
-                    })
-                    .collect();
+                let v = Text::of(&cols[idx(column)])?;
+                let g = Text::of(&cols[idx(group_column)])?;
+                let mask = pair_mask(v, g, |v, g| {
+                    groups
+                        .get(g)
+                        .is_some_and(|members| !members.iter().any(|m| m == v))
+                });
                 bad.push((column.clone(), mask));
             }
             RuleKind::RangeWhen {
@@ -544,4 +676,139 @@ fn row_key(
 fn rand_seed(salt: u64) -> u64 {
     use std::hash::BuildHasher;
     std::collections::hash_map::RandomState::new().hash_one(salt)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{BooleanArray, DictionaryArray, Int32Array, StringArray};
+    use arrow::datatypes::DataType;
+
+    use super::*;
+
+    const PERSON: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// Reoffending rows: rows 2 (a male juvenile in Kent) and 4 (an unknown sex) are
+    /// wrong in different ways, the rest are valid.
+    fn rows() -> Vec<Vec<Option<&'static str>>> {
+        let upper = "0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef";
+        vec![
+            // person, quarter, pfa, region, adult/juvenile, sex
+            vec![
+                Some(PERSON),
+                Some("2024Q1"),
+                Some("E23000032"),
+                Some("N57"),
+                Some("adult"),
+                Some("male"),
+            ],
+            vec![
+                Some(upper),
+                Some("2024Q1"),
+                Some("E23000032"),
+                Some("N59"),
+                Some("juvenile"),
+                Some("male"),
+            ],
+            vec![
+                Some(PERSON),
+                Some("2024Q2"),
+                Some("E23000032"),
+                Some("N57"),
+                Some("adult"),
+                Some("female"),
+            ],
+            vec![
+                Some(PERSON),
+                Some("2024Q5"),
+                Some("E23000032"),
+                Some("N57"),
+                Some("adult"),
+                Some("other"),
+            ],
+        ]
+    }
+
+    fn check(coded: bool) -> (Vec<(u64, String, String)>, BTreeSet<String>) {
+        let schema = concordat_core::Schemas::builtin()
+            .get("reoffending_cohort")
+            .expect("schema");
+        let scope = ScopeFilter::All;
+        let mut checker = RowChecker::new(schema, &scope, &[]);
+        let rows = rows();
+        let text = |c: usize| -> ArrayRef {
+            let values: Vec<Option<&str>> = rows.iter().map(|r| r[c]).collect();
+            if coded && c > 0 {
+                Arc::new(values.into_iter().collect::<DictionaryArray<Int32Type>>())
+            } else {
+                Arc::new(StringArray::from(values))
+            }
+        };
+        let n = rows.len();
+        let mut cols: Vec<ArrayRef> = (0..6).map(text).collect();
+        for band in ["25-29", "theft", "court_order", "0"] {
+            let values = vec![band; n];
+            cols.push(if coded {
+                Arc::new(values.into_iter().collect::<DictionaryArray<Int32Type>>())
+            } else {
+                Arc::new(StringArray::from(values))
+            });
+        }
+        cols.push(Arc::new(BooleanArray::from(vec![false; n])));
+        cols.push(Arc::new(Int32Array::from(vec![0; n])));
+        cols.push(arrow::array::new_null_array(&DataType::Int32, n));
+        checker.check(&cols);
+        let mut found: Vec<(u64, String, String)> = checker
+            .violations
+            .violations
+            .iter()
+            .map(|v| {
+                (
+                    v.row.unwrap_or(0),
+                    v.column.clone().unwrap_or_default(),
+                    v.rule.clone(),
+                )
+            })
+            .collect();
+        found.sort();
+        (found, checker.periods)
+    }
+
+    #[test]
+    fn coded_and_plain_text_break_the_same_rules_at_the_same_rows() {
+        let (plain, plain_periods) = check(false);
+        let (coded, coded_periods) = check(true);
+        let want = vec![
+            (2, "person_id".to_owned(), "format".to_owned()),
+            (
+                2,
+                "probation_region_code".to_owned(),
+                "pfa_in_probation_region".to_owned(),
+            ),
+            (4, "cohort_quarter".to_owned(), "format".to_owned()),
+            (4, "sex".to_owned(), "enum".to_owned()),
+        ];
+        assert_eq!(plain, want);
+        assert_eq!(coded, want);
+        let periods: BTreeSet<String> = ["2024Q1", "2024Q2"].map(str::to_owned).into();
+        assert_eq!(plain_periods, periods);
+        assert_eq!(coded_periods, periods);
+    }
+
+    #[test]
+    fn a_pseudonym_is_tested_whole_and_row_by_row_alike() {
+        let good = StringArray::from(vec![Some(PERSON), None, Some(PERSON)]);
+        let mask = hex64_mask(Text::Plain(&good));
+        assert_eq!(mask.true_count(), 0);
+        assert_eq!(mask.null_count(), 1);
+        let short = &PERSON[..63];
+        let bad = StringArray::from(vec![Some(PERSON), Some(short), Some("g")]);
+        let mask = hex64_mask(Text::Plain(&bad));
+        assert_eq!(rows_of(&mask), vec![1, 2]);
+        // Every length right but one character wrong.
+        let wrong = PERSON.replace('f', "F");
+        let bad = StringArray::from(vec![PERSON, wrong.as_str()]);
+        assert_eq!(rows_of(&hex64_mask(Text::Plain(&bad))), vec![1]);
+    }
 }
