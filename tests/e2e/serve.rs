@@ -297,3 +297,41 @@ fn the_dataset_schema_shows_exactly_the_columns_a_query_can_use() {
         "no agreement: the dataset does not exist for the Home Office"
     );
 }
+
+/// The server's environment, as the kernel holds it for its process id.
+fn environ(server: &Server) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{}/environ", server.child.id())).expect("environ");
+    raw.split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[test]
+fn the_server_runs_with_allocator_settings_that_give_memory_back_unless_the_operator_set_them() {
+    let site = Site::new();
+    let server = site.serve();
+    let env = environ(&server);
+    for want in [
+        "MALLOC_ARENA_MAX=2",
+        "MALLOC_MMAP_THRESHOLD_=1048576",
+        "MALLOC_TRIM_THRESHOLD_=1048576",
+    ] {
+        assert!(env.iter().any(|v| v == want), "{want} missing: {env:?}");
+    }
+    let (status, _) = json(
+        client()
+            .get(format!("{}/readyz", server.url))
+            .send()
+            .expect("readyz"),
+    );
+    assert_eq!(status, 200);
+    drop(server);
+
+    let own = site.serve_with(&[("MALLOC_ARENA_MAX", "4")]);
+    let env = environ(&own);
+    assert!(env.iter().any(|v| v == "MALLOC_ARENA_MAX=4"), "{env:?}");
+    assert!(
+        !env.iter().any(|v| v.starts_with("MALLOC_MMAP_THRESHOLD_=")),
+        "{env:?}"
+    );
+}

@@ -285,8 +285,51 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
+/// The allocator settings a long-running server gets: glibc's malloc otherwise keeps
+/// what a large upload or rebuild freed (a per-thread arena for each of its threads and
+/// a threshold that grows as large blocks are freed), and the process stays hundreds of
+/// MiB above what it uses. Buffers from 1 MiB up are mapped and returned when freed;
+/// two arenas. glibc reads these only as a process starts, so the server starts itself
+/// again with them (same process id) unless the operator set any of them.
+const MALLOC_SETTINGS: [(&str, &str); 3] = [
+    ("MALLOC_ARENA_MAX", "2"),
+    ("MALLOC_MMAP_THRESHOLD_", "1048576"),
+    ("MALLOC_TRIM_THRESHOLD_", "1048576"),
+];
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn with_server_malloc_settings(cli: &Cli) {
+    use std::os::unix::process::CommandExt;
+    let serving = matches!(cli.command, Command::Serve { .. } | Command::Demo { .. });
+    if !serving
+        || MALLOC_SETTINGS
+            .iter()
+            .any(|(k, _)| std::env::var_os(k).is_some())
+    {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let _ = args.next();
+    let err = std::process::Command::new(exe)
+        .args(args)
+        .envs(MALLOC_SETTINGS)
+        .exec();
+    // Only reached if the exec failed: go on with the defaults.
+    eprintln!("warning: could not restart with the server's allocator settings: {err}");
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn with_server_malloc_settings(_: &Cli) {
+    let _ = MALLOC_SETTINGS;
+}
+
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    with_server_malloc_settings(&cli);
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

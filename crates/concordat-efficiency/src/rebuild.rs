@@ -66,6 +66,9 @@ pub async fn rebuild(store: &Store, release: Release<'_>) -> Result<Option<u64>,
 
 /// The lease under which one replica rebuilds at a time.
 const LEASE: &str = "efficiency-rebuild";
+/// Memory of the rebuild's operators: grouping tens of millions of rows by person
+/// spills to disk beyond it.
+const REBUILD_MEMORY: usize = 128 << 20;
 /// How long a rebuild's lease lasts unless renewed (it is, every third of this).
 const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 /// How often a replica on a shared store checks for inputs changed elsewhere.
@@ -140,7 +143,7 @@ impl Rebuilder {
         let Some(_lease) = store.lease(LEASE, LEASE_TTL).await? else {
             return Ok(None);
         };
-        let session = query.session().map_err(q)?;
+        let session = query.background_session(REBUILD_MEMORY).map_err(q)?;
         let key = query.record_key();
         let terms = policies.derived_terms(&RECORD_LEVEL_INPUTS);
         let store = store.clone();

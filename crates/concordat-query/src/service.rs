@@ -262,6 +262,24 @@ impl QueryService {
         .map_err(QueryError::internal)
     }
 
+    /// A session for work in the background (the efficiency rebuild): one partition, so
+    /// one file is decoded at a time, and at most `memory_bytes` for its operators
+    /// (fewer if queries get less), spilling to disk beyond that; it leaves the other
+    /// core to the analysts.
+    pub fn background_session(
+        &self,
+        memory_bytes: usize,
+    ) -> Result<datafusion::prelude::SessionContext, QueryError> {
+        session::locked_session(
+            memory_bytes.min(self.limits.memory_bytes),
+            &self.spill_dir,
+            self.limits.spill_bytes,
+            1,
+            &self.footers,
+        )
+        .map_err(QueryError::internal)
+    }
+
     /// The secret behind disclosure control's record keys.
     pub fn record_key(&self) -> Arc<sdc::cellkey::RecordKey> {
         self.record_key.clone()
