@@ -261,11 +261,47 @@ fn canonical(a: &ArrayRef, t: ColumnType, coded: bool) -> Option<ArrayRef> {
     }
     if a.data_type() == &coded_type() {
         // The decoder checks keys against the dictionary; the dictionary's own text is
-        // checked here, once per batch (it is small).
+        // checked here, each batch. A dictionary larger than the batch (a hostile file's
+        // way to make every batch cost the whole dictionary) is first cut down to the
+        // values the batch uses, so each batch costs at most its own rows.
         let d = a.as_dictionary::<Int32Type>();
-        d.values().to_data().validate_full().ok()?;
-        return Some(a.clone());
+        if d.values().len() <= d.len() {
+            d.values().to_data().validate_full().ok()?;
+            return Some(a.clone());
+        }
+        let used = arrow::compute::take(d.values(), d.keys(), None).ok()?;
+        used.to_data().validate_full().ok()?;
+        return arrow::compute::cast(&used, &coded_type()).ok();
     }
     let text = arrow::compute::cast(a, &DataType::Utf8).ok()?;
     arrow::compute::cast(&text, &coded_type()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{DictionaryArray, Int32Array, StringArray};
+
+    use super::*;
+
+    #[test]
+    fn a_dictionary_larger_than_its_batch_is_cut_to_the_values_the_batch_uses() {
+        let values: Vec<String> = (0..10).map(|i| format!("v{i}")).collect();
+        let values = StringArray::from_iter_values(values);
+        let keys = Int32Array::from(vec![Some(7), None, Some(2)]);
+        let a: ArrayRef = Arc::new(DictionaryArray::new(keys, Arc::new(values)));
+        let c = canonical(&a, ColumnType::Utf8, true).expect("canonical");
+        let d = c.as_dictionary::<Int32Type>();
+        assert!(d.values().len() <= 2, "{} values kept", d.values().len());
+        let text = arrow::compute::cast(&c, &DataType::Utf8).expect("text");
+        let text: Vec<Option<&str>> = text.as_string::<i32>().iter().collect();
+        assert_eq!(text, vec![Some("v7"), None, Some("v2")]);
+        // A dictionary no larger than its batch is kept as it is.
+        let small: ArrayRef = Arc::new(
+            vec![Some("a"), Some("b"), Some("a")]
+                .into_iter()
+                .collect::<DictionaryArray<Int32Type>>(),
+        );
+        let kept = canonical(&small, ColumnType::Utf8, true).expect("canonical");
+        assert!(Arc::ptr_eq(&kept, &small));
+    }
 }
