@@ -252,10 +252,18 @@ impl Sink {
         let metadata = writer.close().map_err(io)?;
         let path = self.dir.join(&name);
         let bytes = std::fs::metadata(&path).map_err(io)?.len();
-        // The file reaches the disk while the next one is encoded.
-        self.syncing.push(std::thread::spawn(move || {
-            File::open(&path).and_then(|f| f.sync_all())
-        }));
+        // The file reaches the disk while the next one is encoded, on a thread with a
+        // small stack (the worker's memory limit counts stacks too); if none can be
+        // started, it is synced here.
+        let sync = move || File::open(&path).and_then(|f| f.sync_all());
+        let started = std::thread::Builder::new()
+            .name("concordat-sync".into())
+            .stack_size(64 << 10)
+            .spawn(sync.clone());
+        match started {
+            Ok(handle) => self.syncing.push(handle),
+            Err(_) => sync().map_err(io)?,
+        }
         let (mut min, mut max, mut nulls) = (Map::new(), Map::new(), Map::new());
         for (f, n) in self.stored.fields().iter().zip(&self.nulls) {
             nulls.insert(f.name().clone(), json!(n));
