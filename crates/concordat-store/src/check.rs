@@ -17,6 +17,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
     ParquetRecordBatchReaderBuilder,
 };
+use parquet::file::metadata::ParquetMetaData;
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
@@ -78,8 +79,16 @@ fn decode_validate_write(
     };
     let mut file = std::fs::File::open(path).map_err(StoreError::internal)?;
     let inspected = inspect(&mut file, schema, limits).map_err(StoreError::Validation)?;
+    let declared = inspected.metadata.file_metadata().num_rows();
     let coded = coded_columns(schema);
-    let reader = decoder(file, &inspected.projection, &coded, batch_rows).ok_or_else(corrupt)?;
+    let reader = decoder(
+        file,
+        Arc::new(inspected.metadata),
+        &inspected.projection,
+        &coded,
+        batch_rows,
+    )
+    .ok_or_else(corrupt)?;
     let mut checker = RowChecker::new(schema, scope, agreements);
     // Encoding costs more than decoding and checking: batches go in turn to two
     // encoders on threads of their own (each writing its own files), so both cores
@@ -154,7 +163,6 @@ fn decode_validate_write(
         v.sort();
         return Err(StoreError::Validation(v));
     }
-    let declared = inspected.metadata.file_metadata().num_rows();
     if i64::try_from(checker.rows).ok() != Some(declared) {
         return Err(StoreError::Validation(Violations::single(Violation {
             row: None,
@@ -206,16 +214,18 @@ fn coded_columns(schema: &DatasetSchema) -> Vec<bool> {
         .collect()
 }
 
-/// A decoder of the `projection` (root columns) of `file` that decodes the coded text
-/// columns as dictionaries.
+/// A decoder of the `projection` (root columns) of `file`, whose footer `inspect`
+/// already read (it is not read again), that decodes the coded text columns as
+/// dictionaries.
 fn decoder(
     file: std::fs::File,
+    footer: Arc<ParquetMetaData>,
     projection: &[usize],
     coded: &[bool],
     batch_rows: usize,
 ) -> Option<ParquetRecordBatchReader> {
     let options = ArrowReaderOptions::new();
-    let meta = ArrowReaderMetadata::load(&file, options.clone()).ok()?;
+    let meta = ArrowReaderMetadata::try_new(footer, options.clone()).ok()?;
     let fields: Vec<Field> = meta
         .schema()
         .fields()

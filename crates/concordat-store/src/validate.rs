@@ -253,20 +253,28 @@ fn pair_mask(a: Text, b: Text, test: impl Fn(&str, &str) -> bool) -> BooleanArra
 /// Rows whose value is not a pseudonym (64 lowercase hexadecimal characters). The whole
 /// value buffer is tested at once; rows are looked at one by one only if it fails.
 fn hex64_mask(t: Text) -> BooleanArray {
-    let valid =
-        |v: &str| v.len() == 64 && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     if let Text::Plain(s) = t {
         let offsets = s.value_offsets();
         let all_64 = offsets.windows(2).all(|w| w[1] - w[0] == 64);
         let start = offsets.first().copied().unwrap_or(0) as usize;
         let end = offsets.last().copied().unwrap_or(0) as usize;
         let bytes = s.values().get(start..end).unwrap_or_default();
-        if all_64 && bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if all_64 && bytes.iter().copied().all(lower_hex) {
             return BooleanArray::new(BooleanBuffer::new_unset(s.len()), s.nulls().cloned());
         }
-        return s.iter().map(|v| v.map(|v| !valid(v))).collect();
+        return s.iter().map(|v| v.map(|v| !is_pseudonym(v))).collect();
     }
-    t.mask(|v| !valid(v))
+    t.mask(|v| !is_pseudonym(v))
+}
+
+/// Whether a byte is a lowercase hexadecimal digit.
+fn lower_hex(b: u8) -> bool {
+    matches!(b, b'0'..=b'9' | b'a'..=b'f')
+}
+
+/// Whether a value is a pseudonym: 64 lowercase hexadecimal characters.
+fn is_pseudonym(v: &str) -> bool {
+    v.len() == 64 && v.bytes().all(lower_hex)
 }
 
 /// The rows where a mask is true (null counts as false), in order.
@@ -482,11 +490,7 @@ impl<'a> RowChecker<'a> {
                         format!("`{name}` must be a financial year written YYYY-YY, e.g. 2024-25"),
                     )),
                     Some(Format::Hex64) => Some((
-                        |v| {
-                            v.len() == 64
-                                && v.bytes()
-                                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                        },
+                        is_pseudonym,
                         format!(
                             "`{name}` must be a pseudonym of 64 lowercase hexadecimal characters"
                         ),
