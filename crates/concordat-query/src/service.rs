@@ -280,6 +280,16 @@ impl QueryService {
         .map_err(QueryError::internal)
     }
 
+    /// The data files whose footers queries have read and still keep: the files they
+    /// opened (each by its path in the store).
+    pub fn files_opened(&self) -> Vec<String> {
+        self.footers
+            .list_entries()
+            .into_keys()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
     /// The secret behind disclosure control's record keys.
     pub fn record_key(&self) -> Arc<sdc::cellkey::RecordKey> {
         self.record_key.clone()

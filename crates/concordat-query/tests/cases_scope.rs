@@ -246,3 +246,71 @@ async fn hidden_columns_are_unknown_and_masked_columns_are_coarsened_through_eve
         .expect("cps");
     assert!(single_i64(&got) > 0, "the depositor sees exact dates");
 }
+
+/// Stored files are clustered by force area: a query scoped to Kent opens Kent's files
+/// and no other force's, for record-level and aggregate-only (disclosure-controlled) data.
+#[tokio::test]
+async fn a_kent_query_opens_only_kents_files() {
+    let w = world().await;
+    let cases = [
+        (
+            "performance-scrutiny",
+            "SELECT indicator, avg(value) FROM force_performance GROUP BY indicator",
+            "force_performance",
+        ),
+        (
+            "reducing-reoffending",
+            "SELECT age_band, count(*) FROM reoffending_cohort GROUP BY age_band",
+            "reoffending_cohort",
+        ),
+    ];
+    for (purpose, sql, dataset) in cases {
+        let service = w.service_with(concordat_query::sdc::cellkey::RecordKey::random());
+        let batches = w
+            .run_on_service(&service, "pcc-kent", sql, purpose)
+            .await
+            .expect("query");
+        assert!(count(&batches) > 0, "{sql}");
+        let opened = service.files_opened();
+        assert!(!opened.is_empty(), "{sql}: no file opened");
+        let stored = w.store.table(dataset, None).await.expect("table");
+        let mut forces_in_table = std::collections::BTreeSet::new();
+        let mut kent_files = 0;
+        for file in stored.snapshot().expect("snapshot").log_data().iter() {
+            let path = file.path().to_string();
+            let forces = forces_in(&w, dataset, &path);
+            forces_in_table.extend(forces.iter().cloned());
+            let opened_it = opened.iter().any(|o| o.ends_with(&path));
+            if forces == ["E23000032"] {
+                kent_files += 1;
+            } else {
+                assert!(!opened_it, "{sql}: opened {path}, which holds {forces:?}");
+            }
+        }
+        assert!(forces_in_table.len() > 1, "the table holds other forces");
+        assert!(kent_files > 0);
+    }
+}
+
+/// The force codes one stored data file holds, read from the file itself.
+fn forces_in(w: &World, dataset: &str, path: &str) -> Vec<String> {
+    let file = std::fs::File::open(w.data_dir().join("tables").join(dataset).join(path))
+        .expect("data file");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("reader")
+        .build()
+        .expect("build");
+    let mut forces = std::collections::BTreeSet::new();
+    for b in reader {
+        let b = b.expect("batch");
+        let c = b.column_by_name("pfa_code").expect("pfa_code");
+        let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).expect("text");
+        forces.extend(
+            arrow::array::AsArray::as_string::<i32>(&c)
+                .iter()
+                .flatten()
+                .map(str::to_owned),
+        );
+    }
+    forces.into_iter().collect()
+}

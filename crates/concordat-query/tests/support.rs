@@ -210,6 +210,29 @@ impl World {
         Ok(out)
     }
 
+    /// Runs a query on a service, as the partner's analyst, today.
+    pub async fn run_on_service(
+        &self,
+        service: &QueryService,
+        partner: &str,
+        sql: &str,
+        purpose: &str,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
+        let mut run = self
+            .start_on(service, partner, sql, purpose, today())
+            .await?;
+        let mut out = Vec::new();
+        while let Some(b) = run.batches.recv().await {
+            out.push(b?);
+        }
+        Ok(out)
+    }
+
+    /// The store's data directory.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.store.config().data_dir.clone()
+    }
+
     pub async fn run(
         &self,
         partner: &str,

@@ -21,7 +21,8 @@ use parquet::file::metadata::ParquetMetaData;
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
-use crate::datafile::{DataFile, Sink, file_schema, plain_columns};
+use crate::cluster;
+use crate::datafile::{DataFile, file_schema, plain_columns};
 use crate::inspect::{FileLimits, arrow_type, inspect};
 use crate::validate::RowChecker;
 use crate::violation::{Violation, Violations};
@@ -90,28 +91,29 @@ fn decode_validate_write(
     )
     .ok_or_else(corrupt)?;
     let mut checker = RowChecker::new(schema, scope, agreements);
-    // Encoding costs more than decoding and checking: batches go in turn to two
-    // encoders on threads of their own (each writing its own files), so both cores
-    // work; each channel holds at most one batch.
+    // Encoding costs more than decoding and checking: two encoders on threads of their
+    // own (each writing its own files) take the batches, so both cores work. Rows are
+    // written clustered by force area: a set of held batches becomes one piece per force
+    // area, and each channel holds all of one set's pieces.
+    let force = schema
+        .force_column
+        .as_ref()
+        .and_then(|f| schema.columns.iter().position(|c| &c.name == f));
+    let queued = if force.is_some() {
+        cluster::PIECES_QUEUED
+    } else {
+        1
+    };
     let stored = file_schema(schema);
+    let mut senders = Vec::with_capacity(ENCODERS);
     let mut encoders = Vec::with_capacity(ENCODERS);
     for e in 0..ENCODERS {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ArrayRef>>(1);
-        let mut sink = Sink::new(
-            out,
-            stored.clone(),
-            plain_columns(schema),
-            &format!("part-{e}"),
-        );
+        let (tx, rx) = std::sync::mpsc::sync_channel::<cluster::Piece>(queued);
+        let (dir, stored, plain) = (out.to_path_buf(), stored.clone(), plain_columns(schema));
         let thread = std::thread::Builder::new()
             .name("concordat-encode".into())
             .stack_size(1 << 20)
-            .spawn(move || -> Result<Vec<DataFile>, StoreError> {
-                for cols in rx {
-                    sink.write(cols)?;
-                }
-                sink.finish()
-            })
+            .spawn(move || cluster::encode(rx, &dir, stored, plain, e))
             .map_err(|_| {
                 StoreError::Validation(Violations::single(Violation {
                     row: None,
@@ -121,10 +123,12 @@ fn decode_validate_write(
                         .into(),
                 }))
             })?;
-        encoders.push((tx, thread));
+        senders.push(tx);
+        encoders.push(thread);
     }
+    let mut router = cluster::Router::new(senders, force);
     let decoded = (|| -> Result<(), StoreError> {
-        for (n, batch) in reader.enumerate() {
+        for batch in reader {
             let batch = batch.map_err(|_| corrupt())?;
             let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
             for (c, coded) in schema.columns.iter().zip(&coded) {
@@ -133,17 +137,20 @@ fn decode_validate_write(
             }
             checker.check(&cols);
             // Once a rule is broken nothing will be committed: stop writing, keep checking.
-            if checker.violations.count == 0 && encoders[n % ENCODERS].0.send(cols).is_err() {
+            if checker.violations.count == 0 && router.push(cols).is_err() {
                 // An encoder stopped: its error is reported below.
-                break;
+                return Ok(());
             }
+        }
+        if checker.violations.count == 0 {
+            // An encoder that stopped reports its error below.
+            let _ = router.finish();
         }
         Ok(())
     })();
     let mut files = Vec::new();
     let mut failed = None;
-    for (tx, thread) in encoders {
-        drop(tx);
+    for thread in encoders {
         match thread.join() {
             Ok(Ok(f)) => files.extend(f),
             Ok(Err(e)) => failed = failed.or(Some(e)),
@@ -185,8 +192,28 @@ fn decode_validate_write(
     Ok(Checked {
         rows: checker.rows,
         periods: checker.periods.into_iter().collect(),
-        files,
+        files: in_force_order(out, files, schema.force_column.as_deref())?,
     })
+}
+
+/// The files renamed `part-<n>.parquet` in the order of the force area they hold (then
+/// of their names), so that whatever reads them in name order reads force by force.
+fn in_force_order(
+    out: &Path,
+    mut files: Vec<DataFile>,
+    force: Option<&str>,
+) -> Result<Vec<DataFile>, StoreError> {
+    let first_force = |f: &DataFile| -> Option<String> {
+        let stats: serde_json::Value = serde_json::from_str(&f.stats).ok()?;
+        stats["minValues"][force?].as_str().map(str::to_owned)
+    };
+    files.sort_by_cached_key(|f| (first_force(f), f.name.clone()));
+    for (i, f) in files.iter_mut().enumerate() {
+        let name = format!("part-{i:05}.parquet");
+        std::fs::rename(out.join(&f.name), out.join(&name)).map_err(StoreError::internal)?;
+        f.name = name;
+    }
+    Ok(files)
 }
 
 /// Threads encoding data files.

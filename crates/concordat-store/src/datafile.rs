@@ -245,6 +245,22 @@ impl Sink {
         Ok(())
     }
 
+    /// Ends the current row group (the next rows start another), and the file once it
+    /// is full.
+    pub fn end_row_group(&mut self) -> Result<(), StoreError> {
+        let full = match &mut self.current {
+            Some((writer, _)) => {
+                writer.flush().map_err(io)?;
+                writer.bytes_written() >= TARGET_FILE_BYTES
+            }
+            None => false,
+        };
+        if full {
+            self.close_current()?;
+        }
+        Ok(())
+    }
+
     fn close_current(&mut self) -> Result<(), StoreError> {
         let Some((writer, name)) = self.current.take() else {
             return Ok(());

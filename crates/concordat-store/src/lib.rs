@@ -23,6 +23,7 @@
 
 pub mod audit;
 mod check;
+mod cluster;
 mod commit;
 pub mod datafile;
 pub mod fault;
