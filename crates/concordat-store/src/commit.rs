@@ -370,7 +370,7 @@ impl Store {
     /// Moves the worker's files into the table under names no other upload uses
     /// (`u-<upload>-<n>.parquet`); returns their paths relative to the table. On a shared
     /// store they are copied up (in parts) instead.
-    async fn move_into_table(
+    pub(crate) async fn move_into_table(
         &self,
         dataset: &str,
         out: &Path,
@@ -409,7 +409,7 @@ impl Store {
     }
 
     /// Removes files moved into a table for a commit that did not happen.
-    async fn remove_moved(&self, dataset: &str, moved: &[String]) {
+    pub(crate) async fn remove_moved(&self, dataset: &str, moved: &[String]) {
         for name in moved {
             match &self.cfg.shared {
                 Some(shared) => {

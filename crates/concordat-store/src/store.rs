@@ -209,6 +209,14 @@ pub(crate) struct Provenance {
     pub(crate) sources: std::collections::BTreeMap<String, Option<u64>>,
 }
 
+/// The one value a file's Delta statistics give a column (its minimum equals its
+/// maximum), if they say so.
+fn one_value(stats: Option<&str>, column: &str) -> Option<String> {
+    let stats: serde_json::Value = serde_json::from_str(stats?).ok()?;
+    let min = stats["minValues"][column].as_str()?;
+    (stats["maxValues"][column].as_str()? == min).then(|| min.to_owned())
+}
+
 /// Data files smaller than this are merged by [`Store::compact`].
 const SMALL_FILE_BYTES: u64 = 8 << 20;
 
@@ -673,10 +681,13 @@ impl Store {
             .ok_or_else(|| StoreError::Internal("commit left no version".into()))
     }
 
-    /// Rewrites a dataset's small data files (under 8 MiB) into few larger ones (Delta `OPTIMIZE`, no
-    /// data change) once it holds at least `min_files` files: datasets uploaded force by
+    /// Rewrites a dataset's small data files (under 8 MiB) into few larger ones (no data
+    /// change) once it holds at least `min_files` of them: datasets uploaded force by
     /// force otherwise keep one file per upload, and each query would open them all.
-    /// Returns the new version and the files replaced, or `None` when nothing was done.
+    /// Files are merged only with files of the same force area (by their statistics), so
+    /// the layout stays clustered by force; files holding several force areas are merged
+    /// among themselves. Returns the new version and the files replaced, or `None` when
+    /// nothing was done.
     pub async fn compact(
         &self,
         dataset: &str,
@@ -694,36 +705,131 @@ impl Store {
         else {
             return Ok(None);
         };
+        let Some(schema) = concordat_core::Schemas::builtin().get(dataset) else {
+            return Ok(None);
+        };
         let table = self.open_table(dataset).await?;
         if table.version().is_none() {
             return Ok(None);
         }
-        let small = table
-            .snapshot()
-            .map_err(StoreError::internal)?
-            .log_data()
-            .iter()
-            .filter(|f| f.size() < SMALL_FILE_BYTES as i64)
-            .count();
+        let snapshot = table.snapshot().map_err(StoreError::internal)?;
+        // Small files by the one force area they hold (`None`: several, or unknown).
+        let mut groups: std::collections::BTreeMap<Option<String>, Vec<_>> =
+            std::collections::BTreeMap::new();
+        let mut small = 0;
+        for file in snapshot.log_data().iter() {
+            if file.size() >= SMALL_FILE_BYTES as i64 {
+                continue;
+            }
+            small += 1;
+            let force = schema
+                .force_column
+                .as_deref()
+                .and_then(|c| one_value(file.stats().as_deref(), c));
+            groups.entry(force).or_default().push(file);
+        }
         if small < min_files {
             return Ok(None);
         }
-        // Only small files are merged (into files of up to 8 MiB): the 32 MiB files of a
-        // large upload are left alone, so compaction never rewrites, or holds in memory,
-        // a large dataset.
-        let (table, metrics) = table
-            .optimize()
-            .with_target_size(
-                std::num::NonZeroU64::new(SMALL_FILE_BYTES).unwrap_or(std::num::NonZeroU64::MIN),
-            )
-            .with_max_concurrent_tasks(1)
-            .await
+        let store = table.log_store().object_store(None);
+        let out = tempfile::Builder::new()
+            .prefix("compact-")
+            .suffix(".d")
+            .tempdir_in(self.cfg.data_dir.join("staging"))
             .map_err(StoreError::internal)?;
-        self.changed(dataset);
-        if metrics.num_files_removed == 0 {
+        let stored = crate::datafile::file_schema(schema);
+        let plain = crate::datafile::plain_columns(schema);
+        let mut written = Vec::new();
+        let mut removes = Vec::new();
+        for (n, files) in groups.values().enumerate() {
+            if files.len() < 2 {
+                continue;
+            }
+            // Merged files are of up to 8 MiB of small ones: compaction never rewrites,
+            // or holds in memory, a large dataset. One input file is read at a time.
+            let mut sink = crate::datafile::Sink::new(
+                out.path(),
+                stored.clone(),
+                plain.clone(),
+                &format!("c{n:03}"),
+            );
+            let mut taken = 0i64;
+            for file in files {
+                if taken > 0 && taken + file.size() > SMALL_FILE_BYTES as i64 {
+                    written.extend(sink.finish()?);
+                    sink = crate::datafile::Sink::new(
+                        out.path(),
+                        stored.clone(),
+                        plain.clone(),
+                        &format!("c{n:03}-{}", written.len()),
+                    );
+                    taken = 0;
+                }
+                taken += file.size();
+                let bytes = object_store::ObjectStoreExt::get(&store, &file.object_store_path())
+                    .await
+                    .map_err(StoreError::internal)?
+                    .bytes()
+                    .await
+                    .map_err(StoreError::internal)?;
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                        .and_then(|b| b.with_batch_size(8192).build())
+                        .map_err(StoreError::internal)?;
+                for batch in reader {
+                    let batch = batch.map_err(StoreError::internal)?;
+                    let mut columns = Vec::with_capacity(stored.fields().len());
+                    for f in stored.fields() {
+                        let c = batch.column_by_name(f.name()).ok_or_else(|| {
+                            StoreError::Internal(format!("a stored file lacks column {}", f.name()))
+                        })?;
+                        columns.push(c.clone());
+                    }
+                    sink.write(columns)?;
+                }
+                removes.push(deltalake::kernel::Action::Remove(file.remove_action(false)));
+            }
+            written.extend(sink.finish()?);
+        }
+        if written.is_empty() {
             return Ok(None);
         }
-        Ok(table.version().map(|v| (v, metrics.num_files_removed)))
+        let moved = self.move_into_table(dataset, out.path(), &written).await?;
+        let adds = moved.iter().zip(&written).map(|(path, f)| {
+            deltalake::kernel::Action::Add(deltalake::kernel::Add {
+                path: path.clone(),
+                size: f.bytes as i64,
+                modification_time: chrono::Utc::now().timestamp_millis(),
+                data_change: false,
+                stats: Some(f.stats.clone()),
+                ..Default::default()
+            })
+        });
+        let removed = removes.len() as u64;
+        let actions: Vec<_> = removes.into_iter().chain(adds).collect();
+        let committed =
+            deltalake::kernel::transaction::CommitBuilder::from(CommitProperties::default())
+                .with_actions(actions)
+                .build(
+                    Some(snapshot),
+                    table.log_store(),
+                    deltalake::protocol::DeltaOperation::Optimize {
+                        predicate: None,
+                        target_size: SMALL_FILE_BYTES as i64,
+                    },
+                )
+                .await;
+        match committed {
+            Ok(c) => {
+                self.changed(dataset);
+                Ok(Some((c.version(), removed)))
+            }
+            Err(e) => {
+                // Not committed: the merged files are referenced by nothing.
+                self.remove_moved(dataset, &moved).await;
+                Err(StoreError::internal(e))
+            }
+        }
     }
 
     pub(crate) fn lock_for(&self, dataset: &str) -> Arc<tokio::sync::Mutex<()>> {

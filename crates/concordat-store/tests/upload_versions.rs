@@ -369,29 +369,55 @@ fn synth_other_seed() -> Vec<arrow::array::RecordBatch> {
 }
 
 on_both! {
-    async fn compaction_merges_one_file_per_force_into_one_without_changing_a_row(f) {
-    let forces = ["kent", "essex", "surrey", "sussex", "hampshire"];
+    async fn compaction_merges_each_force_areas_small_files_and_keeps_them_apart_without_changing_a_row(f) {
+    // One upload of three force areas (stored as one file per force area), then one more
+    // upload each for two of them: five small files, two areas with two each.
+    let seeded = |seed: u64, forces: &[&str]| {
+        parquet_bytes(&concordat_synth::Synth::new(0.01, seed).only(forces).batches("force_performance"))
+    };
+    let uploads = [
+        (1, vec!["kent", "essex", "surrey"]),
+        (2, vec!["kent"]),
+        (3, vec!["essex"]),
+    ];
     let mut total = 0;
-    for force in forces {
+    for (seed, forces) in &uploads {
         let out = upload(
             &f.store,
             "force_performance",
             Mode::Append,
-            &format!("force-{force}"),
+            "force-uploader",
             ScopeFilter::All,
-            parquet_bytes(&synth("force_performance", &[force])),
+            seeded(*seed, forces),
         )
         .await
         .expect("upload");
         total += out.rows as usize;
     }
-    let files = |t: &deltalake::DeltaTable| t.snapshot().expect("snapshot").log_data().num_files();
-    let before = f
-        .store
-        .table("force_performance", None)
-        .await
-        .expect("table");
-    assert_eq!(files(&before), 5);
+    let forces_of = |t: &deltalake::DeltaTable| -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = t
+            .snapshot()
+            .expect("snapshot")
+            .log_data()
+            .iter()
+            .map(|file| {
+                let stats: serde_json::Value =
+                    serde_json::from_str(&file.stats().expect("stats")).expect("json");
+                (
+                    stats["minValues"]["pfa_code"].as_str().expect("min").to_owned(),
+                    stats["maxValues"]["pfa_code"].as_str().expect("max").to_owned(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let before = f.store.table("force_performance", None).await.expect("table");
+    let before_files = forces_of(&before);
+    assert_eq!(before_files.len(), 5);
+    assert!(before_files.iter().all(|(lo, hi)| lo == hi), "one force per file: {before_files:?}");
+    let kent = "WHERE pfa_code = 'E23000032'";
+    let kent_rows = count_rows(&f.store, "force_performance", None, kent).await;
     assert_eq!(
         f.store
             .compact("force_performance", 6)
@@ -406,16 +432,20 @@ on_both! {
         .await
         .expect("compact")
         .expect("compacted");
-    assert_eq!((version, removed), (5, 5));
-    let after = f
-        .store
-        .table("force_performance", None)
-        .await
-        .expect("table");
-    assert_eq!(files(&after), 1);
+    assert_eq!((version, removed), (3, 4));
+    let after = f.store.table("force_performance", None).await.expect("table");
+    let after_files = forces_of(&after);
+    assert_eq!(after_files.len(), 3, "one file per force area: {after_files:?}");
+    assert!(after_files.iter().all(|(lo, hi)| lo == hi), "one force per file: {after_files:?}");
+    let mut areas: Vec<&String> = after_files.iter().map(|(lo, _)| lo).collect();
+    areas.dedup();
+    assert_eq!(areas.len(), 3);
+    assert_eq!(count_rows(&f.store, "force_performance", None, "").await, total);
+    assert_eq!(count_rows(&f.store, "force_performance", None, kent).await, kent_rows);
     assert_eq!(
-        count_rows(&f.store, "force_performance", None, "").await,
-        total
+        f.store.compact("force_performance", 1).await.expect("compact"),
+        None,
+        "nothing left to merge"
     );
     // The uploads' provenance is still there, and the compaction is its own version.
     let versions = f
@@ -423,9 +453,9 @@ on_both! {
         .versions("force_performance")
         .await
         .expect("versions");
-    assert_eq!(versions.len(), 6);
+    assert_eq!(versions.len(), 4);
     assert_eq!(versions[0].operation.as_deref(), Some("OPTIMIZE"));
-    assert_eq!(versions[1].partner.as_deref(), Some("force-hampshire"));
+    assert_eq!(versions[1].partner.as_deref(), Some("force-uploader"));
 }
 }
 
