@@ -217,6 +217,76 @@ fn one_value(stats: Option<&str>, column: &str) -> Option<String> {
     (stats["maxValues"][column].as_str()? == min).then(|| min.to_owned())
 }
 
+/// Files in groups of at most [`SMALL_FILE_BYTES`] in all.
+fn in_bins<F: SizedFile>(files: Vec<F>) -> Vec<Vec<F>> {
+    let mut bins: Vec<Vec<F>> = Vec::new();
+    let mut taken = 0;
+    for f in files {
+        if bins.is_empty() || taken + f.bytes() > SMALL_FILE_BYTES as i64 {
+            bins.push(Vec::new());
+            taken = 0;
+        }
+        taken += f.bytes();
+        if let Some(b) = bins.last_mut() {
+            b.push(f);
+        }
+    }
+    bins
+}
+
+trait SizedFile {
+    fn bytes(&self) -> i64;
+}
+
+impl SizedFile for deltalake::kernel::LogicalFileView {
+    fn bytes(&self) -> i64 {
+        self.size()
+    }
+}
+
+/// Writes batches sorted by the force column, one row group per force area (as they
+/// are, without a force column).
+fn write_by_force(
+    sink: &mut crate::datafile::Sink,
+    batches: Vec<Vec<arrow::array::ArrayRef>>,
+    force: Option<usize>,
+) -> Result<(), StoreError> {
+    let Some(width) = batches.first().map(Vec::len) else {
+        return Ok(());
+    };
+    let columns: Vec<arrow::array::ArrayRef> = (0..width)
+        .map(|c| {
+            let parts: Vec<&dyn arrow::array::Array> =
+                batches.iter().map(|b| b[c].as_ref()).collect();
+            arrow::compute::concat(&parts).map_err(StoreError::internal)
+        })
+        .collect::<Result<_, _>>()?;
+    let Some(force) = force else {
+        return sink.write(columns);
+    };
+    let order = arrow::compute::sort_to_indices(&columns[force], None, None)
+        .map_err(StoreError::internal)?;
+    let columns: Vec<arrow::array::ArrayRef> = columns
+        .iter()
+        .map(|c| arrow::compute::take(c, &order, None).map_err(StoreError::internal))
+        .collect::<Result<_, _>>()?;
+    let runs = arrow::compute::partition(&columns[force..=force]).map_err(StoreError::internal)?;
+    for run in runs.ranges() {
+        sink.write(
+            columns
+                .iter()
+                .map(|c| c.slice(run.start, run.end - run.start))
+                .collect(),
+        )?;
+        sink.end_row_group()?;
+    }
+    Ok(())
+}
+
+/// A force area whose small files hold less than this in all shares merged files with
+/// other such force areas (one row group each) instead of having files of its own.
+const TINY_FORCE_BYTES: i64 = 1 << 20;
+
 /// Data files smaller than this are merged by [`Store::compact`].
 const SMALL_FILE_BYTES: u64 = 8 << 20;
 
@@ -739,33 +809,44 @@ impl Store {
             .map_err(StoreError::internal)?;
         let stored = crate::datafile::file_schema(schema);
         let plain = crate::datafile::plain_columns(schema);
+        // A force area with files of its own merges them into files of its own. Force
+        // areas with little data (under 1 MiB in all; a force's quarterly figures) are
+        // merged together with files already holding several, sorted by force area with
+        // one row group each: a national query opens one file, not 43, and a force's
+        // query reads only its own row group.
+        let mut bins: Vec<(Vec<_>, bool)> = Vec::new();
+        let mut shared = Vec::new();
+        for (force, files) in groups {
+            let bytes: i64 = files.iter().map(|f| f.size()).sum();
+            if force.is_none() || bytes < TINY_FORCE_BYTES {
+                shared.extend(files);
+            } else if files.len() > 1 {
+                bins.extend(in_bins(files).into_iter().map(|b| (b, false)));
+            }
+        }
+        if shared.len() > 1 {
+            bins.extend(in_bins(shared).into_iter().map(|b| (b, true)));
+        }
+        let force = schema
+            .force_column
+            .as_deref()
+            .and_then(|c| stored.index_of(c).ok());
         let mut written = Vec::new();
         let mut removes = Vec::new();
-        for (n, files) in groups.values().enumerate() {
+        for (n, (files, sorted)) in bins.into_iter().enumerate() {
             if files.len() < 2 {
                 continue;
             }
             // Merged files are of up to 8 MiB of small ones: compaction never rewrites,
-            // or holds in memory, a large dataset. One input file is read at a time.
+            // or holds in memory, a large dataset.
             let mut sink = crate::datafile::Sink::new(
                 out.path(),
                 stored.clone(),
                 plain.clone(),
                 &format!("c{n:03}"),
             );
-            let mut taken = 0i64;
-            for file in files {
-                if taken > 0 && taken + file.size() > SMALL_FILE_BYTES as i64 {
-                    written.extend(sink.finish()?);
-                    sink = crate::datafile::Sink::new(
-                        out.path(),
-                        stored.clone(),
-                        plain.clone(),
-                        &format!("c{n:03}-{}", written.len()),
-                    );
-                    taken = 0;
-                }
-                taken += file.size();
+            let mut held = Vec::new();
+            for file in &files {
                 let bytes = object_store::ObjectStoreExt::get(&store, &file.object_store_path())
                     .await
                     .map_err(StoreError::internal)?
@@ -785,9 +866,16 @@ impl Store {
                         })?;
                         columns.push(c.clone());
                     }
-                    sink.write(columns)?;
+                    if sorted {
+                        held.push(columns);
+                    } else {
+                        sink.write(columns)?;
+                    }
                 }
                 removes.push(deltalake::kernel::Action::Remove(file.remove_action(false)));
+            }
+            if sorted {
+                write_by_force(&mut sink, held, force)?;
             }
             written.extend(sink.finish()?);
         }

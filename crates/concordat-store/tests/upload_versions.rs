@@ -369,7 +369,7 @@ fn synth_other_seed() -> Vec<arrow::array::RecordBatch> {
 }
 
 on_both! {
-    async fn compaction_merges_each_force_areas_small_files_and_keeps_them_apart_without_changing_a_row(f) {
+    async fn compaction_merges_small_files_sorted_by_force_area_one_row_group_each_without_changing_a_row(f) {
     // One upload of three force areas (stored as one file per force area), then one more
     // upload each for two of them: five small files, two areas with two each.
     let seeded = |seed: u64, forces: &[&str]| {
@@ -432,13 +432,55 @@ on_both! {
         .await
         .expect("compact")
         .expect("compacted");
-    assert_eq!((version, removed), (3, 4));
-    let after = f.store.table("force_performance", None).await.expect("table");
+    // Each force area holds under 1 MiB: the five files become one, sorted by force
+    // area with one row group each.
+    assert_eq!((version, removed), (3, 5));
+    let after = f
+        .store
+        .table("force_performance", None)
+        .await
+        .expect("table");
     let after_files = forces_of(&after);
-    assert_eq!(after_files.len(), 3, "one file per force area: {after_files:?}");
-    assert!(after_files.iter().all(|(lo, hi)| lo == hi), "one force per file: {after_files:?}");
-    let mut areas: Vec<&String> = after_files.iter().map(|(lo, _)| lo).collect();
-    areas.dedup();
+    assert_eq!(after_files.len(), 1, "{after_files:?}");
+    let path = after
+        .snapshot()
+        .expect("snapshot")
+        .log_data()
+        .iter()
+        .next()
+        .expect("file")
+        .object_store_path();
+    let bytes = object_store::ObjectStoreExt::get(&after.log_store().object_store(None), &path)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    let meta = parquet::file::reader::FileReader::metadata(
+        &parquet::file::serialized_reader::SerializedFileReader::new(bytes).expect("reader"),
+    )
+    .clone();
+    let column = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.name() == "pfa_code")
+        .expect("pfa_code");
+    let mut areas = Vec::new();
+    for rg in meta.row_groups() {
+        let stats = rg.column(column).statistics().expect("statistics");
+        let (lo, hi) = (
+            stats.min_bytes_opt().expect("min").to_vec(),
+            stats.max_bytes_opt().expect("max").to_vec(),
+        );
+        assert_eq!(lo, hi, "one force area per row group");
+        areas.push(String::from_utf8(lo).expect("text"));
+    }
+    let mut sorted = areas.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(areas, sorted, "row groups in force order, one per force area");
     assert_eq!(areas.len(), 3);
     assert_eq!(count_rows(&f.store, "force_performance", None, "").await, total);
     assert_eq!(count_rows(&f.store, "force_performance", None, kent).await, kent_rows);
