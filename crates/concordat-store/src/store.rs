@@ -244,8 +244,9 @@ impl SizedFile for deltalake::kernel::LogicalFileView {
     }
 }
 
-/// Writes batches sorted by the force column, one row group per force area (as they
-/// are, without a force column).
+/// Writes batches sorted by the force column (as they are, without one): each row
+/// group's statistics then cover a run of force areas, and a file holds few row groups
+/// (a row group per force area made national queries over little data slower).
 fn write_by_force(
     sink: &mut crate::datafile::Sink,
     batches: Vec<Vec<arrow::array::ArrayRef>>,
@@ -270,16 +271,7 @@ fn write_by_force(
         .iter()
         .map(|c| arrow::compute::take(c, &order, None).map_err(StoreError::internal))
         .collect::<Result<_, _>>()?;
-    let runs = arrow::compute::partition(&columns[force..=force]).map_err(StoreError::internal)?;
-    for run in runs.ranges() {
-        sink.write(
-            columns
-                .iter()
-                .map(|c| c.slice(run.start, run.end - run.start))
-                .collect(),
-        )?;
-        sink.end_row_group()?;
-    }
+    sink.write(columns)?;
     Ok(())
 }
 
@@ -811,9 +803,9 @@ impl Store {
         let plain = crate::datafile::plain_columns(schema);
         // A force area with files of its own merges them into files of its own. Force
         // areas with little data (under 1 MiB in all; a force's quarterly figures) are
-        // merged together with files already holding several, sorted by force area with
-        // one row group each: a national query opens one file, not 43, and a force's
-        // query reads only its own row group.
+        // merged together with files already holding several, sorted by force area: a
+        // national query opens one file, not 43, and a force's query prunes by the
+        // row groups' statistics where there are several.
         let mut bins: Vec<(Vec<_>, bool)> = Vec::new();
         let mut shared = Vec::new();
         for (force, files) in groups {
@@ -864,7 +856,13 @@ impl Store {
                         let c = batch.column_by_name(f.name()).ok_or_else(|| {
                             StoreError::Internal(format!("a stored file lacks column {}", f.name()))
                         })?;
-                        columns.push(c.clone());
+                        // Files written by Delta's own writer (a replacement of
+                        // periods) may hold text as string views: read as stored.
+                        columns.push(if c.data_type() == f.data_type() {
+                            c.clone()
+                        } else {
+                            arrow::compute::cast(c, f.data_type()).map_err(StoreError::internal)?
+                        });
                     }
                     if sorted {
                         held.push(columns);
