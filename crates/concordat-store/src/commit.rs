@@ -257,16 +257,7 @@ impl Store {
             let adds: Vec<deltalake::kernel::Action> = moved
                 .iter()
                 .zip(files)
-                .map(|(path, f)| {
-                    deltalake::kernel::Action::Add(deltalake::kernel::Add {
-                        path: path.clone(),
-                        size: f.bytes as i64,
-                        modification_time: chrono::Utc::now().timestamp_millis(),
-                        data_change: true,
-                        stats: Some(f.stats.clone()),
-                        ..Default::default()
-                    })
-                })
+                .map(|(path, f)| add_action(path, f, true))
                 .collect();
             let append = |table: DeltaTable, adds: Vec<deltalake::kernel::Action>| {
                 let properties = self.properties(&provenance, req.mode);
@@ -421,6 +412,19 @@ impl Store {
             }
         }
     }
+}
+
+/// The log action adding a data file moved into a table under `path`; `data_change` is
+/// false when the file only holds rows the table already had (a compaction).
+pub(crate) fn add_action(path: &str, f: &DataFile, data_change: bool) -> deltalake::kernel::Action {
+    deltalake::kernel::Action::Add(deltalake::kernel::Add {
+        path: path.to_owned(),
+        size: f.bytes as i64,
+        modification_time: chrono::Utc::now().timestamp_millis(),
+        data_change,
+        stats: Some(f.stats.clone()),
+        ..Default::default()
+    })
 }
 
 /// Data files moved into a table by an upload start with this; one that no log entry

@@ -881,16 +881,10 @@ impl Store {
             return Ok(None);
         }
         let moved = self.move_into_table(dataset, out.path(), &written).await?;
-        let adds = moved.iter().zip(&written).map(|(path, f)| {
-            deltalake::kernel::Action::Add(deltalake::kernel::Add {
-                path: path.clone(),
-                size: f.bytes as i64,
-                modification_time: chrono::Utc::now().timestamp_millis(),
-                data_change: false,
-                stats: Some(f.stats.clone()),
-                ..Default::default()
-            })
-        });
+        let adds = moved
+            .iter()
+            .zip(&written)
+            .map(|(path, f)| crate::commit::add_action(path, f, false));
         let removed = removes.len() as u64;
         let actions: Vec<_> = removes.into_iter().chain(adds).collect();
         let committed =
