@@ -296,21 +296,14 @@ async fn a_kent_query_opens_only_kents_files() {
 fn forces_in(w: &World, dataset: &str, path: &str) -> Vec<String> {
     let file = std::fs::File::open(w.data_dir().join("tables").join(dataset).join(path))
         .expect("data file");
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .expect("reader")
-        .build()
-        .expect("build");
-    let mut forces = std::collections::BTreeSet::new();
-    for b in reader {
-        let b = b.expect("batch");
-        let c = b.column_by_name("pfa_code").expect("pfa_code");
-        let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).expect("text");
-        forces.extend(
-            arrow::array::AsArray::as_string::<i32>(&c)
-                .iter()
-                .flatten()
-                .map(str::to_owned),
-        );
-    }
+    let batches: Vec<_> =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("reader")
+            .build()
+            .expect("build")
+            .map(|b| b.expect("batch"))
+            .collect();
+    let column = batches[0].schema().index_of("pfa_code").expect("pfa_code");
+    let forces: std::collections::BTreeSet<String> = texts(&batches, column).into_iter().collect();
     forces.into_iter().collect()
 }

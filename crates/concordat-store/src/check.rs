@@ -204,8 +204,7 @@ fn in_force_order(
     force: Option<&str>,
 ) -> Result<Vec<DataFile>, StoreError> {
     let first_force = |f: &DataFile| -> Option<String> {
-        let stats: serde_json::Value = serde_json::from_str(&f.stats).ok()?;
-        stats["minValues"][force?].as_str().map(str::to_owned)
+        crate::datafile::text_bounds(&f.stats, force?).map(|(min, _)| min)
     };
     files.sort_by_cached_key(|f| (first_force(f), f.name.clone()));
     for (i, f) in files.iter_mut().enumerate() {

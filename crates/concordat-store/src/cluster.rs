@@ -81,8 +81,11 @@ pub(crate) fn encode(
     Ok(files)
 }
 
-/// The given rows of held batches, column by column.
-fn gather(batches: &[Vec<ArrayRef>], rows: &[(usize, usize)]) -> Result<Vec<ArrayRef>, StoreError> {
+/// The given rows, as (batch, row), of batches, column by column: one copy.
+pub(crate) fn gather(
+    batches: &[Vec<ArrayRef>],
+    rows: &[(usize, usize)],
+) -> Result<Vec<ArrayRef>, StoreError> {
     let width = batches.first().map_or(0, Vec::len);
     (0..width)
         .map(|c| {
@@ -213,6 +216,23 @@ impl Router {
     pub(crate) fn finish(mut self) -> Result<(), Stopped> {
         self.flush()
     }
+}
+
+/// Every row of the batches, as (batch, row), in the order of the force area in column
+/// `force` (in the order they come within one force area).
+pub(crate) fn rows_by_force(batches: &[Vec<ArrayRef>], force: usize) -> Vec<(usize, usize)> {
+    let mut index = HashMap::new();
+    let mut groups = Vec::new();
+    for (b, batch) in batches.iter().enumerate() {
+        for (row, g) in group_of_rows(&batch[force], &mut index, &mut groups)
+            .into_iter()
+            .enumerate()
+        {
+            groups[g].rows.push((b, row));
+        }
+    }
+    groups.sort_by(|a, b| a.force.cmp(&b.force));
+    groups.into_iter().flat_map(|g| g.rows).collect()
 }
 
 /// The group of each row of a force column (text, or coded text), adding groups for

@@ -337,6 +337,15 @@ impl Sink {
     }
 }
 
+/// The minimum and maximum Delta statistics (JSON) give a text column, if they do.
+pub(crate) fn text_bounds(stats: &str, column: &str) -> Option<(String, String)> {
+    let stats: Value = serde_json::from_str(stats).ok()?;
+    Some((
+        stats["minValues"][column].as_str()?.to_owned(),
+        stats["maxValues"][column].as_str()?.to_owned(),
+    ))
+}
+
 /// The arrow schema of stored data files (every column nullable, as Delta reads them).
 pub fn file_schema(schema: &concordat_core::DatasetSchema) -> SchemaRef {
     let arrow = crate::arrow_schema(schema);

@@ -212,21 +212,22 @@ pub(crate) struct Provenance {
 /// The one value a file's Delta statistics give a column (its minimum equals its
 /// maximum), if they say so.
 fn one_value(stats: Option<&str>, column: &str) -> Option<String> {
-    let stats: serde_json::Value = serde_json::from_str(stats?).ok()?;
-    let min = stats["minValues"][column].as_str()?;
-    (stats["maxValues"][column].as_str()? == min).then(|| min.to_owned())
+    let (min, max) = crate::datafile::text_bounds(stats?, column)?;
+    (min == max).then_some(min)
 }
 
 /// Files in groups of at most [`SMALL_FILE_BYTES`] in all.
-fn in_bins<F: SizedFile>(files: Vec<F>) -> Vec<Vec<F>> {
-    let mut bins: Vec<Vec<F>> = Vec::new();
+fn in_bins(
+    files: Vec<deltalake::kernel::LogicalFileView>,
+) -> Vec<Vec<deltalake::kernel::LogicalFileView>> {
+    let mut bins: Vec<Vec<_>> = Vec::new();
     let mut taken = 0;
     for f in files {
-        if bins.is_empty() || taken + f.bytes() > SMALL_FILE_BYTES as i64 {
+        if bins.is_empty() || taken + f.size() > SMALL_FILE_BYTES as i64 {
             bins.push(Vec::new());
             taken = 0;
         }
-        taken += f.bytes();
+        taken += f.size();
         if let Some(b) = bins.last_mut() {
             b.push(f);
         }
@@ -234,49 +235,27 @@ fn in_bins<F: SizedFile>(files: Vec<F>) -> Vec<Vec<F>> {
     bins
 }
 
-trait SizedFile {
-    fn bytes(&self) -> i64;
-}
-
-impl SizedFile for deltalake::kernel::LogicalFileView {
-    fn bytes(&self) -> i64 {
-        self.size()
-    }
-}
-
-/// Writes batches sorted by the force column (as they are, without one): each row
-/// group's statistics then cover a run of force areas, and a file holds few row groups
-/// (a row group per force area made national queries over little data slower).
+/// Writes batches sorted by the force column (as they are, without one), gathered in
+/// one copy: each row group's statistics then cover a run of force areas, and a file
+/// holds few row groups (a row group per force area made national queries over little
+/// data slower).
 fn write_by_force(
     sink: &mut crate::datafile::Sink,
     batches: Vec<Vec<arrow::array::ArrayRef>>,
     force: Option<usize>,
 ) -> Result<(), StoreError> {
-    let Some(width) = batches.first().map(Vec::len) else {
+    let Some(force) = force else {
+        for b in batches {
+            sink.write(b)?;
+        }
         return Ok(());
     };
-    let columns: Vec<arrow::array::ArrayRef> = (0..width)
-        .map(|c| {
-            let parts: Vec<&dyn arrow::array::Array> =
-                batches.iter().map(|b| b[c].as_ref()).collect();
-            arrow::compute::concat(&parts).map_err(StoreError::internal)
-        })
-        .collect::<Result<_, _>>()?;
-    let Some(force) = force else {
-        return sink.write(columns);
-    };
-    let order = arrow::compute::sort_to_indices(&columns[force], None, None)
-        .map_err(StoreError::internal)?;
-    let columns: Vec<arrow::array::ArrayRef> = columns
-        .iter()
-        .map(|c| arrow::compute::take(c, &order, None).map_err(StoreError::internal))
-        .collect::<Result<_, _>>()?;
-    sink.write(columns)?;
-    Ok(())
+    let rows = crate::cluster::rows_by_force(&batches, force);
+    sink.write(crate::cluster::gather(&batches, &rows)?)
 }
 
 /// A force area whose small files hold less than this in all shares merged files with
-/// other such force areas (one row group each) instead of having files of its own.
+/// other such force areas (sorted by force area) instead of having files of its own.
 const TINY_FORCE_BYTES: i64 = 1 << 20;
 
 /// Data files smaller than this are merged by [`Store::compact`].
@@ -746,9 +725,9 @@ impl Store {
     /// Rewrites a dataset's small data files (under 8 MiB) into few larger ones (no data
     /// change) once it holds at least `min_files` of them: datasets uploaded force by
     /// force otherwise keep one file per upload, and each query would open them all.
-    /// Files are merged only with files of the same force area (by their statistics), so
-    /// the layout stays clustered by force; files holding several force areas are merged
-    /// among themselves. Returns the new version and the files replaced, or `None` when
+    /// The layout stays clustered by force (by the files' statistics): a force area with
+    /// 1 MiB or more of small files gets merged files of its own; force areas with less,
+    /// and files holding several, share merged files sorted by force area. Returns the new version and the files replaced, or `None` when
     /// nothing was done.
     pub async fn compact(
         &self,
