@@ -159,10 +159,11 @@ impl Context {
         {
             match self.store.table(name, None).await {
                 Ok(table) => {
-                    table
-                        .update_datafusion_session(&ctx.state())
+                    let provider = self
+                        .stored
+                        .provider(name, &table, &ctx.state())
+                        .await
                         .map_err(QueryError::internal)?;
-                    let provider = table.table_provider().await.map_err(QueryError::internal)?;
                     (provider, table.version())
                 }
                 Err(StoreError::NotFound(_)) => (empty()?, None),

@@ -26,6 +26,7 @@ pub mod policy_table;
 pub mod sdc;
 mod service;
 pub mod session;
+mod stored;
 
 use std::time::Duration;
 

@@ -36,6 +36,7 @@ pub(crate) struct Context {
     pub(crate) params: Vec<datafusion::scalar::ScalarValue>,
     pub(crate) dialect: Dialect,
     pub(crate) pg_catalogs: Arc<crate::pgcatalog::PgCatalogs>,
+    pub(crate) stored: Arc<crate::stored::StoredVersions>,
 }
 
 /// What planning learnt.

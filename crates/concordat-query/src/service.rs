@@ -193,6 +193,7 @@ pub struct QueryService {
     footers: session::FooterCache,
     pg_catalogs: Arc<crate::pgcatalog::PgCatalogs>,
     answers: Arc<AnswerCache>,
+    stored: Arc<crate::stored::StoredVersions>,
 }
 
 impl std::fmt::Debug for QueryService {
@@ -239,6 +240,7 @@ impl QueryService {
             spill_dir,
             pg_catalogs: Arc::default(),
             answers: Arc::new(AnswerCache::new(limits.answer_cache_bytes)),
+            stored: Arc::default(),
         })
     }
 
@@ -521,6 +523,7 @@ impl QueryService {
             params: req.params.to_vec(),
             dialect: req.dialect,
             pg_catalogs: self.pg_catalogs.clone(),
+            stored: self.stored.clone(),
         }
     }
 
