@@ -359,3 +359,74 @@ impl TableProvider for StoredTable {
         Ok(DataSourceExec::from_data_source(config))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::logical_expr::{col, lit};
+    use datafusion::prelude::SessionContext;
+
+    /// Which of three files a predicate keeps: Kent's, Essex's, and one without
+    /// statistics.
+    fn kept(predicate: Expr) -> Vec<bool> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("pfa_code", DataType::Utf8View, true),
+            Field::new("n", DataType::Int32, true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("person_id", DataType::Utf8View, true),
+            Field::new("x", DataType::Float64, true),
+        ]));
+        let long = |c: char| c.to_string().repeat(64);
+        let file = |force: &str, n: (i32, i32), day: (&str, &str), person: char| {
+            Some(serde_json::json!({
+                "numRecords": 10,
+                "minValues": {"pfa_code": force, "n": n.0, "day": day.0, "person_id": long(person), "x": 1.0},
+                "maxValues": {"pfa_code": force, "n": n.1, "day": day.1, "person_id": long(person), "x": 2.0},
+                "nullCount": {"pfa_code": 0, "n": 0, "day": 0, "person_id": 0, "x": 0},
+            }))
+        };
+        let stats = FileStats::of(
+            &schema,
+            &[
+                file("E23000032", (1, 5), ("2020-01-01", "2020-12-31"), 'a'),
+                file("E23000011", (6, 9), ("2021-01-01", "2021-12-31"), 'b'),
+                None,
+            ],
+        );
+        let state = SessionContext::new().state();
+        let df_schema = DFSchema::try_from(schema.as_ref().clone()).expect("schema");
+        let physical = state
+            .create_physical_expr(predicate, &df_schema)
+            .expect("expr");
+        PruningPredicateBuilder::new()
+            .with_file_schema(schema)
+            .build(physical)
+            .expect("prunes")
+            .prune(&stats)
+            .expect("pruned")
+    }
+
+    #[test]
+    fn files_are_skipped_only_where_their_statistics_are_exact() {
+        let text = |s: &str| lit(ScalarValue::Utf8View(Some(s.into())));
+        // Force codes, integers and dates prune; a file without statistics is kept.
+        assert_eq!(
+            kept(col("pfa_code").in_list(vec![text("E23000032")], false)),
+            [true, false, true]
+        );
+        assert_eq!(kept(col("n").gt(lit(5i32))), [false, true, true]);
+        let day = |s: &str| {
+            lit(ScalarValue::Utf8(Some(s.into()))
+                .cast_to(&DataType::Date32)
+                .expect("date"))
+        };
+        assert_eq!(kept(col("day").lt(day("2021-01-01"))), [true, false, true]);
+        // Bounds of 32 characters or more may have been cut short by a writer, and
+        // floats are not used: nothing is skipped on them.
+        assert_eq!(
+            kept(col("person_id").eq(text(&"c".repeat(64)))),
+            [true, true, true]
+        );
+        assert_eq!(kept(col("x").gt(lit(100.0))), [true, true, true]);
+    }
+}
