@@ -154,26 +154,25 @@ impl Context {
             .map_err(QueryError::internal)?;
             Ok(Arc::new(table))
         };
-        let (inner, version): (Arc<dyn TableProvider>, Option<u64>) = if let Some(ctx) =
-            ctx.filter(|_| schema.level != DatasetLevel::Reference)
-        {
-            match self.store.table(name, None).await {
-                Ok(table) => {
-                    let provider = self
-                        .stored
-                        .provider(name, &table, &ctx.state())
-                        .await
-                        .map_err(QueryError::internal)?;
-                    (provider, table.version())
+        let (inner, version): (Arc<dyn TableProvider>, Option<u64>) =
+            if let Some(ctx) = ctx.filter(|_| schema.level != DatasetLevel::Reference) {
+                match self.store.table(name, None).await {
+                    Ok(table) => {
+                        let provider = self
+                            .stored
+                            .provider(name, &table, &ctx.state())
+                            .await
+                            .map_err(QueryError::internal)?;
+                        (provider, table.version())
+                    }
+                    Err(StoreError::NotFound(_)) => (empty()?, None),
+                    Err(e) => return Err(QueryError::internal(e)),
                 }
-                Err(StoreError::NotFound(_)) => (empty()?, None),
-                Err(e) => return Err(QueryError::internal(e)),
-            }
-        } else if ctx.is_some() {
-            (reference_table().map_err(QueryError::internal)?, None)
-        } else {
-            (empty()?, None)
-        };
+            } else if ctx.is_some() {
+                (reference_table().map_err(QueryError::internal)?, None)
+            } else {
+                (empty()?, None)
+            };
         Ok(Some(Provided {
             table: Arc::new(PolicyTable::new(inner, view)),
             read: DatasetRead {

@@ -92,7 +92,7 @@ impl StoredVersion {
         }
         let url = ObjectStoreUrl::parse(format!("concordat-table://{dataset}-{version}"))?;
         Ok(Some(StoredVersion {
-            version: version as u64,
+            version,
             url,
             store: table.log_store().object_store(None),
             stats: FileStats::of(&schema, &stats),
@@ -234,7 +234,7 @@ impl StoredVersions {
         table: &DeltaTable,
         session: &dyn Session,
     ) -> Result<Arc<dyn TableProvider>> {
-        let version = table.version().map(|v| v as u64);
+        let version = table.version();
         let cached = self
             .latest
             .lock()
@@ -328,7 +328,8 @@ impl TableProvider for StoredTable {
             .files
             .iter()
             .zip(keep)
-            .filter_map(|(f, k)| k.then(|| f.clone()))
+            .filter(|(_, k)| *k)
+            .map(|(f, _)| f.clone())
             .collect();
         if files.is_empty() {
             let schema = match projection {
