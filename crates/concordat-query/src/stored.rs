@@ -60,9 +60,7 @@ impl StoredVersion {
         let Some(version) = table.version() else {
             return Ok(None);
         };
-        let snapshot = table
-            .snapshot()
-            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let snapshot = table.snapshot()?;
         if !snapshot.metadata().partition_columns().is_empty()
             || snapshot
                 .metadata()
@@ -263,13 +261,8 @@ impl StoredVersions {
         match stored {
             Some(version) => Ok(Arc::new(StoredTable { version })),
             None => {
-                table
-                    .update_datafusion_session(session)
-                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-                table
-                    .table_provider()
-                    .await
-                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+                table.update_datafusion_session(session)?;
+                Ok(table.table_provider().await?)
             }
         }
     }
@@ -314,22 +307,22 @@ impl TableProvider for StoredTable {
             }
             None => None,
         };
-        let keep = match &predicate {
-            Some(p) => match PruningPredicateBuilder::new()
-                .with_file_schema(v.schema.clone())
-                .build(p.clone())
-            {
-                Some(pruning) => pruning.prune(&v.stats)?,
-                None => vec![true; v.files.len()],
-            },
-            None => vec![true; v.files.len()],
-        };
+        // `None`: the predicate cannot prune by statistics, so every file is read.
+        let keep = predicate
+            .as_ref()
+            .and_then(|p| {
+                PruningPredicateBuilder::new()
+                    .with_file_schema(v.schema.clone())
+                    .build(p.clone())
+            })
+            .map(|pruning| pruning.prune(&v.stats))
+            .transpose()?;
         let files: Vec<PartitionedFile> = v
             .files
             .iter()
-            .zip(keep)
-            .filter(|(_, k)| *k)
-            .map(|(f, _)| f.clone())
+            .enumerate()
+            .filter(|(i, _)| keep.as_ref().is_none_or(|k| k[*i]))
+            .map(|(_, f)| f.clone())
             .collect();
         if files.is_empty() {
             let schema = match projection {
