@@ -114,6 +114,56 @@ struct Tail {
     file: File,
     seq: u64,
     hash: String,
+    /// The local head file, open for writing in place; `None` on a shared store, and
+    /// when the head named an event the log no longer holds (kept as evidence).
+    head: Option<File>,
+}
+
+/// A local head is one record of fixed length, rewritten in place.
+const HEAD_LEN: usize = 160;
+
+fn head_record(seq: u64, hash: &str) -> Vec<u8> {
+    let mut out = serde_json::to_vec(&Head {
+        seq,
+        hash: hash.to_owned(),
+    })
+    .unwrap_or_default();
+    out.resize(HEAD_LEN - 1, b' ');
+    out.push(b'\n');
+    out
+}
+
+/// Opens the local head of a log that ends at event `seq`. A head behind the log (a
+/// crash before it reached the disk) is brought up to date; a head ahead of it means
+/// events were removed from the end while the gateway was stopped, so it is left as it
+/// is, never rewritten, for `verify` to report.
+fn open_head(path: &Path, seq: u64, hash: &str) -> Result<Option<File>, StoreError> {
+    use std::os::unix::fs::FileExt;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(head_path(path))
+        .map_err(StoreError::internal)?;
+    let text = std::fs::read(head_path(path)).map_err(StoreError::internal)?;
+    if let Ok(h) = serde_json::from_slice::<Head>(&text)
+        && (h.seq > seq || (h.seq == seq && h.hash != hash))
+    {
+        tracing::error!(
+            path = %path.display(),
+            log_ends_at = seq,
+            head = h.seq,
+            "the audit log ends before the event its head names: events were removed from the end"
+        );
+        return Ok(None);
+    }
+    file.set_len(HEAD_LEN as u64)
+        .map_err(StoreError::internal)?;
+    file.write_all_at(&head_record(seq, hash), 0)
+        .map_err(StoreError::internal)?;
+    file.sync_data().map_err(StoreError::internal)?;
+    Ok(Some(file))
 }
 
 /// An event waiting to be written, and where its outcome goes.
@@ -162,6 +212,26 @@ fn head_path(path: &Path) -> PathBuf {
     path.with_extension("head")
 }
 
+/// Appends `lines` and syncs them: the events are durable when this returns. The head
+/// is then rewritten in place, not synced: it follows the log to disk within the
+/// kernel's writeback, so after a crash it may lag behind the log but never lead it.
+fn write_durably(
+    file: &mut File,
+    head: Option<&File>,
+    lines: &[u8],
+    seq: u64,
+    hash: &str,
+) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let e = |e: std::io::Error| e.to_string();
+    file.write_all(lines).map_err(e)?;
+    file.sync_data().map_err(e)?;
+    if let Some(head) = head {
+        head.write_all_at(&head_record(seq, hash), 0).map_err(e)?;
+    }
+    Ok(())
+}
+
 impl AuditLog {
     /// Opens (creating) the log. A torn last line, from a crash during an append that was
     /// therefore never acknowledged, is cut off.
@@ -202,9 +272,15 @@ impl AuditLog {
             tracing::warn!(path = %path.display(), "cut a torn audit record left by a crash");
         }
         file.seek(SeekFrom::End(0)).map_err(StoreError::internal)?;
+        let head = open_head(path, seq, &hash)?;
         Ok(AuditLog {
             path: path.to_owned(),
-            tail: Mutex::new(Tail { file, seq, hash }),
+            tail: Mutex::new(Tail {
+                file,
+                seq,
+                hash,
+                head,
+            }),
             queue: Mutex::new((Vec::new(), false)),
             shared: None,
         })
@@ -235,7 +311,12 @@ impl AuditLog {
         let (seq, hash) = last.map_or((0, GENESIS.to_owned()), |e| (e.seq, e.hash));
         Ok(AuditLog {
             path: copy.to_owned(),
-            tail: Mutex::new(Tail { file, seq, hash }),
+            tail: Mutex::new(Tail {
+                file,
+                seq,
+                hash,
+                head: None,
+            }),
             queue: Mutex::new((Vec::new(), false)),
             shared: Some((shared, Mutex::new(0))),
         })
@@ -299,7 +380,8 @@ impl AuditLog {
                 let (seq, hash) = events
                     .last()
                     .map_or((tail.seq, tail.hash.clone()), |e| (e.seq, e.hash.clone()));
-                self.write_durably(&mut tail.file, &lines, seq, &hash)?;
+                let tail = &mut *tail;
+                write_durably(&mut tail.file, tail.head.as_ref(), &lines, seq, &hash)?;
                 Ok(events)
             }),
             Some((shared, _)) => Self::write_shared(shared, &mut tail, &bodies, &time),
@@ -364,29 +446,6 @@ impl AuditLog {
             tail.hash = theirs.hash;
         }
         Err("the shared audit trail is too busy: no free sequence number after 1000 tries".into())
-    }
-
-    fn write_durably(
-        &self,
-        file: &mut File,
-        lines: &[u8],
-        seq: u64,
-        hash: &str,
-    ) -> Result<(), String> {
-        let e = |e: std::io::Error| e.to_string();
-        file.write_all(lines).map_err(e)?;
-        file.sync_data().map_err(e)?;
-        let head = serde_json::to_vec(&Head {
-            seq,
-            hash: hash.to_owned(),
-        })
-        .map_err(|x| x.to_string())?;
-        let tmp = self.path.with_extension("head.tmp");
-        let mut f = File::create(&tmp).map_err(e)?;
-        f.write_all(&head).map_err(e)?;
-        f.sync_data().map_err(e)?;
-        std::fs::rename(&tmp, head_path(&self.path)).map_err(e)?;
-        Ok(())
     }
 
     /// Events with `seq > after`, up to `limit`, that `keep` accepts.
@@ -582,27 +641,31 @@ impl Checker {
 pub fn verify(path: &Path) -> Result<Verification, StoreError> {
     let file =
         File::open(path).map_err(|e| StoreError::NotFound(format!("{}: {e}", path.display())))?;
+    // The head follows the log to disk, so after a crash it may lag behind the log's
+    // end, but the event it names must be in the log, as it was written.
+    let head = std::fs::read(head_path(path))
+        .ok()
+        .and_then(|text| serde_json::from_slice::<Head>(&text).ok());
     let mut check = Checker::new();
     for line in BufReader::new(file).lines() {
         let line = line.map_err(StoreError::internal)?;
         if let Some(why) = check.line(line.as_bytes()) {
             return Ok(check.broken(why));
         }
+        if let Some(h) = &head
+            && h.seq == check.seq
+            && h.hash != check.prev
+        {
+            return Ok(Verification {
+                events: check.events - 1,
+                broken: Some((
+                    check.events,
+                    format!("event {} is not the event the head names", h.seq),
+                )),
+            });
+        }
     }
-    let head = std::fs::read(head_path(path))
-        .ok()
-        .and_then(|text| serde_json::from_slice::<Head>(&text).ok());
-    // A local head always names the last event written: any difference is a removal.
-    if let Some(h) = &head
-        && (h.seq != check.seq || h.hash != check.prev)
-    {
-        let why = format!(
-            "the log ends at event {} but event {} was written: events were removed from the end",
-            check.seq, h.seq
-        );
-        return Ok(check.broken(why));
-    }
-    Ok(check.finish(None))
+    Ok(check.finish(head))
 }
 
 /// Checks the whole shared trail, every replica's events, object by object: each object
@@ -815,6 +878,36 @@ mod tests {
             Some(3),
             "a re-hashed forgery breaks the next link"
         );
+    }
+
+    #[test]
+    fn a_head_may_lag_after_a_crash_but_a_removal_while_stopped_stays_reported() {
+        // A head behind the log (it had not reached the disk) is not a removal, and
+        // reopening brings it up to date.
+        let (_d, path) = log_with(5);
+        let lines: Vec<String> = std::fs::read_to_string(&path)
+            .expect("read")
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let third: AuditEvent = serde_json::from_str(&lines[2]).expect("event");
+        std::fs::write(head_path(&path), head_record(3, &third.hash)).expect("head");
+        assert_eq!(verify(&path).expect("verify").broken, None);
+        drop(AuditLog::open(&path).expect("reopen"));
+        let head: Head =
+            serde_json::from_slice(&std::fs::read(head_path(&path)).expect("head")).expect("parse");
+        assert_eq!(head.seq, 5);
+        // A lagging head must still name an event as it was written.
+        std::fs::write(head_path(&path), head_record(3, GENESIS)).expect("head");
+        assert_eq!(verify(&path).expect("verify").broken.map(|b| b.0), Some(3));
+        // Events removed from the end while stopped: appending afterwards does not
+        // hide it, because the head is left as evidence.
+        let (_d, path) = log_with(6);
+        rewrite(&path, |l| l.truncate(4));
+        let log = AuditLog::open(&path).expect("reopen");
+        assert_eq!(log.append(body("after")).expect("append").seq, 5);
+        drop(log);
+        assert!(verify(&path).expect("verify").broken.is_some());
     }
 
     #[test]
