@@ -12,7 +12,7 @@ use concordat_core::{DatasetLevel, Reference, Schemas};
 use concordat_policy::{Access, ForPurpose, RefusalReason};
 use concordat_store::StoreError;
 use datafusion::datasource::{MemTable, TableProvider};
-use datafusion::prelude::SessionContext;
+use datafusion::execution::SessionState;
 
 use crate::error::QueryError;
 use crate::plan::Context;
@@ -49,10 +49,10 @@ impl Context {
     /// The table a caller sees under a name, or `None` if no agreement names it for them.
     pub(crate) async fn provide(
         &self,
-        ctx: &SessionContext,
+        state: &SessionState,
         name: &str,
     ) -> Result<Option<Provided>, QueryError> {
-        self.provide_in(Some(ctx), name).await
+        self.provide_in(Some(state), name).await
     }
 
     /// The table a caller sees under a name with its columns but no rows, for a client's
@@ -76,11 +76,11 @@ impl Context {
     /// With a session, the table over its latest version; without, over no rows.
     async fn provide_in(
         &self,
-        ctx: Option<&SessionContext>,
+        state: Option<&SessionState>,
         name: &str,
     ) -> Result<Option<Provided>, QueryError> {
         if name == AUDIT_TABLE {
-            return self.audit_table(ctx.is_some());
+            return self.audit_table(state.is_some());
         }
         let Some(schema) = Schemas::builtin().get(name) else {
             return Ok(None);
@@ -155,12 +155,12 @@ impl Context {
             Ok(Arc::new(table))
         };
         let (inner, version): (Arc<dyn TableProvider>, Option<u64>) =
-            if let Some(ctx) = ctx.filter(|_| schema.level != DatasetLevel::Reference) {
+            if let Some(state) = state.filter(|_| schema.level != DatasetLevel::Reference) {
                 match self.store.table(name, None).await {
                     Ok(table) => {
                         let provider = self
                             .stored
-                            .provider(name, &table, &ctx.state())
+                            .provider(name, &table, state)
                             .await
                             .map_err(QueryError::internal)?;
                         (provider, table.version())
@@ -168,7 +168,7 @@ impl Context {
                     Err(StoreError::NotFound(_)) => (empty()?, None),
                     Err(e) => return Err(QueryError::internal(e)),
                 }
-            } else if ctx.is_some() {
+            } else if state.is_some() {
                 (reference_table().map_err(QueryError::internal)?, None)
             } else {
                 (empty()?, None)

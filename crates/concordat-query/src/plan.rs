@@ -11,11 +11,10 @@ use concordat_policy::Policies;
 use concordat_store::Store;
 use concordat_store::audit::AuditLog;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::SessionContext;
 
 use crate::error::{QueryError, classify, sql_error};
 use crate::service::DatasetRead;
@@ -33,6 +32,7 @@ pub(crate) struct Context {
     pub(crate) spill_dir: PathBuf,
     pub(crate) record_key: Arc<sdc::cellkey::RecordKey>,
     pub(crate) footers: session::FooterCache,
+    pub(crate) template: Arc<session::Template>,
     pub(crate) params: Vec<datafusion::scalar::ScalarValue>,
     pub(crate) dialect: Dialect,
     pub(crate) pg_catalogs: Arc<crate::pgcatalog::PgCatalogs>,
@@ -85,9 +85,9 @@ impl Context {
         &self,
         sql: &str,
     ) -> Result<(Planned, SendableRecordBatchStream), QueryError> {
-        let (planned, physical, ctx) = self.plan(sql).await?;
-        let stream = datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())
-            .map_err(|e| classify(&e))?;
+        let (planned, physical, task) = self.plan(sql).await?;
+        let stream =
+            datafusion::physical_plan::execute_stream(physical, task).map_err(|e| classify(&e))?;
         Ok((planned, stream))
     }
 
@@ -95,18 +95,14 @@ impl Context {
     pub(crate) async fn plan(
         &self,
         sql: &str,
-    ) -> Result<(Planned, Arc<dyn ExecutionPlan>, SessionContext), QueryError> {
+    ) -> Result<(Planned, Arc<dyn ExecutionPlan>, Arc<TaskContext>), QueryError> {
         let t0 = std::time::Instant::now();
-        let ctx = session::locked_session(
-            self.limits.memory_bytes,
-            &self.spill_dir,
-            self.limits.spill_bytes,
-            self.limits.threads,
-            &self.footers,
-        )
-        .map_err(QueryError::internal)?;
+        let state = self.template.state().map_err(QueryError::internal)?;
+        let task = self
+            .template
+            .task(&state, self.limits.memory_bytes)
+            .map_err(QueryError::internal)?;
         let t_session = t0.elapsed();
-        let state = ctx.state();
         let dialect = match self.dialect {
             Dialect::Standard => datafusion::config::Dialect::Generic,
             Dialect::Postgres => datafusion::config::Dialect::PostgreSQL,
@@ -131,8 +127,10 @@ impl Context {
             if !seen.insert(name.clone()) {
                 continue;
             }
-            if let Some(provided) = self.provide(&ctx, &name).await? {
-                ctx.register_table(name.as_str(), provided.table)
+            if let Some(provided) = self.provide(&state, &name).await? {
+                state
+                    .schema_for_ref(name.as_str())
+                    .and_then(|schema| schema.register_table(name.clone(), provided.table))
                     .map_err(QueryError::internal)?;
                 datasets.push(provided.read);
                 agreements.extend(provided.agreements);
@@ -142,7 +140,6 @@ impl Context {
             }
         }
         let t_tables = t0.elapsed();
-        let state = ctx.state();
         let plan = state.statement_to_plan(stmt).await.map_err(sql_error)?;
         let (plan, params) = self.bind(plan)?;
         verify_read(&plan)?;
@@ -154,6 +151,7 @@ impl Context {
             let (plan, disclosure) = sdc::release(
                 optimized,
                 &state,
+                &task,
                 &controlled,
                 &self.record_key,
                 self.limits.max_groups,
@@ -182,7 +180,7 @@ impl Context {
                 deterministic,
             },
             physical,
-            ctx,
+            task,
         ))
     }
 
@@ -256,7 +254,7 @@ impl Context {
     async fn plan_catalog(
         &self,
         sql: &str,
-    ) -> Result<(Planned, Arc<dyn ExecutionPlan>, SessionContext), QueryError> {
+    ) -> Result<(Planned, Arc<dyn ExecutionPlan>, Arc<TaskContext>), QueryError> {
         let ctx = session::catalog_session(
             self.limits.memory_bytes,
             &self.spill_dir,
@@ -302,7 +300,7 @@ impl Context {
                 deterministic: false,
             },
             physical,
-            ctx,
+            ctx.task_ctx(),
         ))
     }
 }

@@ -39,7 +39,7 @@ use arrow::datatypes::{DataType, Field, Schema, UInt64Type};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::{MemTable, provider_as_source};
-use datafusion::execution::SessionState;
+use datafusion::execution::{SessionState, TaskContext};
 use datafusion::logical_expr::expr::{AggregateFunction, TryCast};
 use datafusion::logical_expr::{
     Aggregate, Expr, GroupingSet, LogicalPlan, LogicalPlanBuilder, Projection, col,
@@ -105,6 +105,7 @@ fn internal(e: impl std::fmt::Display) -> QueryError {
 pub async fn release(
     plan: LogicalPlan,
     state: &SessionState,
+    task: &Arc<TaskContext>,
     controlled: &HashMap<String, Controlled>,
     key: &RecordKey,
     max_groups: usize,
@@ -131,7 +132,7 @@ pub async fn release(
     };
     let marker = marker_path(&plan, &release_node);
     let (replacement, disclosure) =
-        run_release(agg, state, controlled, key, max_groups, marker).await?;
+        run_release(agg, state, task, controlled, key, max_groups, marker).await?;
     let mut replaced = false;
     let swapped = plan
         .transform_down(|node| {

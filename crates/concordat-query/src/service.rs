@@ -191,6 +191,7 @@ pub struct QueryService {
     spill_dir: PathBuf,
     record_key: Arc<sdc::cellkey::RecordKey>,
     footers: session::FooterCache,
+    template: Arc<session::Template>,
     pg_catalogs: Arc<crate::pgcatalog::PgCatalogs>,
     answers: Arc<AnswerCache>,
     stored: Arc<crate::stored::StoredVersions>,
@@ -227,8 +228,13 @@ impl QueryService {
             .map_err(QueryError::internal)?;
         let running = Arc::new(tokio::sync::Semaphore::new(limits.concurrent.max(1)));
         let footers = session::footer_cache(64 << 20).map_err(QueryError::internal)?;
+        let template = Arc::new(
+            session::Template::new(limits.threads, &spill_dir, limits.spill_bytes, &footers)
+                .map_err(QueryError::internal)?,
+        );
         Ok(QueryService {
             footers,
+            template,
             record_key: Arc::new(sdc::cellkey::RecordKey::random()),
             running,
             store,
@@ -520,6 +526,7 @@ impl QueryService {
             spill_dir: self.spill_dir.clone(),
             record_key: self.record_key.clone(),
             footers: self.footers.clone(),
+            template: self.template.clone(),
             params: req.params.to_vec(),
             dialect: req.dialect,
             pg_catalogs: self.pg_catalogs.clone(),

@@ -2,15 +2,21 @@
 //! recursive CTEs, a memory pool with a capped spill directory.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+    MemorySchemaProvider,
+};
 use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use url::Url;
@@ -71,11 +77,13 @@ pub fn locked_session(
     target_partitions: usize,
     footers: &FooterCache,
 ) -> Result<SessionContext> {
-    let config = SessionConfig::new()
-        .with_information_schema(false)
-        .with_target_partitions(target_partitions.max(1))
-        .with_batch_size(8192);
-    build(config, memory_bytes, spill_dir, spill_bytes, footers)
+    build(
+        query_config(target_partitions),
+        memory_bytes,
+        spill_dir,
+        spill_bytes,
+        footers,
+    )
 }
 
 /// Builds the session a Postgres client's catalog lookups run in: one partition, the
@@ -94,26 +102,127 @@ pub fn catalog_session(
     build(config, memory_bytes, spill_dir, spill_bytes, footers)
 }
 
+/// The runtime of one query: its own memory pool and spill space, the shared stores
+/// and footer cache.
+fn runtime(
+    memory_bytes: usize,
+    spill_dir: &Path,
+    spill_bytes: u64,
+    footers: &FooterCache,
+    stores: Arc<RestrictedRegistry>,
+) -> Result<Arc<RuntimeEnv>> {
+    let disk = DiskManagerBuilder::default()
+        .with_mode(DiskManagerMode::Directories(vec![spill_dir.to_path_buf()]))
+        .with_max_temp_directory_size(spill_bytes);
+    RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(GreedyMemoryPool::new(memory_bytes)))
+        .with_disk_manager_builder(disk)
+        .with_object_store_registry(stores)
+        .with_cache_manager(
+            datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+                .with_file_metadata_cache(Some(footers.clone())),
+        )
+        .build_arc()
+}
+
+/// What every query's session shares, built once: the configuration, the functions
+/// (without table functions), the optimizer rules, the registry of the gateway's table
+/// stores and the footer cache. Building a session from scratch registers every
+/// function again, which cost more than planning a small query.
+#[derive(Debug)]
+pub struct Template {
+    state: SessionState,
+    stores: Arc<RestrictedRegistry>,
+    footers: FooterCache,
+    spill_dir: PathBuf,
+    spill_bytes: u64,
+}
+
+impl Template {
+    /// The template of query sessions with `target_partitions`, spilling to `spill_dir`.
+    pub fn new(
+        target_partitions: usize,
+        spill_dir: &Path,
+        spill_bytes: u64,
+        footers: &FooterCache,
+    ) -> Result<Template> {
+        let stores = Arc::new(RestrictedRegistry::default());
+        let ctx = build_with(
+            query_config(target_partitions),
+            runtime(0, spill_dir, spill_bytes, footers, stores.clone())?,
+        )?;
+        Ok(Template {
+            state: ctx.state(),
+            stores,
+            footers: footers.clone(),
+            spill_dir: spill_dir.to_path_buf(),
+            spill_bytes,
+        })
+    }
+
+    /// The session of one query: the template's configuration and functions with a
+    /// catalog of its own, empty, so no query sees the tables another registered.
+    pub fn state(&self) -> Result<SessionState> {
+        let mut state = self.state.clone();
+        let options = state.config().options();
+        let (catalog, schema) = (
+            options.catalog.default_catalog.clone(),
+            options.catalog.default_schema.clone(),
+        );
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        let default = Arc::new(MemoryCatalogProvider::new());
+        default.register_schema(&schema, Arc::new(MemorySchemaProvider::new()))?;
+        catalogs.register_catalog(catalog, default);
+        state.register_catalog_list(catalogs);
+        Ok(state)
+    }
+
+    /// The task context a planned query runs in: its own memory pool of `memory_bytes`.
+    /// Plans hold their functions, so the context needs no function registry.
+    pub fn task(&self, state: &SessionState, memory_bytes: usize) -> Result<Arc<TaskContext>> {
+        let runtime = runtime(
+            memory_bytes,
+            &self.spill_dir,
+            self.spill_bytes,
+            &self.footers,
+            self.stores.clone(),
+        )?;
+        Ok(Arc::new(TaskContext::new(
+            None,
+            state.session_id().to_owned(),
+            state.config().clone(),
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+            runtime,
+        )))
+    }
+}
+
+fn query_config(target_partitions: usize) -> SessionConfig {
+    SessionConfig::new()
+        .with_information_schema(false)
+        .with_target_partitions(target_partitions.max(1))
+        .with_batch_size(8192)
+}
+
 fn build(
-    mut config: SessionConfig,
+    config: SessionConfig,
     memory_bytes: usize,
     spill_dir: &Path,
     spill_bytes: u64,
     footers: &FooterCache,
 ) -> Result<SessionContext> {
+    let stores = Arc::new(RestrictedRegistry::default());
+    build_with(
+        config,
+        runtime(memory_bytes, spill_dir, spill_bytes, footers, stores)?,
+    )
+}
+
+fn build_with(mut config: SessionConfig, runtime: Arc<RuntimeEnv>) -> Result<SessionContext> {
     config.options_mut().execution.enable_recursive_ctes = false;
-    let disk = DiskManagerBuilder::default()
-        .with_mode(DiskManagerMode::Directories(vec![spill_dir.to_path_buf()]))
-        .with_max_temp_directory_size(spill_bytes);
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(GreedyMemoryPool::new(memory_bytes)))
-        .with_disk_manager_builder(disk)
-        .with_object_store_registry(Arc::new(RestrictedRegistry::default()))
-        .with_cache_manager(
-            datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
-                .with_file_metadata_cache(Some(footers.clone())),
-        )
-        .build_arc()?;
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
@@ -130,4 +239,45 @@ fn build(
         ));
     }
     Ok(ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::datasource::MemTable;
+
+    #[tokio::test]
+    async fn sessions_from_one_template_share_no_tables_and_no_table_functions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let footers = footer_cache(1 << 20).expect("footers");
+        let template = Template::new(2, dir.path(), 1 << 20, &footers).expect("template");
+        let (a, b) = (
+            template.state().expect("state"),
+            template.state().expect("state"),
+        );
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+        let table = Arc::new(MemTable::try_new(schema, vec![vec![]]).expect("table"));
+        a.schema_for_ref("secret")
+            .and_then(|s| s.register_table("secret".into(), table))
+            .expect("register");
+        let sees = |state: &SessionState| {
+            state
+                .schema_for_ref("secret")
+                .is_ok_and(|s| s.table_exist("secret"))
+        };
+        assert!(sees(&a));
+        assert!(!sees(&b), "another query's session sees the table");
+        assert!(
+            !sees(&template.state().expect("state")),
+            "a later session sees it"
+        );
+        assert!(a.table_functions().is_empty() && b.table_functions().is_empty());
+        // Each query's task runs in a memory pool of its own.
+        let t = template.task(&a, 1000).expect("task");
+        let pool = t.runtime_env().memory_pool.clone();
+        let r = datafusion::execution::memory_pool::MemoryConsumer::new("x").register(&pool);
+        assert!(r.try_grow(2000).is_err(), "the query's limit holds");
+        let u = template.task(&b, 1000).expect("task");
+        assert_eq!(u.runtime_env().memory_pool.reserved(), 0);
+    }
 }

@@ -88,7 +88,7 @@ impl StoredVersion {
                     .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()),
             );
         }
-        let url = ObjectStoreUrl::parse(format!("concordat-table://{dataset}-{version}"))?;
+        let url = ObjectStoreUrl::parse(format!("concordat-table://{dataset}"))?;
         Ok(Some(StoredVersion {
             version,
             url,

@@ -31,6 +31,7 @@ impl Grouping {
 pub(super) async fn run_release(
     agg: &Aggregate,
     state: &SessionState,
+    task: &Arc<TaskContext>,
     controlled: &HashMap<String, Controlled>,
     key: &RecordKey,
     max_groups: usize,
@@ -263,7 +264,7 @@ pub(super) async fn run_release(
         max_groups,
     )
     .map_err(internal)?;
-    let mut stream = datafusion::physical_plan::execute_stream(physical, state.task_ctx())
+    let mut stream = datafusion::physical_plan::execute_stream(physical, task.clone())
         .map_err(|e| crate::error::classify(&e))?;
     while let Some(b) = stream.next().await {
         let b = b.map_err(|e| crate::error::classify(&e))?;
