@@ -9,7 +9,7 @@ use arrow::datatypes::{DataType, Float64Type};
 use concordat_core::msg::{
     CHARACTERISTICS, Characteristics, DEFAULT_GROUP_SIZE, most_similar_groups,
 };
-use concordat_query::sdc::cellkey::RecordKey;
+use concordat_query::sdc::cellkey::{RecordKey, record_keys};
 use concordat_query::sdc::contributions::{Gatherer, Group, Part};
 use concordat_query::sdc::rules::{self, Terms};
 use concordat_store::{Store, StoreError};
@@ -84,9 +84,20 @@ async fn released(
         usize::MAX,
     )
     .map_err(q)?;
+    // The gatherer reads each person by their record key.
+    let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+    fields[2] = Arc::new(arrow::datatypes::Field::new(
+        fields[2].name(),
+        DataType::UInt64,
+        true,
+    ));
+    let keyed = Arc::new(arrow::datatypes::Schema::new(fields));
     let mut stream = df.execute_stream().await.map_err(q)?;
     while let Some(b) = futures::StreamExt::next(&mut stream).await {
-        gatherer.push(&b.map_err(q)?, release.key).map_err(q)?;
+        let mut columns = b.map_err(q)?.columns().to_vec();
+        columns[2] = Arc::new(record_keys(release.key, columns[2].as_ref()).map_err(q)?);
+        let b = arrow::record_batch::RecordBatch::try_new(keyed.clone(), columns).map_err(q)?;
+        gatherer.push(&b).map_err(q)?;
     }
     let (keys, groups) = gatherer.finish().map_err(q)?;
     let text = |i: usize| -> Result<Vec<String>, BuildError> {

@@ -107,7 +107,7 @@ pub async fn release(
     state: &SessionState,
     task: &Arc<TaskContext>,
     controlled: &HashMap<String, Controlled>,
-    key: &RecordKey,
+    key: &Arc<RecordKey>,
     max_groups: usize,
 ) -> Result<(LogicalPlan, Disclosure), QueryError> {
     let mut found = Vec::new();

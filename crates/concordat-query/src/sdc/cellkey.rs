@@ -132,6 +132,96 @@ impl RecordKey {
     }
 }
 
+/// The record key of each pseudonym in a text column; no pseudonym, no key.
+pub fn record_keys(
+    key: &RecordKey,
+    pseudonyms: &dyn arrow::array::Array,
+) -> Result<arrow::array::UInt64Array, arrow::error::ArrowError> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::DataType;
+    Ok(match pseudonyms.data_type() {
+        DataType::Utf8View => pseudonyms
+            .as_string_view()
+            .iter()
+            .map(|p| p.map(|p| key.of(p.as_bytes())))
+            .collect(),
+        DataType::Utf8 => pseudonyms
+            .as_string::<i32>()
+            .iter()
+            .map(|p| p.map(|p| key.of(p.as_bytes())))
+            .collect(),
+        _ => {
+            let text = arrow::compute::cast(pseudonyms, &DataType::Utf8)?;
+            return record_keys(key, text.as_ref());
+        }
+    })
+}
+
+/// `record_key(pseudonym)`: the person's record key as an integer, so that disclosure
+/// control groups its per-person aggregate by eight bytes, not by a 64-character text,
+/// and computes each key once per row where it is read. Only the gateway's own rewrite
+/// calls it; it is never registered under a name a query can use.
+#[derive(Debug)]
+pub struct RecordKeyFunction {
+    key: std::sync::Arc<RecordKey>,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl RecordKeyFunction {
+    /// The function over `key`.
+    pub fn udf(key: std::sync::Arc<RecordKey>) -> datafusion::logical_expr::ScalarUDF {
+        datafusion::logical_expr::ScalarUDF::new_from_impl(RecordKeyFunction {
+            key,
+            signature: datafusion::logical_expr::Signature::string(
+                1,
+                datafusion::logical_expr::Volatility::Immutable,
+            ),
+        })
+    }
+}
+
+impl PartialEq for RecordKeyFunction {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.key, &other.key)
+    }
+}
+
+impl Eq for RecordKeyFunction {}
+
+impl std::hash::Hash for RecordKeyFunction {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(std::sync::Arc::as_ptr(&self.key), state);
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for RecordKeyFunction {
+    fn name(&self) -> &str {
+        "__concordat_record_key"
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _: &[arrow::datatypes::DataType],
+    ) -> datafusion::common::Result<arrow::datatypes::DataType> {
+        Ok(arrow::datatypes::DataType::UInt64)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
+        let arrays = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
+        let keys = record_keys(&self.key, arrays[0].as_ref())?;
+        Ok(datafusion::logical_expr::ColumnarValue::Array(
+            std::sync::Arc::new(keys),
+        ))
+    }
+}
+
 /// The cell key of a set of persons from their record keys: combined with XOR, so it does
 /// not depend on the order in which they are met.
 pub fn combine(cell: u64, record: u64) -> u64 {

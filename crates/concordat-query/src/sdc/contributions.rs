@@ -10,10 +10,10 @@
 use std::collections::HashMap;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type, SchemaRef};
+use arrow::datatypes::{DataType, Float64Type, SchemaRef, UInt64Type};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 
-use super::cellkey::{RecordKey, combine};
+use super::cellkey::combine;
 
 /// Contributions beyond this magnitude are held at it: no person's value in these
 /// datasets comes near it, and it keeps every total exact in floating point.
@@ -194,14 +194,16 @@ impl Gatherer {
         }
     }
 
-    /// Reads one batch of per-(group, person) rows.
-    pub fn push(&mut self, batch: &RecordBatch, key: &RecordKey) -> Result<(), GatherError> {
+    /// Reads one batch of per-(group, person) rows, each person by their record key.
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<(), GatherError> {
         let rows = batch.num_rows();
         if rows == 0 {
             return Ok(());
         }
-        let person = arrow::compute::cast(batch.column(self.person_at), &DataType::Utf8)?;
-        let person = person.as_string::<i32>();
+        let person = batch
+            .column(self.person_at)
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(|| GatherError::Shape("the person column is not a record key".into()))?;
         let values: Vec<ArrayRef> = self
             .parts
             .iter()
@@ -253,7 +255,7 @@ impl Gatherer {
             if person.is_null(r) {
                 continue;
             }
-            let record = key.of(person.value(r).as_bytes());
+            let record = person.value(r);
             let group = &mut self.groups[slot];
             group.persons.add_person(record);
             for (p, v) in values.iter().enumerate() {
@@ -335,26 +337,34 @@ mod tests {
 
     #[test]
     fn rows_per_group_and_person_gather_into_groups() {
+        use crate::sdc::cellkey::{RecordKey, record_keys};
         use arrow::array::{Float64Array, Int64Array, StringArray};
         use arrow::datatypes::{Field, Schema};
         use std::sync::Arc;
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Utf8, true),
-            Field::new("person", DataType::Utf8, true),
+            Field::new("person", DataType::UInt64, true),
             Field::new("rows", DataType::Int64, true),
             Field::new("total", DataType::Float64, true),
         ]));
+        let key = RecordKey::from_secret(&[1u8; 32]);
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
                 Arc::new(StringArray::from(vec!["a", "a", "b", "a", "b"])),
-                Arc::new(StringArray::from(vec![
-                    Some("p1"),
-                    Some("p2"),
-                    Some("p1"),
-                    None,
-                    Some("p3"),
-                ])),
+                Arc::new(
+                    record_keys(
+                        &key,
+                        &StringArray::from(vec![
+                            Some("p1"),
+                            Some("p2"),
+                            Some("p1"),
+                            None,
+                            Some("p3"),
+                        ]),
+                    )
+                    .expect("keys"),
+                ),
                 Arc::new(Int64Array::from(vec![2, 1, 1, 5, 0])),
                 Arc::new(Float64Array::from(vec![
                     Some(3.0),
@@ -366,7 +376,6 @@ mod tests {
             ],
         )
         .expect("batch");
-        let key = RecordKey::from_secret(&[1u8; 32]);
         let mut g = Gatherer::new(
             &schema,
             vec![0],
@@ -376,7 +385,7 @@ mod tests {
             10,
         )
         .expect("gatherer");
-        g.push(&batch, &key).expect("push");
+        g.push(&batch).expect("push");
         let (keys, groups) = g.finish().expect("finish");
         assert_eq!(keys[0].as_string::<i32>().value(0), "a");
         assert_eq!(keys[0].as_string::<i32>().value(1), "b");
@@ -392,7 +401,7 @@ mod tests {
         assert_eq!(groups[1].persons.key, combine(key.of(b"p1"), key.of(b"p3")));
         let mut few = Gatherer::new(&schema, vec![0], 1, vec![], 10, 1).expect("gatherer");
         assert!(matches!(
-            few.push(&batch, &key),
+            few.push(&batch),
             Err(GatherError::TooManyGroups(1))
         ));
     }

@@ -33,7 +33,7 @@ pub(super) async fn run_release(
     state: &SessionState,
     task: &Arc<TaskContext>,
     controlled: &HashMap<String, Controlled>,
-    key: &RecordKey,
+    key: &Arc<RecordKey>,
     max_groups: usize,
     marker: bool,
 ) -> Result<(LogicalPlan, Disclosure), QueryError> {
@@ -70,7 +70,11 @@ pub(super) async fn run_release(
         .into_iter()
         .map(Expr::Column)
         .collect();
-    carried.push(person.alias(PID));
+    carried.push(
+        cellkey::RecordKeyFunction::udf(key.clone())
+            .call(vec![person])
+            .alias(PID),
+    );
     let input =
         LogicalPlan::Projection(Projection::try_new(carried, Arc::new(q.plan)).map_err(internal)?);
     let pid = Expr::Column(Column::new_unqualified(PID));
@@ -268,7 +272,7 @@ pub(super) async fn run_release(
         .map_err(|e| crate::error::classify(&e))?;
     while let Some(b) = stream.next().await {
         let b = b.map_err(|e| crate::error::classify(&e))?;
-        gatherer.push(&b, key).map_err(|e| match e {
+        gatherer.push(&b).map_err(|e| match e {
             GatherError::TooManyGroups(n) => refused(format!(
                 "the answer would have more than {n} groups; group by fewer or coarser columns"
             )),
