@@ -342,6 +342,7 @@ impl Store {
             .with_target_file_size(std::num::NonZeroU64::new(32 << 20))
             .with_writer_properties(crate::datafile::writer_properties(
                 &crate::datafile::plain_columns(schema),
+                false,
             ))
             .with_configuration(self.table_configuration())
             .with_save_mode(SaveMode::Overwrite)

@@ -37,6 +37,8 @@ pub struct DataFile {
 const TARGET_FILE_BYTES: usize = 32 << 20;
 /// Rows per row group: bounds the writer's memory whatever the upload's size.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Rows per data page, at most.
+const PAGE_ROWS: usize = 20_000;
 
 /// The writer settings of every stored data file.
 /// Pseudonym columns (`plain`) are nearly all distinct: a dictionary would only cost
@@ -44,14 +46,21 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// prune nothing, so they get neither. Nor are they compressed: a hexadecimal digest
 /// has no repeats for Snappy to find (it saved 3% of their bytes at twice the cost of
 /// every other column's encoding together).
-/// Statistics are never truncated: the Delta statistics are read from them. They are
-/// kept per page too (the page index), so a query over a range of periods reads only
-/// the pages holding it, of every column, the pseudonyms included.
-pub fn writer_properties(plain: &[String]) -> WriterProperties {
+/// Statistics are never truncated: the Delta statistics are read from them.
+/// `paged` files keep them per page too (the page index), so a query over a range of
+/// periods reads only the pages holding it, of every column, the pseudonyms included.
+/// Small files get none: their columns are a page or two, and reading and pruning an
+/// index per file cost a query over many of them more than it saved.
+pub fn writer_properties(plain: &[String], paged: bool) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_statistics_enabled(if paged {
+            EnabledStatistics::Page
+        } else {
+            EnabledStatistics::Chunk
+        })
         .set_statistics_truncate_length(None)
         .set_created_by("concordat".into());
     for c in plain {
@@ -221,7 +230,8 @@ impl Sink {
         if self.current.is_none() {
             let name = format!("{}-{:05}.parquet", self.prefix, self.done.len());
             let file = File::create(self.dir.join(&name)).map_err(io)?;
-            let props = writer_properties(&self.plain);
+            // A file whose first row group spans several pages gets a page index.
+            let props = writer_properties(&self.plain, batch.num_rows() > 2 * PAGE_ROWS);
             let options = parquet::arrow::arrow_writer::ArrowWriterOptions::new()
                 .with_properties(props)
                 .with_skip_arrow_metadata(true);
@@ -387,6 +397,44 @@ mod tests {
         let files = sink.finish().expect("finish");
         assert_eq!(files.len(), 1);
         check(dir.path(), &files[0]);
+    }
+
+    #[test]
+    fn only_files_of_several_pages_carry_a_page_index() {
+        use parquet::file::reader::FileReader;
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int32, true)]));
+        let indexed = |rows: i32| -> (bool, usize) {
+            let dir = tempfile::tempdir().expect("dir");
+            let mut sink = Sink::new(dir.path(), schema.clone(), Vec::new(), "part");
+            sink.write(vec![Arc::new(Int32Array::from_iter_values(0..rows))])
+                .expect("write");
+            sink.end_row_group().expect("group");
+            let files = sink.finish().expect("finish");
+            let file = File::open(dir.path().join(&files[0].name)).expect("file");
+            let options = parquet::file::serialized_reader::ReadOptionsBuilder::new()
+                .with_page_index()
+                .build();
+            let reader = parquet::file::serialized_reader::SerializedFileReader::new_with_options(
+                file, options,
+            )
+            .expect("reader");
+            let meta = reader.metadata();
+            let pages = meta
+                .offset_index()
+                .map_or(0, |o| o[0][0].page_locations().len());
+            let index = meta.column_index().is_some_and(|c| {
+                !matches!(
+                    c[0][0],
+                    parquet::file::page_index::column_index::ColumnIndexMetaData::NONE
+                )
+            });
+            (index, pages)
+        };
+        let (index, _) = indexed(1_000);
+        assert!(!index, "a small file has no column index");
+        let (index, pages) = indexed(100_000);
+        assert!(index, "a large file has a column index");
+        assert!(pages >= 5, "{pages} pages of at most {PAGE_ROWS} rows");
     }
 
     #[test]
