@@ -103,7 +103,13 @@ pub struct Verifier {
     /// Asymmetric keys by key id, each with the one algorithm it may verify.
     keys: HashMap<String, (Algorithm, DecodingKey)>,
     allowed: Vec<Algorithm>,
+    /// Tokens already verified, by their SHA-256: an analyst's token, presented with every
+    /// query, has its signature checked once; each use still checks its times.
+    verified: std::sync::Mutex<HashMap<[u8; 32], Claims>>,
 }
+
+/// Verified tokens remembered at most; beyond, the memory starts afresh.
+const VERIFIED_KEPT: usize = 4096;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -177,11 +183,69 @@ impl Verifier {
             hs256,
             keys,
             allowed,
+            verified: std::sync::Mutex::default(),
         })
     }
 
     /// Verifies a token and resolves its partner.
     pub fn verify(&self, token: &str, partners: &Partners) -> Result<Caller, AuthError> {
+        self.verify_at(token, partners, jsonwebtoken::get_current_timestamp())
+    }
+
+    /// [`Verifier::verify`] at `now` (seconds since the epoch). A token verified before
+    /// is not verified again, but its times are checked as the verifier checks them.
+    fn verify_at(&self, token: &str, partners: &Partners, now: u64) -> Result<Caller, AuthError> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let kept = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&digest)
+            .cloned();
+        let claims = match kept {
+            Some(claims) => {
+                if claims.exp < now.saturating_sub(self.leeway) {
+                    return Err(AuthError::Invalid("expired"));
+                }
+                if claims.nbf.is_some_and(|nbf| nbf > now + self.leeway) {
+                    return Err(AuthError::Invalid("not yet valid"));
+                }
+                claims
+            }
+            None => {
+                let claims = self.verify_signature(token)?;
+                let mut verified = self
+                    .verified
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if verified.len() >= VERIFIED_KEPT {
+                    verified.clear();
+                }
+                verified.insert(digest, claims.clone());
+                claims
+            }
+        };
+        let partner = partners
+            .get(&claims.partner)
+            .ok_or(AuthError::UnknownPartner)?
+            .clone();
+        let roles = claims
+            .roles
+            .iter()
+            .map(|r| r.parse::<Role>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| AuthError::Invalid("the token names an unknown role"))?;
+        Ok(Caller {
+            subject: claims.sub,
+            partner,
+            roles,
+            purposes: Vec::new(),
+        })
+    }
+
+    /// Checks a token's algorithm, key, signature and claims.
+    fn verify_signature(&self, token: &str) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Invalid("malformed token or unsupported algorithm"))?;
         if !self.allowed.contains(&header.alg) {
@@ -228,23 +292,7 @@ impl Verifier {
                 }
             })
         })?;
-        let claims = data.claims;
-        let partner = partners
-            .get(&claims.partner)
-            .ok_or(AuthError::UnknownPartner)?
-            .clone();
-        let roles = claims
-            .roles
-            .iter()
-            .map(|r| r.parse::<Role>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| AuthError::Invalid("the token names an unknown role"))?;
-        Ok(Caller {
-            subject: claims.sub,
-            partner,
-            roles,
-            purposes: Vec::new(),
-        })
+        Ok(data.claims)
     }
 }
 

@@ -226,3 +226,40 @@ fn hs256_is_accepted_only_when_configured() {
         Some(AuthError::Invalid("algorithm not accepted"))
     );
 }
+
+#[test]
+fn a_token_verified_once_is_still_refused_once_expired_or_tampered() {
+    let k = keys(&["EdDSA"]);
+    let verifier = Verifier::from_config(&k.cfg).expect("verifier");
+    let t = now();
+    let mut c = claims(&k);
+    c["exp"] = (t + 60).into();
+    c["nbf"] = t.into();
+    let token = sign_ed(&k, &c);
+    for _ in 0..2 {
+        let caller = verifier.verify_at(&token, &k.partners, t).expect("valid");
+        assert_eq!(caller.partner.id.as_str(), "pcc-kent");
+    }
+    assert_eq!(
+        verifier.verify_at(&token, &k.partners, t + 61).err(),
+        Some(AuthError::Invalid("expired")),
+        "remembered, but expired"
+    );
+    assert_eq!(
+        verifier.verify_at(&token, &k.partners, t - 10).err(),
+        Some(AuthError::Invalid("not yet valid"))
+    );
+    // The same claims with another signature are a different token, verified afresh.
+    let (head, _) = token.rsplit_once('.').expect("jwt");
+    let forged = format!("{head}.{}", b64(&[7u8; 64]));
+    assert_eq!(
+        verifier.verify_at(&forged, &k.partners, t).err(),
+        Some(AuthError::Invalid("bad signature"))
+    );
+    // The partner still comes from partners.toml at each use.
+    let none = Partners::default();
+    assert_eq!(
+        verifier.verify_at(&token, &none, t).err(),
+        Some(AuthError::UnknownPartner)
+    );
+}
