@@ -24,6 +24,7 @@ use clap::Parser;
 use concordat_e2e::{Server, Site};
 use datafusion::prelude::SessionContext;
 
+mod enums;
 mod gateway;
 mod queries;
 
@@ -61,6 +62,10 @@ struct Args {
     /// The `concordat` binary (default: beside this one).
     #[arg(long, env = "CONCORDAT_BIN")]
     concordat: Option<PathBuf>,
+    /// Also time the group-by queries in DataFusion with the enum columns read as
+    /// dictionaries against its default (string views), on copies of the same files.
+    #[arg(long)]
+    enum_types: bool,
     /// Skip DuckDB even when it is installed.
     #[arg(long)]
     no_duckdb: bool,
@@ -556,6 +561,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         serde_json::json!(if gac.is_finite() { Some(gac) } else { None }),
     );
     drop(duck);
+    if args.enum_types {
+        let compared = enums::compare(&data, &qs, args.runs).await?;
+        report.insert("enum_types".into(), compared);
+    }
 
     // 2a. The fixed cost of a query: gateway minus in-process DataFusion, run by run, on
     // the four queries DataFusion answers fastest.

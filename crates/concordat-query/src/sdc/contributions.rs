@@ -65,13 +65,15 @@ impl Stats {
         self.add_person(record);
         self.total += v;
         let k = self.k;
-        let at = self.top.partition_point(|x| *x >= v);
-        if at < k {
+        // Most persons change neither extreme (a count of 1 among counts of 1): once `k`
+        // are held, a value no larger than the `k`-th largest is not searched for.
+        if self.top.len() < k || v > self.top[k - 1] {
+            let at = self.top.partition_point(|x| *x >= v);
             self.top.insert(at, v);
             self.top.truncate(k);
         }
-        let at = self.bottom.partition_point(|x| *x <= v);
-        if at < k {
+        if self.bottom.len() < k || v < self.bottom[k - 1] {
+            let at = self.bottom.partition_point(|x| *x <= v);
             self.bottom.insert(at, v);
             self.bottom.truncate(k);
         }
