@@ -21,6 +21,7 @@ fn the_benchmark_runs_end_to_end_at_a_tiny_scale() {
             "--seconds",
             "1",
             "--no-duckdb",
+            "--enum-types",
         ])
         .arg("--data")
         .arg(dir.path())
@@ -84,4 +85,41 @@ fn the_benchmark_runs_end_to_end_at_a_tiny_scale() {
         Some(4)
     );
     assert!(stdout.contains("Geometric mean"), "{stdout}");
+    // The enum-type comparison timed the ten queries on the two tables it rewrote, and
+    // its dictionary copy really holds dictionaries (its plain copy does not).
+    let compared = report["enum_types"]["queries"]
+        .as_array()
+        .expect("enum types");
+    assert_eq!(compared.len(), 10, "{report}");
+    for q in compared {
+        for k in ["views_ms", "dictionaries_ms"] {
+            assert!(q[k].as_f64().is_some_and(|t| t > 0.0), "{q}");
+        }
+    }
+    let rewritten = |n: u8| {
+        let path = std::fs::read_dir(dir.path())
+            .expect("data dir")
+            .map(|e| e.expect("entry").path().join("enum-types"))
+            .find(|p| p.is_dir())
+            .expect("enum-types dir")
+            .join(format!("reoffending_cohort-{n}.parquet"));
+        let file = std::fs::File::open(path).expect("rewritten file");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("parquet");
+        reader
+            .schema()
+            .field_with_name("age_band")
+            .expect("age_band")
+            .data_type()
+            .clone()
+    };
+    assert!(
+        matches!(rewritten(1), arrow::datatypes::DataType::Dictionary(..)),
+        "{:?}",
+        rewritten(1)
+    );
+    assert!(!matches!(
+        rewritten(0),
+        arrow::datatypes::DataType::Dictionary(..)
+    ));
 }
