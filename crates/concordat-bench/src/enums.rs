@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use arrow::datatypes::{DataType, Field, Schema};
-use concordat_core::schema::{ColumnType, Format, Schemas};
+use concordat_core::schema::{ColumnSchema, Schemas};
 use datafusion::prelude::SessionContext;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
@@ -34,13 +34,9 @@ fn rewrite(input: &Path, output: &Path, dataset: &str, dictionary: bool) -> anyh
         .fields()
         .iter()
         .map(|f| {
-            let coded = schema.column(f.name()).is_some_and(|c| {
-                c.data_type == ColumnType::Utf8
-                    && !c.pseudonym
-                    && (c.allowed.is_some()
-                        || c.reference.is_some()
-                        || matches!(c.format, Some(Format::Quarter | Format::FinancialYear)))
-            });
+            let coded = schema
+                .column(f.name())
+                .is_some_and(ColumnSchema::is_coded_text);
             if dictionary && coded && f.data_type() == &DataType::Utf8 {
                 let t = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
                 f.as_ref().clone().with_data_type(t)

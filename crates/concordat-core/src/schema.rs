@@ -133,6 +133,18 @@ pub struct ColumnSchema {
     pub pseudonym: bool,
 }
 
+impl ColumnSchema {
+    /// Whether this is text of few distinct values (an enum, a reference or a period),
+    /// which the upload worker decodes, checks and writes as a dictionary.
+    pub fn is_coded_text(&self) -> bool {
+        self.data_type == ColumnType::Utf8
+            && !self.pseudonym
+            && (self.allowed.is_some()
+                || self.reference.is_some()
+                || matches!(self.format, Some(Format::Quarter | Format::FinancialYear)))
+    }
+}
+
 /// A condition on one column of the same row.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

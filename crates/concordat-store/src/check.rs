@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Field, Int32Type, Schema};
 use concordat_core::DatasetSchema;
-use concordat_core::schema::{ColumnType, Format};
+use concordat_core::schema::{ColumnSchema, ColumnType};
 use concordat_policy::ScopeFilter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
@@ -230,13 +230,7 @@ fn coded_columns(schema: &DatasetSchema) -> Vec<bool> {
     schema
         .columns
         .iter()
-        .map(|c| {
-            c.data_type == ColumnType::Utf8
-                && !c.pseudonym
-                && (c.allowed.is_some()
-                    || c.reference.is_some()
-                    || matches!(c.format, Some(Format::Quarter | Format::FinancialYear)))
-        })
+        .map(ColumnSchema::is_coded_text)
         .collect()
 }
 
