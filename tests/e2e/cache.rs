@@ -213,3 +213,120 @@ fn a_flight_client_asking_again_is_described_and_answered_from_the_kept_answer()
         "the first asking was computed: {events:?}"
     );
 }
+
+/// A counter of the gateway's metrics.
+fn counter(server: &Server, name: &str) -> u64 {
+    let text = client()
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+}
+
+/// A question computed afresh (`Cache-Control: no-cache`): never a kept answer.
+fn ask_fresh(server: &Server, token: &str, purpose: &str, sql: &str) -> (u16, serde_json::Value) {
+    json(
+        client()
+            .post(format!("{}/v1/query", server.url))
+            .bearer_auth(token)
+            .header("cache-control", "no-cache")
+            .json(&serde_json::json!({"sql": sql, "purpose": purpose}))
+            .send()
+            .expect("query"),
+    )
+}
+
+#[test]
+fn a_kept_plan_is_the_callers_own_computes_afresh_and_a_commit_replans() {
+    let site = Site::new();
+    let server = loaded(&site, &[]);
+    let kent = site.token("pcc-kent", "analyst");
+    let essex = site.token("pcc-essex", "analyst");
+    let reused = || counter(&server, "concordat_query_plans_reused_total");
+    let q = "SELECT pfa_code, count(*) AS n, sum(value) AS total FROM force_performance GROUP BY pfa_code";
+
+    let (status, first) = ask_fresh(&server, &kent, "performance-scrutiny", q);
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(reused(), 0);
+    let (_, again) = ask_fresh(&server, &kent, "performance-scrutiny", q);
+    assert_eq!(again["rows"], first["rows"]);
+    assert_eq!(reused(), 1, "the second asking runs the kept plan");
+    assert!(
+        !cached(&newest(&site, &server, 1)[0]),
+        "and computes its answer"
+    );
+
+    // Another partner asking the same words plans for itself and sees only its force.
+    let (status, theirs) = ask_fresh(&server, &essex, "performance-scrutiny", q);
+    assert_eq!(status, 200, "{theirs}");
+    assert_eq!(theirs["rows"][0][0], "E23000028", "{theirs}");
+    assert_eq!(theirs["rows"].as_array().map(Vec::len), Some(1), "{theirs}");
+    assert_eq!(reused(), 1, "Kent's plan is not Essex's");
+    let (_, theirs_again) = ask_fresh(&server, &essex, "performance-scrutiny", q);
+    assert_eq!(theirs_again["rows"], theirs["rows"]);
+    assert_eq!(reused(), 2);
+    // Under another purpose, or for a partner without an agreement, nothing kept applies.
+    let (status, _) = ask_fresh(
+        &server,
+        &site.token("panel-kent", "analyst"),
+        "performance-scrutiny",
+        q,
+    );
+    assert!(
+        status >= 400,
+        "the panel has no force performance agreement"
+    );
+    assert_eq!(reused(), 2);
+
+    // A commit to the input: planned again over the new version, and its figures.
+    let (status, body) = upload(
+        &server,
+        &site.token("force-kent", "uploader"),
+        "force_performance",
+        "replace_periods",
+        concordat_synth::parquet_bytes(
+            &concordat_synth::Synth::new(0.01, 12)
+                .only(&["kent"])
+                .batches("force_performance"),
+        )
+        .expect("parquet"),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (_, after) = ask_fresh(&server, &kent, "performance-scrutiny", q);
+    assert_eq!(reused(), 2, "a commit makes the kept plan stale");
+    assert_ne!(after["rows"], first["rows"], "{after}");
+    let (_, direct) = ask_fresh(
+        &server,
+        &kent,
+        "performance-scrutiny",
+        "SELECT 'E23000032' AS pfa_code, count(*) AS n, sum(value) AS total FROM force_performance",
+    );
+    assert_eq!(after["rows"], direct["rows"], "the new version's figures");
+    let (_, after_again) = ask_fresh(&server, &kent, "performance-scrutiny", q);
+    assert_eq!(after_again["rows"], after["rows"]);
+    assert_eq!(reused(), 3, "the new plan is kept in turn");
+
+    // Disclosure-controlled questions are planned every time (planning computes them),
+    // and what varies between runs is never kept.
+    for (purpose, sql) in [
+        (
+            "reducing-reoffending",
+            "SELECT age_band, count(*) AS n FROM reoffending_cohort GROUP BY age_band",
+        ),
+        (
+            "performance-scrutiny",
+            "SELECT count(*) AS n, random() AS r FROM force_performance",
+        ),
+    ] {
+        for _ in 0..2 {
+            let (status, body) = ask_fresh(&server, &kent, purpose, sql);
+            assert_eq!(status, 200, "{body}");
+        }
+        assert_eq!(reused(), 3, "{sql}");
+    }
+}

@@ -15,6 +15,13 @@
 //! depends only on the persons behind a cell), so they are kept as released. The cache is
 //! bounded in bytes; the least recently used answers go first. Each answer given from it
 //! is still audited, as the same query, marked `cached`.
+//!
+//! Plans are kept the same way, under the same key and checked against the same
+//! versions: a question asked again over unchanged tables skips parsing, the agreements'
+//! rewriting, optimisation and physical planning, and runs a fresh copy of the plan
+//! made the first time (DataFusion's `reset_plan_states`). Its answer is still computed.
+//! Plans of disclosure-controlled questions are not kept, since planning them runs the
+//! per-person aggregate.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::RecordBatch;
 use chrono::NaiveDate;
+use datafusion::physical_plan::ExecutionPlan;
 
 use crate::plan::Planned;
 use crate::service::QueryRequest;
@@ -76,58 +84,73 @@ impl Key {
     }
 }
 
-/// A kept answer.
-pub(crate) struct Entry {
+/// A kept answer or plan, with what its planning learnt.
+pub(crate) struct Entry<V> {
     pub(crate) planned: Planned,
-    pub(crate) batches: Vec<RecordBatch>,
+    pub(crate) value: V,
     bytes: usize,
     used: AtomicU64,
 }
 
-/// The answers kept, within a byte budget.
-pub(crate) struct AnswerCache {
+/// Answers kept: their batches.
+pub(crate) type AnswerCache = Kept<Vec<RecordBatch>>;
+
+/// Plans kept: the physical plan as first made, never run itself (each reuse runs a
+/// copy with its state reset).
+pub(crate) type PlanCache = Kept<std::sync::Arc<dyn ExecutionPlan>>;
+
+/// What a plan is counted as in the plan cache's budget: a plan holds its expressions
+/// and the version's file list, not data.
+pub(crate) fn plan_bytes(key: &Key) -> usize {
+    16 * 1024 + 16 * key.statement.len()
+}
+
+/// Answers or plans kept, within a byte budget.
+pub(crate) struct Kept<V> {
     budget: usize,
     largest: usize,
-    inner: Mutex<Inner>,
+    inner: Mutex<Inner<V>>,
     tick: AtomicU64,
 }
 
-#[derive(Default)]
-struct Inner {
-    entries: HashMap<Key, std::sync::Arc<Entry>>,
+struct Inner<V> {
+    entries: HashMap<Key, std::sync::Arc<Entry<V>>>,
     bytes: usize,
 }
 
-impl AnswerCache {
-    /// A cache holding at most `budget` bytes of answers, none larger than a sixteenth
-    /// of it; a budget of 0 keeps nothing.
-    pub(crate) fn new(budget: usize) -> AnswerCache {
-        AnswerCache {
+impl<V> Kept<V> {
+    /// A cache holding at most `budget` bytes, no entry larger than a sixteenth of it; a
+    /// budget of 0 keeps nothing.
+    pub(crate) fn new(budget: usize) -> Kept<V> {
+        Kept {
             budget,
             largest: budget / 16,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                bytes: 0,
+            }),
             tick: AtomicU64::new(0),
         }
     }
 
-    /// Whether answers are kept at all.
+    /// Whether anything is kept at all.
     pub(crate) fn enabled(&self) -> bool {
         self.budget > 0
     }
 
-    /// The largest answer kept, in bytes.
+    /// The largest entry kept, in bytes.
     pub(crate) fn largest(&self) -> usize {
         self.largest
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<V>> {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The answer kept under `key`, if any (its versions still to be checked).
-    pub(crate) fn get(&self, key: &Key) -> Option<std::sync::Arc<Entry>> {
+    /// The entry kept under `key`, if any (its versions still to be checked).
+    pub(crate) fn get(&self, key: &Key) -> Option<std::sync::Arc<Entry<V>>> {
         let entry = self.lock().entries.get(key).cloned()?;
         entry
             .used
@@ -135,7 +158,7 @@ impl AnswerCache {
         Some(entry)
     }
 
-    /// Forgets a stale answer.
+    /// Forgets a stale entry.
     pub(crate) fn remove(&self, key: &Key) {
         let mut inner = self.lock();
         if let Some(e) = inner.entries.remove(key) {
@@ -143,22 +166,16 @@ impl AnswerCache {
         }
     }
 
-    /// Keeps an answer whose batches hold `batch_bytes`, making room by forgetting the
-    /// least recently used.
-    pub(crate) fn put(
-        &self,
-        key: Key,
-        planned: Planned,
-        batches: Vec<RecordBatch>,
-        batch_bytes: usize,
-    ) {
-        let bytes = batch_bytes + key.statement.len() + 1024;
+    /// Keeps `value` counted as `value_bytes`, making room by forgetting the least
+    /// recently used.
+    pub(crate) fn put(&self, key: Key, planned: Planned, value: V, value_bytes: usize) {
+        let bytes = value_bytes + key.statement.len() + 1024;
         if bytes > self.largest {
             return;
         }
         let entry = std::sync::Arc::new(Entry {
             planned,
-            batches,
+            value,
             bytes,
             used: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
         });

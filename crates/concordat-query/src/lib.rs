@@ -72,6 +72,8 @@ pub struct QueryLimits {
     pub max_groups: usize,
     /// Bytes of answers kept for reuse while their tables are unchanged (0: none).
     pub answer_cache_bytes: usize,
+    /// Bytes of plans kept for reuse while their tables are unchanged (0: none).
+    pub plan_cache_bytes: usize,
 }
 
 impl Default for QueryLimits {
@@ -87,6 +89,7 @@ impl Default for QueryLimits {
             concurrent: 4,
             max_groups: 100_000,
             answer_cache_bytes: 256 << 20,
+            plan_cache_bytes: 64 << 20,
         }
     }
 }

@@ -79,16 +79,64 @@ fn deterministic(plan: &LogicalPlan) -> bool {
     fixed
 }
 
+/// Whether copies of a physical plan may run again, also while the first run goes on:
+/// nothing in it is shared between its runs. Resetting a plan's state gives each run
+/// its own work queues, hash tables and metrics, but not everything: a scalar subquery's
+/// results are shared by every copy, and a dynamic filter pushed into a scan (from a
+/// hash join, a top-k sort or a min/max aggregate) stays the first run's. Plans with
+/// either are made again for each run.
+pub(crate) fn rerunnable(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
+    use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
+    let mut shared = false;
+    let _ = plan.apply(|node| {
+        if node.name() == "ScalarSubqueryExec" {
+            shared = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        node.apply_expressions(&mut |root| {
+            root.apply(|e| {
+                if e.downcast_ref::<DynamicFilterPhysicalExpr>().is_some()
+                    || e.downcast_ref::<ScalarSubqueryExpr>().is_some()
+                {
+                    shared = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    !shared
+}
+
 impl Context {
     /// Plans and starts the query.
     pub(crate) async fn start(
         &self,
         sql: &str,
-    ) -> Result<(Planned, SendableRecordBatchStream), QueryError> {
+    ) -> Result<(Planned, Arc<dyn ExecutionPlan>, SendableRecordBatchStream), QueryError> {
         let (planned, physical, task) = self.plan(sql).await?;
-        let stream =
-            datafusion::physical_plan::execute_stream(physical, task).map_err(|e| classify(&e))?;
-        Ok((planned, stream))
+        let stream = datafusion::physical_plan::execute_stream(physical.clone(), task)
+            .map_err(|e| classify(&e))?;
+        Ok((planned, physical, stream))
+    }
+
+    /// Runs a plan made earlier for the same question over the same table versions, on
+    /// a copy whose running state (shared work queues, dynamic filters, metrics) is new,
+    /// in a task context of its own.
+    pub(crate) fn rerun(
+        &self,
+        physical: &Arc<dyn ExecutionPlan>,
+    ) -> Result<SendableRecordBatchStream, QueryError> {
+        let physical =
+            datafusion::physical_plan::execution_plan::reset_plan_states(physical.clone())
+                .map_err(QueryError::internal)?;
+        let task = self
+            .template
+            .fresh_task(self.limits.memory_bytes)
+            .map_err(QueryError::internal)?;
+        datafusion::physical_plan::execute_stream(physical, task).map_err(|e| classify(&e))
     }
 
     /// Plans the query without running it.

@@ -21,12 +21,13 @@ use concordat_policy::Policies;
 use concordat_store::Store;
 use concordat_store::audit::{AuditLog, DatasetVersion, EventBody};
 use concordat_store::recorded::Pending;
+use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cache::{AnswerCache, Key};
+use crate::cache::{AnswerCache, Entry, Kept, Key, PlanCache};
 use crate::error::{QueryError, classify};
 use crate::plan::{Context, Planned};
 use crate::{Disclosure, QueryLimits, sdc, session};
@@ -79,6 +80,9 @@ pub struct QueryRun {
     pub planning: Duration,
     /// True when the answer is one kept from an identical query over the same versions.
     pub cached: bool,
+    /// True when the answer was computed with the plan kept from an identical query
+    /// over the same versions.
+    pub plan_reused: bool,
     event: Pending,
     _slot: Slot,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -136,6 +140,13 @@ impl QueryRun {
 /// Whether an answer may be kept: deterministic, and read only from tables whose version
 /// says whether they changed (shipped reference data never changes; the audit trail
 /// grows with every request and is never kept).
+/// Whether a question's plan may be kept: its answer could be (the same versions give
+/// the same answer), and planning did not compute it (disclosure control runs the
+/// per-person aggregate while planning).
+fn plan_keepable(planned: &Planned) -> bool {
+    keepable(planned) && planned.disclosure.is_none()
+}
+
 fn keepable(planned: &Planned) -> bool {
     planned.deterministic
         && !planned.datasets.is_empty()
@@ -166,6 +177,7 @@ struct Started {
     batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
     planning: Duration,
     cached: bool,
+    plan_reused: bool,
     slot: Slot,
     permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -194,6 +206,7 @@ pub struct QueryService {
     template: Arc<session::Template>,
     pg_catalogs: Arc<crate::pgcatalog::PgCatalogs>,
     answers: Arc<AnswerCache>,
+    plans: Arc<PlanCache>,
     stored: Arc<crate::stored::StoredVersions>,
 }
 
@@ -246,6 +259,7 @@ impl QueryService {
             spill_dir,
             pg_catalogs: Arc::default(),
             answers: Arc::new(AnswerCache::new(limits.answer_cache_bytes)),
+            plans: Arc::new(PlanCache::new(limits.plan_cache_bytes)),
             stored: Arc::default(),
         })
     }
@@ -365,6 +379,7 @@ impl QueryService {
                     batches: s.batches,
                     planning: s.planning,
                     cached: s.cached,
+                    plan_reused: s.plan_reused,
                     event: ev,
                     _slot: s.slot,
                     _permit: s.permit,
@@ -384,9 +399,13 @@ impl QueryService {
             let (_slot, _permit, purpose) = self.admit(&req, deadline).await?;
             // A kept answer to the same question over the same versions has the shape
             // planning would give (Flight SQL describes before it runs).
-            if let (_, Some(kept)) = self.lookup(&req).await {
+            let (key, kept) = self.lookup(&req).await;
+            if let Some(kept) = kept {
                 reused = true;
                 return Ok(kept.planned.clone());
+            }
+            if let Some(plan) = self.kept_plan(key.as_ref()).await {
+                return Ok(plan.planned.clone());
             }
             let ctx = self.context(&req, purpose);
             let sql = req.sql.to_owned();
@@ -591,8 +610,8 @@ impl QueryService {
         let (slot, permit, purpose) = self.admit(req, deadline).await?;
         let (key, kept) = self.lookup(req).await;
         if let Some(kept) = kept {
-            let (tx, rx) = mpsc::channel(kept.batches.len().max(1));
-            for b in &kept.batches {
+            let (tx, rx) = mpsc::channel(kept.value.len().max(1));
+            for b in &kept.value {
                 let _ = tx.try_send(Ok(b.clone()));
             }
             return Ok(Started {
@@ -600,10 +619,14 @@ impl QueryService {
                 batches: rx,
                 planning: started.elapsed(),
                 cached: true,
+                plan_reused: false,
                 slot,
                 permit,
             });
         }
+        let plan = self.kept_plan(key.as_ref()).await;
+        let plan_reused = plan.is_some();
+        let plans = self.plans.clone();
         let (planned_tx, planned_rx) = oneshot::channel::<Result<Planned, QueryError>>();
         let (tx, rx) = mpsc::channel(4);
         let ctx = self.context(req, purpose);
@@ -618,9 +641,22 @@ impl QueryService {
             let timed_out = QueryError::Timeout {
                 seconds: timeout.as_secs(),
             };
-            let started = match tokio::time::timeout_at(deadline, ctx.start(&sql)).await {
-                Ok(r) => r,
-                Err(_) => Err(timed_out.clone()),
+            let started = match plan {
+                Some(plan) => ctx
+                    .rerun(&plan.value)
+                    .map(|stream| (plan.planned.clone(), stream)),
+                None => match tokio::time::timeout_at(deadline, ctx.start(&sql)).await {
+                    Ok(Ok((planned, physical, stream))) => {
+                        let keep = plan_keepable(&planned) && crate::plan::rerunnable(&physical);
+                        if let Some(key) = key.as_ref().filter(|_| keep) {
+                            let bytes = crate::cache::plan_bytes(key);
+                            plans.put(key.clone(), planned.clone(), physical, bytes);
+                        }
+                        Ok((planned, stream))
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(timed_out.clone()),
+                },
             };
             let (planned, mut stream) = match started {
                 Ok(s) => s,
@@ -682,6 +718,7 @@ impl QueryService {
             batches: rx,
             planning: started.elapsed(),
             cached: false,
+            plan_reused,
             slot,
             permit,
         })
@@ -692,34 +729,39 @@ impl QueryService {
     async fn lookup(
         &self,
         req: &QueryRequest<'_>,
-    ) -> (Option<Key>, Option<Arc<crate::cache::Entry>>) {
-        let key = if self.answers.enabled() {
+    ) -> (Option<Key>, Option<Arc<Entry<Vec<RecordBatch>>>>) {
+        let key = if self.answers.enabled() || self.plans.enabled() {
             Key::of(req)
         } else {
             None
         };
         let kept = match &key {
-            Some(key) if !req.fresh => self.kept(key).await,
+            Some(key) if !req.fresh => self.current(&self.answers, key).await,
             _ => None,
         };
         (key, kept)
     }
 
-    /// The answer kept under `key`, if every table it read is still at the version it
+    /// The entry kept under `key`, if every table it read is still at the version it
     /// read; a stale one is forgotten.
-    async fn kept(&self, key: &Key) -> Option<Arc<crate::cache::Entry>> {
-        let kept = self.answers.get(key)?;
+    async fn current<V>(&self, cache: &Kept<V>, key: &Key) -> Option<Arc<Entry<V>>> {
+        let kept = cache.get(key)?;
         for d in &kept.planned.datasets {
             let Some(version) = d.version else { continue };
             match self.store.latest_version(&d.dataset).await {
                 Ok(Some(now)) if now == version => {}
                 _ => {
-                    self.answers.remove(key);
+                    cache.remove(key);
                     return None;
                 }
             }
         }
         Some(kept)
+    }
+
+    /// The plan kept for the question, if its tables are unchanged.
+    async fn kept_plan(&self, key: Option<&Key>) -> Option<Arc<Entry<Arc<dyn ExecutionPlan>>>> {
+        self.current(&self.plans, key?).await
     }
 
     /// Runs a task on the query runtime (large stacks for planning, separate from the

@@ -177,6 +177,11 @@ impl Template {
         Ok(state)
     }
 
+    /// The task context of a plan made earlier, with the template's configuration.
+    pub fn fresh_task(&self, memory_bytes: usize) -> Result<Arc<TaskContext>> {
+        self.task(&self.state, memory_bytes)
+    }
+
     /// The task context a planned query runs in: its own memory pool of `memory_bytes`.
     /// Plans hold their functions, so the context needs no function registry.
     pub fn task(&self, state: &SessionState, memory_bytes: usize) -> Result<Arc<TaskContext>> {

@@ -1,6 +1,8 @@
 //! Row scope and column rules hold through every SQL construct, and allowed results
 //! equal plain DataFusion over the same data with the filter applied by hand.
 
+use concordat_query::QueryLimits;
+
 use crate::support::*;
 
 const KENT_ONLY: &str = "pfa_code = 'E23000032'";
@@ -306,4 +308,85 @@ fn forces_in(w: &World, dataset: &str, path: &str) -> Vec<String> {
     let column = batches[0].schema().index_of("pfa_code").expect("pfa_code");
     let forces: std::collections::BTreeSet<String> = texts(&batches, column).into_iter().collect();
     forces.into_iter().collect()
+}
+
+/// A kept plan run again gives what planning afresh gives, for the plan nodes that hold
+/// state while they run (repartitions, aggregates, sorts, windows, limits, unions),
+/// asked one after another and at once. Plans whose copies would share state (a scalar
+/// subquery's results, a dynamic filter pushed into a scan by a join or a top-k sort)
+/// are planned again every time.
+#[tokio::test]
+async fn a_kept_plan_run_again_answers_as_planning_afresh() {
+    let w = world_with(QueryLimits {
+        answer_cache_bytes: 0,
+        ..QueryLimits::default()
+    })
+    .await;
+    let afresh = concordat_query::QueryService::new(
+        w.store.clone(),
+        w.audit.clone(),
+        w.policies.clone(),
+        QueryLimits {
+            answer_cache_bytes: 0,
+            plan_cache_bytes: 0,
+            ..QueryLimits::default()
+        },
+    )
+    .expect("service");
+    let p = "reducing-reoffending";
+    // (sql, whether its plan is kept)
+    let cases = [
+        (
+            "SELECT age_band, index_disposal, count(*) AS n, avg(reoffences) AS mean FROM reoffending_cohort GROUP BY age_band, index_disposal ORDER BY 1, 2",
+            true,
+        ),
+        (
+            "SELECT age_band, sum(reoffences) OVER (PARTITION BY age_band) AS s, row_number() OVER (PARTITION BY age_band ORDER BY person_id, cohort_quarter) AS k FROM reoffending_cohort ORDER BY 1, 3",
+            true,
+        ),
+        (
+            "SELECT pfa_code, count(DISTINCT person_id) AS persons FROM reoffending_cohort GROUP BY pfa_code UNION ALL SELECT 'all', count(*) FROM reoffending_cohort ORDER BY 1",
+            true,
+        ),
+        (
+            "SELECT count(*) FROM (SELECT person_id FROM reoffending_cohort WHERE reoffended LIMIT 25) t",
+            true,
+        ),
+        (
+            "SELECT r.pfa_code, f.force_slug, count(*) AS n FROM reoffending_cohort r JOIN police_forces f ON r.pfa_code = f.pfa_code GROUP BY r.pfa_code, f.force_slug ORDER BY 1",
+            false,
+        ),
+        (
+            "SELECT person_id, reoffences FROM reoffending_cohort ORDER BY reoffences DESC, person_id, cohort_quarter LIMIT 7",
+            false,
+        ),
+        (
+            "SELECT count(*) FROM reoffending_cohort WHERE reoffences > (SELECT avg(reoffences) FROM reoffending_cohort)",
+            false,
+        ),
+    ];
+    for (sql, kept) in cases {
+        let want = lines(
+            &w.run_on_service(&afresh, "probation", sql, p)
+                .await
+                .expect(sql),
+        );
+        for n in 0..2 {
+            let mut run = w.start("probation", sql, p).await.expect(sql);
+            assert_eq!(run.plan_reused, kept && n > 0, "{sql}");
+            let mut rows = Vec::new();
+            while let Some(b) = run.batches.recv().await {
+                rows.push(b.expect(sql));
+            }
+            assert_eq!(lines(&rows), want, "{sql}");
+        }
+        // Four at once, each a copy of the kept plan.
+        let runs = futures::future::join_all(
+            (0..4).map(|_| w.run_on_service(&w.service, "probation", sql, p)),
+        )
+        .await;
+        for run in runs {
+            assert_eq!(lines(&run.expect(sql)), want, "{sql}");
+        }
+    }
 }

@@ -100,6 +100,8 @@ pub struct QuerySettings {
     pub max_groups: usize,
     /// Answers kept for reuse while their tables are unchanged, MiB (0: none).
     pub answer_cache_mb: usize,
+    /// Plans kept for reuse while their tables are unchanged, MiB (0: none).
+    pub plan_cache_mb: usize,
     /// The secret behind the record keys of disclosure control (cell key method): at
     /// least 32 bytes, created on first start if absent. Keep it apart from the data and
     /// identical on every replica; whoever holds it and the answers could undo the
@@ -121,6 +123,7 @@ impl Default for QuerySettings {
             concurrent: 4,
             max_groups: 100_000,
             answer_cache_mb: 256,
+            plan_cache_mb: 64,
             record_key_file: PathBuf::from("keys/record-key.secret"),
         }
     }
@@ -549,6 +552,7 @@ mod tests {
             ("concurrent", q.concurrent.to_string()),
             ("max_groups", q.max_groups.to_string()),
             ("answer_cache_mb", q.answer_cache_mb.to_string()),
+            ("plan_cache_mb", q.plan_cache_mb.to_string()),
             (
                 "record_key_file",
                 format!("\"{}\"", q.record_key_file.display()),

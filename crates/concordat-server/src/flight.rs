@@ -228,7 +228,7 @@ impl FlightDoor {
             .await;
         let run = match asked {
             Ok(run) => {
-                self.state.metrics.queries_ok.inc();
+                self.state.metrics.query_started(&run);
                 run
             }
             Err(e) => {

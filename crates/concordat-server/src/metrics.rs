@@ -40,6 +40,8 @@ pub struct Metrics {
     pub queries_ok: Count,
     /// Queries refused or failed.
     pub queries_refused: Count,
+    /// Queries computed with the plan kept from an identical earlier one.
+    pub plans_reused: Count,
     /// Rows returned by queries.
     pub query_rows: Count,
     /// New versions of `force_efficiency`.
@@ -98,6 +100,10 @@ impl Default for Metrics {
         let upload_bytes = counter("concordat_upload_bytes", "Bytes received in uploads.");
         let queries_ok = counter("concordat_queries_ok", "Queries answered in full.");
         let queries_refused = counter("concordat_queries_refused", "Queries refused or failed.");
+        let plans_reused = counter(
+            "concordat_query_plans_reused",
+            "Queries computed with the plan kept from an identical one over the same versions.",
+        );
         let query_rows = counter("concordat_query_rows", "Rows returned by queries.");
         let efficiency_rebuilds = counter(
             "concordat_efficiency_rebuilds",
@@ -116,6 +122,7 @@ impl Default for Metrics {
             upload_bytes,
             queries_ok,
             queries_refused,
+            plans_reused,
             query_rows,
             efficiency_rebuilds,
             extracts,
@@ -138,6 +145,14 @@ impl Metrics {
         self.phase_seconds
             .get_or_create(&vec![("door", door.to_owned()), ("phase", phase.into())])
             .observe(took.as_secs_f64());
+    }
+
+    /// A query started, from any door.
+    pub fn query_started(&self, run: &concordat_query::QueryRun) {
+        self.queries_ok.inc();
+        if run.plan_reused {
+            self.plans_reused.inc();
+        }
     }
 
     /// A new version of `force_efficiency`.

@@ -530,8 +530,10 @@ impl Handler {
         let state = &self.door.state;
         let run = state.query.query(self.request(session, sql, params)).await;
         match &run {
-            Ok(_) => state.metrics.queries_ok.inc(),
-            Err(_) => state.metrics.queries_refused.inc(),
+            Ok(run) => state.metrics.query_started(run),
+            Err(_) => {
+                state.metrics.queries_refused.inc();
+            }
         };
         run
     }

@@ -105,6 +105,7 @@ impl AppState {
             concurrent: q.concurrent,
             max_groups: q.max_groups,
             answer_cache_bytes: q.answer_cache_mb << 20,
+            plan_cache_bytes: q.plan_cache_mb << 20,
         };
         let record_key = match &location {
             concordat_store::Location::Local(_) => {
