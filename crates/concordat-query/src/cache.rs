@@ -44,6 +44,8 @@ pub(crate) struct Key {
     postgres: bool,
     statement: String,
     params: Vec<String>,
+    /// The partitions a plan was made for (0 for answers, which do not depend on them).
+    partitions: usize,
 }
 
 impl Key {
@@ -80,7 +82,16 @@ impl Key {
             postgres: req.dialect == crate::Dialect::Postgres,
             statement,
             params: req.params.iter().map(|p| format!("{p:?}")).collect(),
+            partitions: 0,
         })
+    }
+
+    /// The key of the plan of the same question made for `partitions` partitions.
+    pub(crate) fn with_partitions(&self, partitions: usize) -> Key {
+        Key {
+            partitions,
+            ..self.clone()
+        }
     }
 }
 

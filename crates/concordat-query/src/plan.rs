@@ -37,6 +37,8 @@ pub(crate) struct Context {
     pub(crate) dialect: Dialect,
     pub(crate) pg_catalogs: Arc<crate::pgcatalog::PgCatalogs>,
     pub(crate) stored: Arc<crate::stored::StoredVersions>,
+    /// Partitions the query is planned for.
+    pub(crate) partitions: usize,
 }
 
 /// What planning learnt.
@@ -145,7 +147,8 @@ impl Context {
         sql: &str,
     ) -> Result<(Planned, Arc<dyn ExecutionPlan>, Arc<TaskContext>), QueryError> {
         let t0 = std::time::Instant::now();
-        let state = self.template.state().map_err(QueryError::internal)?;
+        let mut state = self.template.state().map_err(QueryError::internal)?;
+        state.config_mut().options_mut().execution.target_partitions = self.partitions;
         let task = self
             .template
             .task(&state, self.limits.memory_bytes)
@@ -215,6 +218,7 @@ impl Context {
             tables_ms = t_tables.as_secs_f64() * 1000.0,
             logical_ms = t_logical.as_secs_f64() * 1000.0,
             physical_ms = t0.elapsed().as_secs_f64() * 1000.0,
+            partitions = self.partitions,
             "query planned"
         );
         let schema = physical.schema();

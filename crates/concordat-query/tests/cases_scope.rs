@@ -380,7 +380,8 @@ async fn a_kept_plan_run_again_answers_as_planning_afresh() {
             }
             assert_eq!(lines(&rows), want, "{sql}");
         }
-        // Four at once, each a copy of the kept plan.
+        // Four at once: copies of the kept plans, made for one partition or for two as
+        // the load decides.
         let runs = futures::future::join_all(
             (0..4).map(|_| w.run_on_service(&w.service, "probation", sql, p)),
         )
@@ -389,4 +390,32 @@ async fn a_kept_plan_run_again_answers_as_planning_afresh() {
             assert_eq!(lines(&run.expect(sql)), want, "{sql}");
         }
     }
+    // Beside another running query a question is planned for one partition (a plan of
+    // its own, kept in turn); alone again, it runs the plan made for two.
+    let sql = "SELECT age_band, count(*) AS n FROM reoffending_cohort GROUP BY age_band ORDER BY 1";
+    let want = lines(
+        &w.run_on_service(&afresh, "probation", sql, p)
+            .await
+            .expect(sql),
+    );
+    for reused in [false, true] {
+        let run = w.start("probation", sql, p).await.expect(sql);
+        assert_eq!(run.plan_reused, reused, "alone");
+    }
+    let other = w
+        .start("probation", "SELECT count(*) FROM reoffending_cohort", p)
+        .await
+        .expect("other");
+    for reused in [false, true] {
+        let mut run = w.start("probation", sql, p).await.expect(sql);
+        assert_eq!(run.plan_reused, reused, "beside another query");
+        let mut rows = Vec::new();
+        while let Some(b) = run.batches.recv().await {
+            rows.push(b.expect(sql));
+        }
+        assert_eq!(lines(&rows), want);
+    }
+    drop(other);
+    let alone = w.start("probation", sql, p).await.expect(sql);
+    assert!(alone.plan_reused, "alone again");
 }
