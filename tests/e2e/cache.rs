@@ -20,6 +20,23 @@ fn cached(event: &serde_json::Value) -> bool {
     event["cached"] == serde_json::json!(true)
 }
 
+/// Kent's force commits the same periods with other values (another seed).
+fn replace_kent_figures(site: &Site, server: &Server) {
+    let (status, body) = upload(
+        server,
+        &site.token("force-kent", "uploader"),
+        "force_performance",
+        "replace_periods",
+        concordat_synth::parquet_bytes(
+            &concordat_synth::Synth::new(0.01, 12)
+                .only(&["kent"])
+                .batches("force_performance"),
+        )
+        .expect("parquet"),
+    );
+    assert_eq!(status, 201, "{body}");
+}
+
 #[test]
 fn a_kept_answer_is_the_callers_own_fresh_and_audited() {
     let site = Site::new();
@@ -85,20 +102,7 @@ fn a_kept_answer_is_the_callers_own_fresh_and_audited() {
     );
 
     // A commit to the input: the next answer is computed afresh over the new version.
-    let (status, body) = upload(
-        &server,
-        &site.token("force-kent", "uploader"),
-        "force_performance",
-        "replace_periods",
-        // Another seed: the same periods with other values.
-        concordat_synth::parquet_bytes(
-            &concordat_synth::Synth::new(0.01, 12)
-                .only(&["kent"])
-                .batches("force_performance"),
-        )
-        .expect("parquet"),
-    );
-    assert_eq!(status, 201, "{body}");
+    replace_kent_figures(&site, &server);
     let (_, after) = ask(&server, &kent, "performance-scrutiny", q);
     assert!(
         !cached(&newest(&site, &server, 1)[0]),
@@ -284,19 +288,7 @@ fn a_kept_plan_is_the_callers_own_computes_afresh_and_a_commit_replans() {
     assert_eq!(reused(), 2);
 
     // A commit to the input: planned again over the new version, and its figures.
-    let (status, body) = upload(
-        &server,
-        &site.token("force-kent", "uploader"),
-        "force_performance",
-        "replace_periods",
-        concordat_synth::parquet_bytes(
-            &concordat_synth::Synth::new(0.01, 12)
-                .only(&["kent"])
-                .batches("force_performance"),
-        )
-        .expect("parquet"),
-    );
-    assert_eq!(status, 201, "{body}");
+    replace_kent_figures(&site, &server);
     let (_, after) = ask_fresh(&server, &kent, "performance-scrutiny", q);
     assert_eq!(reused(), 2, "a commit makes the kept plan stale");
     assert_ne!(after["rows"], first["rows"], "{after}");
