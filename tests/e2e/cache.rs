@@ -57,15 +57,7 @@ fn a_kept_answer_is_the_callers_own_fresh_and_audited() {
     assert_eq!(events[0]["rows"], 1);
 
     // `Cache-Control: no-cache` computes afresh.
-    let (status, fresh) = json(
-        client()
-            .post(format!("{}/v1/query", server.url))
-            .bearer_auth(&kent)
-            .header("cache-control", "no-cache")
-            .json(&serde_json::json!({"sql": q, "purpose": "performance-scrutiny"}))
-            .send()
-            .expect("query"),
-    );
+    let (status, fresh) = ask_fresh(&server, &kent, "performance-scrutiny", q);
     assert_eq!((status, &fresh["rows"]), (200, &first["rows"]));
     assert!(!cached(&newest(&site, &server, 1)[0]));
 
@@ -274,7 +266,7 @@ fn a_kept_plan_is_the_callers_own_computes_afresh_and_a_commit_replans() {
     let (_, theirs_again) = ask_fresh(&server, &essex, "performance-scrutiny", q);
     assert_eq!(theirs_again["rows"], theirs["rows"]);
     assert_eq!(reused(), 2);
-    // Under another purpose, or for a partner without an agreement, nothing kept applies.
+    // A partner without an agreement is refused, whatever plan was kept.
     let (status, _) = ask_fresh(
         &server,
         &site.token("panel-kent", "analyst"),

@@ -140,13 +140,6 @@ impl QueryRun {
 /// Whether an answer may be kept: deterministic, and read only from tables whose version
 /// says whether they changed (shipped reference data never changes; the audit trail
 /// grows with every request and is never kept).
-/// Whether a question's plan may be kept: its answer could be (the same versions give
-/// the same answer), and planning did not compute it (disclosure control runs the
-/// per-person aggregate while planning).
-fn plan_keepable(planned: &Planned) -> bool {
-    keepable(planned) && planned.disclosure.is_none()
-}
-
 fn keepable(planned: &Planned) -> bool {
     planned.deterministic
         && !planned.datasets.is_empty()
@@ -156,6 +149,13 @@ fn keepable(planned: &Planned) -> bool {
                     .get(&d.dataset)
                     .is_some_and(|s| s.level == concordat_core::schema::DatasetLevel::Reference)
         })
+}
+
+/// Whether a question's plan may be kept: its answer could be (the same versions give
+/// the same answer), planning did not compute it (disclosure control runs the
+/// per-person aggregate while planning), and copies of the plan share nothing.
+fn plan_keepable(planned: &Planned, physical: &Arc<dyn ExecutionPlan>) -> bool {
+    keepable(planned) && planned.disclosure.is_none() && crate::plan::rerunnable(physical)
 }
 
 /// The result schema of a query, planned but not run.
@@ -668,7 +668,7 @@ impl QueryService {
                     .map(|stream| (plan.planned.clone(), stream)),
                 None => match tokio::time::timeout_at(deadline, ctx.start(&sql)).await {
                     Ok(Ok((planned, physical, stream))) => {
-                        let keep = plan_keepable(&planned) && crate::plan::rerunnable(&physical);
+                        let keep = plan_keepable(&planned, &physical);
                         if let Some(key) = plan_key.filter(|_| keep) {
                             let bytes = crate::cache::plan_bytes(&key);
                             plans.put(key, planned.clone(), physical, bytes);

@@ -228,7 +228,8 @@ impl FlightDoor {
             .await;
         let run = match asked {
             Ok(run) => {
-                self.state.metrics.query_started(&run);
+                self.state.metrics.queries_ok.inc();
+                self.state.metrics.plan_used(&run);
                 run
             }
             Err(e) => {

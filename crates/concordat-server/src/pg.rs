@@ -530,7 +530,10 @@ impl Handler {
         let state = &self.door.state;
         let run = state.query.query(self.request(session, sql, params)).await;
         match &run {
-            Ok(run) => state.metrics.query_started(run),
+            Ok(run) => {
+                state.metrics.queries_ok.inc();
+                state.metrics.plan_used(run);
+            }
             Err(_) => {
                 state.metrics.queries_refused.inc();
             }

@@ -119,9 +119,7 @@ pub async fn query(
     };
     let mut run = state.query.query(req).await.map_err(refused)?;
     state.metrics.phase("http", "planning", run.planning);
-    if run.plan_reused {
-        state.metrics.plans_reused.inc();
-    }
+    state.metrics.plan_used(&run);
     let executing = Instant::now();
     // The first batch decides the status: an error before any row is a proper error response.
     let first = match run.batches.recv().await {
