@@ -149,7 +149,9 @@ pub struct Gatherer {
     person_at: usize,
     parts: Vec<(usize, Part)>,
     converter: Option<RowConverter>,
-    index: HashMap<Box<[u8]>, usize>,
+    /// Each group's slot by its row; group rows come from the aggregate, never from a
+    /// caller directly, and are bounded by `max_groups`, so a fast hash does.
+    index: HashMap<Box<[u8]>, usize, foldhash::fast::RandomState>,
     keys: Vec<OwnedRow>,
     groups: Vec<Group>,
     max_groups: usize,
@@ -182,7 +184,7 @@ impl Gatherer {
             person_at,
             parts,
             converter,
-            index: HashMap::new(),
+            index: HashMap::with_hasher(foldhash::fast::RandomState::default()),
             keys: Vec::new(),
             groups: Vec::new(),
             max_groups,
