@@ -149,8 +149,8 @@ pub struct Gatherer {
     person_at: usize,
     parts: Vec<(usize, Part)>,
     converter: Option<RowConverter>,
-    /// Each group's slot by its row; group rows come from the aggregate, never from a
-    /// caller directly, and are bounded by `max_groups`, so a fast hash does.
+    /// Each group's slot by its row. It never holds more than `max_groups` rows, so
+    /// colliding group values cost little and a fast hash does.
     index: HashMap<Box<[u8]>, usize, foldhash::fast::RandomState>,
     keys: Vec<OwnedRow>,
     groups: Vec<Group>,
