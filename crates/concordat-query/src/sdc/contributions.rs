@@ -13,6 +13,12 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, SchemaRef, UInt64Type};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
+use datafusion::logical_expr::EmitTo;
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
 use super::cellkey::combine;
 
 /// Contributions beyond this magnitude are held at it: no person's value in these
@@ -140,9 +146,16 @@ pub enum GatherError {
     /// The rows do not have the expected shape.
     #[error("{0}")]
     Shape(String),
+    /// Grouping or the memory budget failed.
+    #[error("{0}")]
+    DataFusion(#[from] DataFusionError),
 }
 
 /// Gathers per-(group, person) rows into per-group statistics.
+///
+/// This reads the output of a per-(group, person) aggregate; grouping sets are computed
+/// that way. For plain groups, [`PersonTable`] does the aggregate and the gathering in
+/// one pass.
 pub struct Gatherer {
     k: usize,
     groups_at: Vec<usize>,
@@ -290,6 +303,205 @@ impl Gatherer {
     }
 }
 
+/// Where one part's input is in a row of the release's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartInput {
+    /// What the part adds up.
+    pub part: Part,
+    /// The argument: for a count, rows where it is not null count; for a sum, its value
+    /// (as a float) is added.
+    pub arg: usize,
+    /// A boolean column: only rows where it is true take part.
+    pub filter: Option<usize>,
+}
+
+/// The release aggregate per (group, person) and the gathering of [`Gatherer`] in one
+/// pass over the release's input rows: each row's group found by DataFusion's own group
+/// interning, then its person's contributions added in a table keyed by (group, record
+/// key). What it gives equals what a DataFusion aggregate grouped by the groups and the
+/// person, read by a [`Gatherer`], gives; the table is held within the query's memory
+/// budget.
+pub struct PersonTable {
+    k: usize,
+    groups_at: Vec<usize>,
+    person_at: usize,
+    parts: Vec<PartInput>,
+    /// The groups seen, by their values (none without group columns: one group).
+    values: Option<Box<dyn GroupValues>>,
+    slots: Vec<usize>,
+    /// Each (group, person) pair's entry. Record keys are keyed pseudorandom values,
+    /// so a fast hash does.
+    index: HashMap<(u32, u64), u32, foldhash::fast::RandomState>,
+    /// Each entry's (group, person).
+    entries: Vec<(u32, u64)>,
+    /// Each entry's contribution to each part.
+    totals: Vec<f64>,
+    /// Whether a sum part had a value (a count always has one).
+    valued: Vec<bool>,
+    max_groups: usize,
+    reservation: MemoryReservation,
+}
+
+impl PersonTable {
+    /// Input rows of `schema`: group columns at `groups_at`, the record key at
+    /// `person_at`, and each part's input; its memory is taken from `pool`.
+    pub fn new(
+        schema: &SchemaRef,
+        groups_at: Vec<usize>,
+        person_at: usize,
+        parts: Vec<PartInput>,
+        k: usize,
+        max_groups: usize,
+        pool: &std::sync::Arc<dyn MemoryPool>,
+    ) -> Result<PersonTable, GatherError> {
+        let values = if groups_at.is_empty() {
+            None
+        } else {
+            let fields: Vec<_> = groups_at.iter().map(|&i| schema.field(i).clone()).collect();
+            Some(new_group_values(
+                std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+                &GroupOrdering::None,
+            )?)
+        };
+        Ok(PersonTable {
+            k,
+            groups_at,
+            person_at,
+            parts,
+            values,
+            slots: Vec::new(),
+            index: HashMap::with_hasher(foldhash::fast::RandomState::default()),
+            entries: Vec::new(),
+            totals: Vec::new(),
+            valued: Vec::new(),
+            max_groups,
+            reservation: MemoryConsumer::new("concordat disclosure control").register(pool),
+        })
+    }
+
+    /// Reads one batch of input rows.
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<(), GatherError> {
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let person = batch
+            .column(self.person_at)
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(|| GatherError::Shape("the person column is not a record key".into()))?;
+        self.slots.clear();
+        match &mut self.values {
+            None => self.slots.resize(rows, 0),
+            Some(values) => {
+                let columns: Vec<ArrayRef> = self
+                    .groups_at
+                    .iter()
+                    .map(|&i| batch.column(i).clone())
+                    .collect();
+                values.intern(&columns, &mut self.slots)?;
+                if values.len() > self.max_groups {
+                    return Err(GatherError::TooManyGroups(self.max_groups));
+                }
+            }
+        }
+        // Per part: the rows that take part, and a sum's values.
+        let mut taking = Vec::with_capacity(self.parts.len());
+        let mut sums = Vec::with_capacity(self.parts.len());
+        for p in &self.parts {
+            let arg = batch.column(p.arg);
+            let mut take = arg.logical_nulls();
+            if let Some(f) = p.filter {
+                let filter = batch
+                    .column(f)
+                    .as_boolean_opt()
+                    .ok_or_else(|| GatherError::Shape("a FILTER is not boolean".into()))?;
+                // True and not null.
+                let holds = arrow::buffer::NullBuffer::from(match filter.nulls() {
+                    Some(nulls) => filter.values() & nulls.inner(),
+                    None => filter.values().clone(),
+                });
+                take = arrow::buffer::NullBuffer::union(take.as_ref(), Some(&holds));
+            }
+            taking.push(take);
+            sums.push(match p.part {
+                Part::Count => None,
+                Part::Sum => Some(
+                    arrow::compute::cast(arg, &DataType::Float64)?
+                        .as_primitive::<Float64Type>()
+                        .clone(),
+                ),
+            });
+        }
+        let n = self.parts.len();
+        for (r, &slot) in self.slots.iter().enumerate() {
+            if person.is_null(r) {
+                continue;
+            }
+            let record = person.value(r);
+            let next = self.entries.len() as u32;
+            let entry = *self.index.entry((slot as u32, record)).or_insert(next);
+            if entry == next {
+                self.entries.push((slot as u32, record));
+                self.totals.extend(std::iter::repeat_n(0.0, n));
+                self.valued.extend(std::iter::repeat_n(false, n));
+            }
+            let at = entry as usize * n;
+            for (p, (take, sum)) in taking.iter().zip(&sums).enumerate() {
+                if take.as_ref().is_some_and(|t| t.is_null(r)) {
+                    continue;
+                }
+                match sum {
+                    None => self.totals[at + p] += 1.0,
+                    Some(values) => {
+                        if values.is_valid(r) {
+                            self.totals[at + p] += values.value(r);
+                            self.valued[at + p] = true;
+                        }
+                    }
+                }
+            }
+        }
+        let held = self.index.capacity() * (std::mem::size_of::<((u32, u64), u32)>() + 1)
+            + self.entries.capacity() * std::mem::size_of::<(u32, u64)>()
+            + self.totals.capacity() * std::mem::size_of::<f64>()
+            + self.valued.capacity()
+            + self.values.as_ref().map_or(0, |v| v.size());
+        self.reservation.try_resize(held)?;
+        Ok(())
+    }
+
+    /// The group columns (one row per group) and each group's statistics, as
+    /// [`Gatherer::finish`] gives them.
+    pub fn finish(mut self) -> Result<(Vec<ArrayRef>, Vec<Group>), GatherError> {
+        let (columns, groups) = match &mut self.values {
+            None => (Vec::new(), 1),
+            Some(values) => {
+                let n = values.len();
+                (values.emit(EmitTo::All)?, n)
+            }
+        };
+        let mut out = vec![
+            Group {
+                persons: Stats::new(self.k),
+                parts: vec![Stats::new(self.k); self.parts.len()],
+            };
+            groups
+        ];
+        let n = self.parts.len();
+        for (e, &(slot, record)) in self.entries.iter().enumerate() {
+            let group = &mut out[slot as usize];
+            group.persons.add_person(record);
+            for (p, input) in self.parts.iter().enumerate() {
+                let at = e * n + p;
+                if input.part == Part::Count || self.valued[at] {
+                    group.parts[p].add(record, self.totals[at]);
+                }
+            }
+        }
+        Ok((columns, out))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,5 +634,235 @@ mod tests {
         }
         assert_eq!(a.key, b.key);
         assert_eq!(a.flattened(), b.flattened());
+    }
+
+    /// Random rows with repeated persons, null persons, nulls, zeros and filters.
+    fn random_rows(seed: u64, rows: usize) -> RecordBatch {
+        use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray, UInt64Array};
+        use arrow::datatypes::{Field, Schema};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let bands = ["18-20", "21-24", "25-29", "30+"];
+        let band: StringArray = (0..rows)
+            .map(|_| rng.random_bool(0.95).then(|| bands[rng.random_range(0..4)]))
+            .collect();
+        let year: Int64Array = (0..rows)
+            .map(|_| rng.random_bool(0.9).then(|| rng.random_range(2020..2024)))
+            .collect();
+        let person: UInt64Array = (0..rows)
+            .map(|_| {
+                rng.random_bool(0.97).then(|| {
+                    rng.random_range(0..rows as u64 / 3)
+                        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                })
+            })
+            .collect();
+        let x: Float64Array = (0..rows)
+            .map(|_| match rng.random_range(0..10) {
+                0 => None,
+                1 => Some(0.0),
+                2 => Some(rng.random_range(-1e6..1e6)),
+                _ => Some(rng.random_range(0..40) as f64),
+            })
+            .collect();
+        let f: BooleanArray = (0..rows)
+            .map(|_| rng.random_bool(0.9).then(|| rng.random_bool(0.6)))
+            .collect();
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            Field::new("band", DataType::Utf8, true),
+            Field::new("year", DataType::Int64, true),
+            Field::new("person", DataType::UInt64, true),
+            Field::new("x", DataType::Float64, true),
+            Field::new("f", DataType::Boolean, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                std::sync::Arc::new(band),
+                std::sync::Arc::new(year),
+                std::sync::Arc::new(person),
+                std::sync::Arc::new(x),
+                std::sync::Arc::new(f),
+            ],
+        )
+        .expect("batch")
+    }
+
+    fn same(a: &Stats, b: &Stats) -> bool {
+        let (ta, ma) = a.flattened();
+        let (tb, mb) = b.flattened();
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0);
+        a.persons == b.persons && a.key == b.key && close(ta, tb) && close(ma, mb)
+    }
+
+    /// The one-pass table gives what DataFusion's per-(group, person) aggregate read by
+    /// the gatherer gives, group by group, over random rows in several batches.
+    #[tokio::test]
+    async fn the_person_table_agrees_with_the_aggregate_and_the_gatherer() {
+        use datafusion::prelude::SessionContext;
+        let parts = [
+            Part::Count,
+            Part::Sum,
+            Part::Count,
+            Part::Sum,
+            Part::Count,
+            Part::Count,
+        ];
+        for (seed, groups) in [(1u64, 2usize), (2, 1), (3, 0), (4, 2)] {
+            let batch = random_rows(seed, 5000);
+            let ctx = SessionContext::new();
+            let batches: Vec<RecordBatch> = (0..5).map(|i| batch.slice(i * 1000, 1000)).collect();
+            let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![batches])
+                .expect("table");
+            ctx.register_table("t", std::sync::Arc::new(table))
+                .expect("register");
+            let keys = ["band", "year"][..groups].join(", ");
+            let lead = |rest: &str| {
+                if groups == 0 {
+                    rest.to_owned()
+                } else {
+                    format!("{keys}, {rest}")
+                }
+            };
+            let aggregate = ctx
+                .sql(&format!(
+                    "SELECT {}, count(1), sum(try_cast(x AS double)), count(x) FILTER (WHERE f), \
+                     sum(try_cast(x AS double)) FILTER (WHERE f), count(NULL), \
+                     count(1) FILTER (WHERE coalesce(f, false)) FROM t GROUP BY {}",
+                    lead("person"),
+                    lead("person")
+                ))
+                .await
+                .expect("aggregate")
+                .collect()
+                .await
+                .expect("run");
+            let schema = aggregate[0].schema();
+            let part_cols = parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (groups + 1 + i, *p))
+                .collect();
+            let mut gatherer =
+                Gatherer::new(&schema, (0..groups).collect(), groups, part_cols, 10, 100)
+                    .expect("gatherer");
+            for b in &aggregate {
+                gatherer.push(b).expect("push");
+            }
+            let (want_keys, want) = gatherer.finish().expect("finish");
+            let rows = ctx
+                .sql(&format!(
+                    "SELECT {}, 1 AS a0, try_cast(x AS double) AS a1, x AS a2, f AS f2, try_cast(x AS double) AS a3, f AS f3, NULL AS a4, 1 AS a5, coalesce(f, false) AS f5 FROM t",
+                    lead("person")
+                ))
+                .await
+                .expect("rows")
+                .collect()
+                .await
+                .expect("run");
+            let a = groups + 1;
+            let inputs = vec![
+                PartInput {
+                    part: Part::Count,
+                    arg: a,
+                    filter: None,
+                },
+                PartInput {
+                    part: Part::Sum,
+                    arg: a + 1,
+                    filter: None,
+                },
+                PartInput {
+                    part: Part::Count,
+                    arg: a + 2,
+                    filter: Some(a + 3),
+                },
+                PartInput {
+                    part: Part::Sum,
+                    arg: a + 4,
+                    filter: Some(a + 5),
+                },
+                PartInput {
+                    part: Part::Count,
+                    arg: a + 6,
+                    filter: None,
+                },
+                // A filter without nulls.
+                PartInput {
+                    part: Part::Count,
+                    arg: a + 7,
+                    filter: Some(a + 8),
+                },
+            ];
+            let pool: std::sync::Arc<dyn MemoryPool> = std::sync::Arc::new(
+                datafusion::execution::memory_pool::UnboundedMemoryPool::default(),
+            );
+            let mut table = PersonTable::new(
+                &rows[0].schema(),
+                (0..groups).collect(),
+                groups,
+                inputs,
+                10,
+                100,
+                &pool,
+            )
+            .expect("table");
+            for b in &rows {
+                table.push(b).expect("push");
+            }
+            // The table is held in the query's memory budget, and given back after.
+            assert!(pool.reserved() > 0);
+            let (got_keys, got) = table.finish().expect("finish");
+            assert_eq!(pool.reserved(), 0);
+            assert_eq!(got.len(), want.len(), "seed {seed}: groups");
+            // Match groups by their values (the two may meet them in different orders).
+            let text = |cols: &[ArrayRef], r: usize| -> Vec<String> {
+                cols.iter()
+                    .map(|c| {
+                        datafusion::common::ScalarValue::try_from_array(c, r)
+                            .expect("value")
+                            .to_string()
+                    })
+                    .collect()
+            };
+            for (g, w) in want.iter().enumerate() {
+                let k = text(&want_keys, g);
+                let at = (0..got.len())
+                    .find(|&r| text(&got_keys, r) == k)
+                    .unwrap_or_else(|| panic!("seed {seed}: group {k:?} missing"));
+                let (g_persons, w_persons) = (&got[at].persons, &w.persons);
+                assert_eq!(
+                    (g_persons.persons, g_persons.key),
+                    (w_persons.persons, w_persons.key),
+                    "seed {seed}: {k:?} persons"
+                );
+                assert!(w.persons.persons > 0 || k.iter().any(|v| v == "NULL") || groups == 0);
+                for p in 0..parts.len() {
+                    assert!(
+                        same(&got[at].parts[p], &w.parts[p]),
+                        "seed {seed}: {k:?} part {p}: {:?} against {:?}",
+                        got[at].parts[p],
+                        w.parts[p]
+                    );
+                }
+            }
+            // The group limit holds as the gatherer's does.
+            if groups > 0 {
+                let mut small = PersonTable::new(
+                    &rows[0].schema(),
+                    (0..groups).collect(),
+                    groups,
+                    vec![],
+                    10,
+                    3,
+                    &pool,
+                )
+                .expect("table");
+                assert!(matches!(
+                    rows.iter().try_for_each(|b| small.push(b)),
+                    Err(GatherError::TooManyGroups(3))
+                ));
+            }
+        }
     }
 }

@@ -254,32 +254,100 @@ pub(super) async fn run_release(
         min_count,
         round_to,
     };
-    let physical = state
-        .create_physical_plan(&LogicalPlan::Aggregate(per_person))
-        .await
-        .map_err(crate::error::sql_error)?;
-    let schema = physical.schema();
-    let mut gatherer = Gatherer::new(
-        &schema,
-        groups_at,
-        person_at,
-        part_cols,
-        min_count as usize,
-        max_groups,
-    )
-    .map_err(internal)?;
-    let mut stream = datafusion::physical_plan::execute_stream(physical, task.clone())
-        .map_err(|e| crate::error::classify(&e))?;
-    while let Some(b) = stream.next().await {
-        let b = b.map_err(|e| crate::error::classify(&e))?;
-        gatherer.push(&b).map_err(|e| match e {
-            GatherError::TooManyGroups(n) => refused(format!(
-                "the answer would have more than {n} groups; group by fewer or coarser columns"
-            )),
-            other => internal(other),
-        })?;
-    }
-    let (mut group_columns, groups) = gatherer.finish().map_err(internal)?;
+    let too_many = |e: GatherError| match e {
+        GatherError::TooManyGroups(n) => refused(format!(
+            "the answer would have more than {n} groups; group by fewer or coarser columns"
+        )),
+        GatherError::DataFusion(e) => crate::error::classify(&e),
+        other => internal(other),
+    };
+    let (mut group_columns, groups) = match &grouping {
+        // Plain groups: one pass over the input rows into a table per (group, person).
+        None => {
+            let plain = &per_person.group_expr;
+            let mut exprs: Vec<Expr> = plain[..plain.len().saturating_sub(1)]
+                .iter()
+                .enumerate()
+                .map(|(i, g)| g.clone().unalias().alias(format!("__concordat_group_{i}")))
+                .collect();
+            let groups_at: Vec<usize> = (0..exprs.len()).collect();
+            let person_at = exprs.len();
+            exprs.push(pid.clone());
+            let mut inputs = Vec::with_capacity(parts.len());
+            for (i, (e, p)) in parts.iter().enumerate() {
+                let Expr::AggregateFunction(f) = e else {
+                    return Err(internal("a part is not an aggregate"));
+                };
+                let arg = f
+                    .params
+                    .args
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| internal("a part has no argument"))?;
+                exprs.push(arg.alias(format!("__concordat_arg_{i}")));
+                let at = exprs.len() - 1;
+                let filter = f.params.filter.as_ref().map(|c| {
+                    exprs.push(c.as_ref().clone().alias(format!("__concordat_filter_{i}")));
+                    exprs.len() - 1
+                });
+                inputs.push(PartInput {
+                    part: *p,
+                    arg: at,
+                    filter,
+                });
+            }
+            let rows = Projection::try_new(exprs, per_person.input.clone()).map_err(|e| {
+                refused(format!(
+                    "the query could not be rewritten for disclosure control ({})",
+                    e.strip_backtrace()
+                ))
+            })?;
+            let physical = state
+                .create_physical_plan(&LogicalPlan::Projection(rows))
+                .await
+                .map_err(crate::error::sql_error)?;
+            let mut table = PersonTable::new(
+                &physical.schema(),
+                groups_at,
+                person_at,
+                inputs,
+                min_count as usize,
+                max_groups,
+                task.memory_pool(),
+            )
+            .map_err(too_many)?;
+            let mut stream = datafusion::physical_plan::execute_stream(physical, task.clone())
+                .map_err(|e| crate::error::classify(&e))?;
+            while let Some(b) = stream.next().await {
+                let b = b.map_err(|e| crate::error::classify(&e))?;
+                table.push(&b).map_err(too_many)?;
+            }
+            table.finish().map_err(too_many)?
+        }
+        // Grouping sets: DataFusion's aggregate per (set, group, person), then gathered.
+        Some(_) => {
+            let physical = state
+                .create_physical_plan(&LogicalPlan::Aggregate(per_person))
+                .await
+                .map_err(crate::error::sql_error)?;
+            let mut gatherer = Gatherer::new(
+                &physical.schema(),
+                groups_at,
+                person_at,
+                part_cols,
+                min_count as usize,
+                max_groups,
+            )
+            .map_err(internal)?;
+            let mut stream = datafusion::physical_plan::execute_stream(physical, task.clone())
+                .map_err(|e| crate::error::classify(&e))?;
+            while let Some(b) = stream.next().await {
+                let b = b.map_err(|e| crate::error::classify(&e))?;
+                gatherer.push(&b).map_err(too_many)?;
+            }
+            gatherer.finish().map_err(too_many)?
+        }
+    };
     if let Some(g) = &grouping {
         let gid = group_columns
             .pop()
