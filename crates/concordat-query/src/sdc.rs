@@ -47,7 +47,7 @@ use datafusion::logical_expr::{
 use futures::StreamExt;
 
 use self::cellkey::RecordKey;
-use self::contributions::{GatherError, Gatherer, Group, Part, PartInput, PersonTable};
+use self::contributions::{Gather, GatherError, Gatherer, Group, Part, PartInput, PersonTable};
 use self::execute::run_release;
 use self::plan::{marker_path, releases, scans_controlled, with_marker};
 pub use self::record::{Disclosure, Suppressed};

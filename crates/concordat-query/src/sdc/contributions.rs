@@ -151,6 +151,40 @@ pub enum GatherError {
     DataFusion(#[from] DataFusionError),
 }
 
+/// The record keys at `at` of a batch.
+fn record_keys(batch: &RecordBatch, at: usize) -> Result<&arrow::array::UInt64Array, GatherError> {
+    batch
+        .column(at)
+        .as_primitive_opt::<UInt64Type>()
+        .ok_or_else(|| GatherError::Shape("the person column is not a record key".into()))
+}
+
+/// What reads batches into per-group statistics: a [`Gatherer`] or a [`PersonTable`].
+pub trait Gather {
+    /// Reads one batch.
+    fn push(&mut self, batch: &RecordBatch) -> Result<(), GatherError>;
+    /// The group columns (one row per group) and each group's statistics.
+    fn finish(self) -> Result<(Vec<ArrayRef>, Vec<Group>), GatherError>;
+}
+
+impl Gather for Gatherer {
+    fn push(&mut self, batch: &RecordBatch) -> Result<(), GatherError> {
+        Gatherer::push(self, batch)
+    }
+    fn finish(self) -> Result<(Vec<ArrayRef>, Vec<Group>), GatherError> {
+        Gatherer::finish(self)
+    }
+}
+
+impl Gather for PersonTable {
+    fn push(&mut self, batch: &RecordBatch) -> Result<(), GatherError> {
+        PersonTable::push(self, batch)
+    }
+    fn finish(self) -> Result<(Vec<ArrayRef>, Vec<Group>), GatherError> {
+        PersonTable::finish(self)
+    }
+}
+
 /// Gathers per-(group, person) rows into per-group statistics.
 ///
 /// This reads the output of a per-(group, person) aggregate; grouping sets are computed
@@ -217,10 +251,7 @@ impl Gatherer {
         if rows == 0 {
             return Ok(());
         }
-        let person = batch
-            .column(self.person_at)
-            .as_primitive_opt::<UInt64Type>()
-            .ok_or_else(|| GatherError::Shape("the person column is not a record key".into()))?;
+        let person = record_keys(batch, self.person_at)?;
         let values: Vec<ArrayRef> = self
             .parts
             .iter()
@@ -385,10 +416,7 @@ impl PersonTable {
         if rows == 0 {
             return Ok(());
         }
-        let person = batch
-            .column(self.person_at)
-            .as_primitive_opt::<UInt64Type>()
-            .ok_or_else(|| GatherError::Shape("the person column is not a record key".into()))?;
+        let person = record_keys(batch, self.person_at)?;
         self.slots.clear();
         match &mut self.values {
             None => self.slots.resize(rows, 0),

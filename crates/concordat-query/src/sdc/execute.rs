@@ -306,7 +306,7 @@ pub(super) async fn run_release(
                 .create_physical_plan(&LogicalPlan::Projection(rows))
                 .await
                 .map_err(crate::error::sql_error)?;
-            let mut table = PersonTable::new(
+            let table = PersonTable::new(
                 &physical.schema(),
                 groups_at,
                 person_at,
@@ -316,13 +316,7 @@ pub(super) async fn run_release(
                 task.memory_pool(),
             )
             .map_err(too_many)?;
-            let mut stream = datafusion::physical_plan::execute_stream(physical, task.clone())
-                .map_err(|e| crate::error::classify(&e))?;
-            while let Some(b) = stream.next().await {
-                let b = b.map_err(|e| crate::error::classify(&e))?;
-                table.push(&b).map_err(too_many)?;
-            }
-            table.finish().map_err(too_many)?
+            gather(physical, task, table, too_many).await?
         }
         // Grouping sets: DataFusion's aggregate per (set, group, person), then gathered.
         Some(_) => {
@@ -330,7 +324,7 @@ pub(super) async fn run_release(
                 .create_physical_plan(&LogicalPlan::Aggregate(per_person))
                 .await
                 .map_err(crate::error::sql_error)?;
-            let mut gatherer = Gatherer::new(
+            let gatherer = Gatherer::new(
                 &physical.schema(),
                 groups_at,
                 person_at,
@@ -339,13 +333,7 @@ pub(super) async fn run_release(
                 max_groups,
             )
             .map_err(internal)?;
-            let mut stream = datafusion::physical_plan::execute_stream(physical, task.clone())
-                .map_err(|e| crate::error::classify(&e))?;
-            while let Some(b) = stream.next().await {
-                let b = b.map_err(|e| crate::error::classify(&e))?;
-                gatherer.push(&b).map_err(too_many)?;
-            }
-            gatherer.finish().map_err(too_many)?
+            gather(physical, task, gatherer, too_many).await?
         }
     };
     if let Some(g) = &grouping {
@@ -422,6 +410,22 @@ pub(super) async fn run_release(
     .and_then(LogicalPlanBuilder::build)
     .map_err(internal)?;
     Ok((replacement, disclosure))
+}
+
+/// Runs `physical` and reads its batches into `into`.
+async fn gather(
+    physical: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    task: &Arc<TaskContext>,
+    mut into: impl Gather,
+    failed: impl Fn(GatherError) -> QueryError,
+) -> Result<(Vec<ArrayRef>, Vec<Group>), QueryError> {
+    let mut stream = datafusion::physical_plan::execute_stream(physical, task.clone())
+        .map_err(|e| crate::error::classify(&e))?;
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(|e| crate::error::classify(&e))?;
+        into.push(&b).map_err(&failed)?;
+    }
+    into.finish().map_err(failed)
 }
 
 /// The released answer of the aggregate: its columns, the marker, and how many cells
