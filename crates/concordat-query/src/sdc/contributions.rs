@@ -891,6 +891,26 @@ mod tests {
                     Err(GatherError::TooManyGroups(3))
                 ));
             }
+            // The table stays within the query's memory budget.
+            let tight: std::sync::Arc<dyn MemoryPool> = std::sync::Arc::new(
+                datafusion::execution::memory_pool::GreedyMemoryPool::new(4096),
+            );
+            let mut held = PersonTable::new(
+                &rows[0].schema(),
+                (0..groups).collect(),
+                groups,
+                vec![],
+                10,
+                100,
+                &tight,
+            )
+            .expect("table");
+            assert!(matches!(
+                rows.iter().try_for_each(|b| held.push(b)),
+                Err(GatherError::DataFusion(
+                    DataFusionError::ResourcesExhausted(_)
+                ))
+            ));
         }
     }
 }
