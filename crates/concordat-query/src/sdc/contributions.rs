@@ -134,6 +134,16 @@ pub struct Group {
     pub parts: Vec<Stats>,
 }
 
+impl Group {
+    /// No one yet, in each of `parts` parts.
+    fn empty(k: usize, parts: usize) -> Group {
+        Group {
+            persons: Stats::new(k),
+            parts: vec![Stats::new(k); parts],
+        }
+    }
+}
+
 /// Why the contributions could not be gathered.
 #[derive(Debug, thiserror::Error)]
 pub enum GatherError {
@@ -239,10 +249,7 @@ impl Gatherer {
     }
 
     fn new_group(&self) -> Group {
-        Group {
-            persons: Stats::new(self.k),
-            parts: vec![Stats::new(self.k); self.parts.len()],
-        }
+        Group::empty(self.k, self.parts.len())
     }
 
     /// Reads one batch of per-(group, person) rows, each person by their record key.
@@ -508,13 +515,7 @@ impl PersonTable {
                 (values.emit(EmitTo::All)?, n)
             }
         };
-        let mut out = vec![
-            Group {
-                persons: Stats::new(self.k),
-                parts: vec![Stats::new(self.k); self.parts.len()],
-            };
-            groups
-        ];
+        let mut out = vec![Group::empty(self.k, self.parts.len()); groups];
         let n = self.parts.len();
         for (e, &(slot, record)) in self.entries.iter().enumerate() {
             let group = &mut out[slot as usize];

@@ -217,44 +217,22 @@ pub(super) async fn run_release(
         .enumerate()
         .map(|(i, (e, _))| e.clone().alias(format!("__concordat_part_{i}")))
         .collect();
-    let per_person = Aggregate::try_new(Arc::new(input), inner_group, aggr_expr).map_err(|e| {
+    let unrewritable = |e: datafusion::error::DataFusionError| {
         refused(format!(
             "the query could not be rewritten for disclosure control ({})",
             e.strip_backtrace()
         ))
-    })?;
-    let inner_schema = per_person.schema.clone();
-    let n_group = agg.schema.fields().len() - agg.aggr_expr.len();
-    let person_at = inner_schema
-        .index_of_column_by_name(None, PID)
-        .ok_or_else(|| internal("the person column is missing"))?;
-    let gid_at = grouping
-        .as_ref()
-        .map(|_| {
-            inner_schema
-                .index_of_column_by_name(None, Aggregate::INTERNAL_GROUPING_ID)
-                .ok_or_else(|| internal("the grouping id is missing"))
-        })
-        .transpose()?;
-    // Group columns of the release, in its order (then the grouping id).
-    let mut groups_at: Vec<usize> = match &grouping {
-        Some(g) => g.positions.clone(),
-        None => (0..n_group).collect(),
     };
-    groups_at.extend(gid_at);
-    let first_part = inner_schema.fields().len() - parts.len();
-    let part_cols: Vec<(usize, Part)> = parts
-        .iter()
-        .enumerate()
-        .map(|(i, (_, p))| (first_part + i, *p))
-        .collect();
+    let per_person =
+        Aggregate::try_new(Arc::new(input), inner_group, aggr_expr).map_err(unrewritable)?;
+    let n_group = agg.schema.fields().len() - agg.aggr_expr.len();
     let min_count = controlled.values().map(|c| c.min_count).max().unwrap_or(10);
     let round_to = controlled.values().map(|c| c.round_to).max().unwrap_or(5);
     let terms = Terms {
         min_count,
         round_to,
     };
-    let too_many = |e: GatherError| match e {
+    let gather_failed = |e: GatherError| match e {
         GatherError::TooManyGroups(n) => refused(format!(
             "the answer would have more than {n} groups; group by fewer or coarser columns"
         )),
@@ -296,12 +274,8 @@ pub(super) async fn run_release(
                     filter,
                 });
             }
-            let rows = Projection::try_new(exprs, per_person.input.clone()).map_err(|e| {
-                refused(format!(
-                    "the query could not be rewritten for disclosure control ({})",
-                    e.strip_backtrace()
-                ))
-            })?;
+            let rows =
+                Projection::try_new(exprs, per_person.input.clone()).map_err(unrewritable)?;
             let physical = state
                 .create_physical_plan(&LogicalPlan::Projection(rows))
                 .await
@@ -315,11 +289,28 @@ pub(super) async fn run_release(
                 max_groups,
                 task.memory_pool(),
             )
-            .map_err(too_many)?;
-            gather(physical, task, table, too_many).await?
+            .map_err(gather_failed)?;
+            gather(physical, task, table, gather_failed).await?
         }
         // Grouping sets: DataFusion's aggregate per (set, group, person), then gathered.
-        Some(_) => {
+        Some(g) => {
+            // The aggregate's rows: the release's group columns in its order, then the
+            // grouping id, the person and the parts.
+            let inner_schema = per_person.schema.clone();
+            let at = |name: &str, what: &str| {
+                inner_schema
+                    .index_of_column_by_name(None, name)
+                    .ok_or_else(|| internal(format!("the {what} is missing")))
+            };
+            let person_at = at(PID, "person column")?;
+            let mut groups_at = g.positions.clone();
+            groups_at.push(at(Aggregate::INTERNAL_GROUPING_ID, "grouping id")?);
+            let first_part = inner_schema.fields().len() - parts.len();
+            let part_cols: Vec<(usize, Part)> = parts
+                .iter()
+                .enumerate()
+                .map(|(i, (_, p))| (first_part + i, *p))
+                .collect();
             let physical = state
                 .create_physical_plan(&LogicalPlan::Aggregate(per_person))
                 .await
@@ -333,7 +324,7 @@ pub(super) async fn run_release(
                 max_groups,
             )
             .map_err(internal)?;
-            gather(physical, task, gatherer, too_many).await?
+            gather(physical, task, gatherer, gather_failed).await?
         }
     };
     if let Some(g) = &grouping {
