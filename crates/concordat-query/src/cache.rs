@@ -20,8 +20,10 @@
 //! versions: a question asked again over unchanged tables skips parsing, the agreements'
 //! rewriting, optimisation and physical planning, and runs a fresh copy of the plan
 //! made the first time (DataFusion's `reset_plan_states`). Its answer is still computed.
-//! Plans of disclosure-controlled questions are not kept, since planning them runs the
-//! per-person aggregate.
+//! A disclosure-controlled question keeps its release: the per-person plan, and the plan
+//! made over the released cells. Asked again, the per-person plan runs again over the
+//! data, the rules run again over its groups, and the kept plan reads the new cells
+//! (the same ones, since the same versions give the same release).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,7 +31,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::RecordBatch;
 use chrono::NaiveDate;
-use datafusion::physical_plan::ExecutionPlan;
 
 use crate::plan::Planned;
 use crate::service::QueryRequest;
@@ -106,9 +107,9 @@ pub(crate) struct Entry<V> {
 /// Answers kept: their batches.
 pub(crate) type AnswerCache = Kept<Vec<RecordBatch>>;
 
-/// Plans kept: the physical plan as first made, never run itself (each reuse runs a
-/// copy with its state reset).
-pub(crate) type PlanCache = Kept<std::sync::Arc<dyn ExecutionPlan>>;
+/// Plans kept: the physical plan as first made, never run again itself (each reuse runs
+/// a copy with its state reset); for a disclosure-controlled question, its release too.
+pub(crate) type PlanCache = Kept<crate::plan::Reusable>;
 
 /// What a plan is counted as in the plan cache's budget: a plan holds its expressions
 /// and the version's file list, not data.

@@ -112,40 +112,102 @@ pub(crate) fn rerunnable(plan: &Arc<dyn ExecutionPlan>) -> bool {
     !shared
 }
 
+/// A question planned: what planning learnt, the physical plan and the task it runs in,
+/// and the release it reads when it is disclosure-controlled.
+pub(crate) struct Made {
+    pub(crate) planned: Planned,
+    pub(crate) physical: Arc<dyn ExecutionPlan>,
+    pub(crate) task: Arc<TaskContext>,
+    pub(crate) release: Option<sdc::Prepared>,
+}
+
+/// A plan made once and run again for the same question over the same table versions.
+pub(crate) enum Reusable {
+    /// A plan run again as it is.
+    Plain(Arc<dyn ExecutionPlan>),
+    /// A disclosure-controlled plan: its release runs again (the per-person plan over
+    /// the data, the rules over its groups), and the plan made over the released cells
+    /// reads the new ones.
+    Release {
+        release: Arc<sdc::Prepared>,
+        outer: Arc<dyn ExecutionPlan>,
+    },
+}
+
+impl Reusable {
+    /// Whether every part may run again, also while the first run goes on.
+    pub(crate) fn rerunnable(&self) -> bool {
+        match self {
+            Reusable::Plain(p) => rerunnable(p),
+            Reusable::Release { release, outer } => {
+                rerunnable(release.per_person()) && rerunnable(outer) && release.rebindable(outer)
+            }
+        }
+    }
+
+    /// The bytes the plan holds beyond its expressions: the released cells it reads.
+    pub(crate) fn held_bytes(&self) -> usize {
+        match self {
+            Reusable::Plain(_) => 0,
+            Reusable::Release { release, outer } => release.held_bytes(outer),
+        }
+    }
+}
+
 impl Context {
-    /// Plans and starts the query.
+    /// Plans and starts the query; returns the plan in the form that can run again.
     pub(crate) async fn start(
         &self,
         sql: &str,
-    ) -> Result<(Planned, Arc<dyn ExecutionPlan>, SendableRecordBatchStream), QueryError> {
-        let (planned, physical, task) = self.plan(sql).await?;
-        let stream = datafusion::physical_plan::execute_stream(physical.clone(), task)
+    ) -> Result<(Planned, Reusable, SendableRecordBatchStream), QueryError> {
+        let made = self.plan(sql).await?;
+        let stream = datafusion::physical_plan::execute_stream(made.physical.clone(), made.task)
             .map_err(|e| classify(&e))?;
-        Ok((planned, physical, stream))
+        let reusable = match made.release {
+            None => Reusable::Plain(made.physical),
+            Some(release) => Reusable::Release {
+                release: Arc::new(release),
+                outer: made.physical,
+            },
+        };
+        Ok((made.planned, reusable, stream))
     }
 
     /// Runs a plan made earlier for the same question over the same table versions, on
     /// a copy whose running state (shared work queues, dynamic filters, metrics) is new,
-    /// in a task context of its own.
-    pub(crate) fn rerun(
+    /// in a task context of its own. A disclosure-controlled plan runs its release again
+    /// first, and returns the new release's record; `None` when the plan cannot read the
+    /// new released cells and must be made again.
+    pub(crate) async fn rerun(
         &self,
-        physical: &Arc<dyn ExecutionPlan>,
-    ) -> Result<SendableRecordBatchStream, QueryError> {
-        let physical =
-            datafusion::physical_plan::execution_plan::reset_plan_states(physical.clone())
-                .map_err(QueryError::internal)?;
+        plan: &Reusable,
+    ) -> Result<Option<(Option<Disclosure>, SendableRecordBatchStream)>, QueryError> {
+        let reset = |p: &Arc<dyn ExecutionPlan>| {
+            datafusion::physical_plan::execution_plan::reset_plan_states(p.clone())
+                .map_err(QueryError::internal)
+        };
         let task = self
             .template
             .fresh_task(self.limits.memory_bytes)
             .map_err(QueryError::internal)?;
-        datafusion::physical_plan::execute_stream(physical, task).map_err(|e| classify(&e))
+        let (physical, disclosure) = match plan {
+            Reusable::Plain(p) => (reset(p)?, None),
+            Reusable::Release { release, outer } => {
+                let (released, disclosure) =
+                    release.run(reset(release.per_person())?, &task).await?;
+                match release.rebind(outer, &released)? {
+                    Some(p) => (p, Some(disclosure)),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let stream =
+            datafusion::physical_plan::execute_stream(physical, task).map_err(|e| classify(&e))?;
+        Ok(Some((disclosure, stream)))
     }
 
     /// Plans the query without running it.
-    pub(crate) async fn plan(
-        &self,
-        sql: &str,
-    ) -> Result<(Planned, Arc<dyn ExecutionPlan>, Arc<TaskContext>), QueryError> {
+    pub(crate) async fn plan(&self, sql: &str) -> Result<Made, QueryError> {
         let t0 = std::time::Instant::now();
         let mut state = self.template.state().map_err(QueryError::internal)?;
         state.config_mut().options_mut().execution.target_partitions = self.partitions;
@@ -195,11 +257,11 @@ impl Context {
         let (plan, params) = self.bind(plan)?;
         verify_read(&plan)?;
         let deterministic = deterministic(&plan);
-        let (plan, disclosure) = if controlled.is_empty() {
-            (plan, None)
+        let (plan, disclosure, release) = if controlled.is_empty() {
+            (plan, None, None)
         } else {
             let optimized = state.optimize(&plan).map_err(sql_error)?;
-            let (plan, disclosure) = sdc::release(
+            let (plan, disclosure, release) = sdc::release(
                 optimized,
                 &state,
                 &task,
@@ -208,7 +270,7 @@ impl Context {
                 self.limits.max_groups,
             )
             .await?;
-            (plan, Some(disclosure))
+            (plan, Some(disclosure), Some(release))
         };
         let t_logical = t0.elapsed();
         let physical = state.create_physical_plan(&plan).await.map_err(sql_error)?;
@@ -222,8 +284,8 @@ impl Context {
             "query planned"
         );
         let schema = physical.schema();
-        Ok((
-            Planned {
+        Ok(Made {
+            planned: Planned {
                 schema,
                 datasets,
                 agreements: agreements.into_iter().collect(),
@@ -233,7 +295,8 @@ impl Context {
             },
             physical,
             task,
-        ))
+            release,
+        })
     }
 
     /// Puts the request's values in the plan's placeholders, each cast to the type its
@@ -303,10 +366,7 @@ impl Context {
     /// Plans a Postgres client's look at its catalog: a session holding the caller's
     /// datasets, under this purpose, as empty tables with the columns it may see, and the
     /// `pg_catalog` and `information_schema` built from them. No data is read.
-    async fn plan_catalog(
-        &self,
-        sql: &str,
-    ) -> Result<(Planned, Arc<dyn ExecutionPlan>, Arc<TaskContext>), QueryError> {
+    async fn plan_catalog(&self, sql: &str) -> Result<Made, QueryError> {
         let ctx = session::catalog_session(
             self.limits.memory_bytes,
             &self.spill_dir,
@@ -342,8 +402,8 @@ impl Context {
         let (plan, params) = self.bind(plan)?;
         verify_read(&plan)?;
         let physical = state.create_physical_plan(&plan).await.map_err(sql_error)?;
-        Ok((
-            Planned {
+        Ok(Made {
+            planned: Planned {
                 schema: physical.schema(),
                 datasets: Vec::new(),
                 agreements: agreements.into_iter().collect(),
@@ -352,8 +412,9 @@ impl Context {
                 deterministic: false,
             },
             physical,
-            ctx.task_ctx(),
-        ))
+            task: ctx.task_ctx(),
+            release: None,
+        })
     }
 }
 

@@ -35,7 +35,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, UInt64Type};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::{MemTable, provider_as_source};
@@ -44,11 +44,13 @@ use datafusion::logical_expr::expr::{AggregateFunction, TryCast};
 use datafusion::logical_expr::{
     Aggregate, Expr, GroupingSet, LogicalPlan, LogicalPlanBuilder, Projection, col,
 };
+use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 
 use self::cellkey::RecordKey;
 use self::contributions::{Gather, GatherError, Gatherer, Group, Part, PartInput, PersonTable};
-use self::execute::run_release;
+pub use self::execute::Prepared;
+use self::execute::prepare_release;
 use self::plan::{marker_path, releases, scans_controlled, with_marker};
 pub use self::record::{Disclosure, Suppressed};
 use self::rewrite::{Rewriter, check_ids};
@@ -101,7 +103,7 @@ fn internal(e: impl std::fmt::Display) -> QueryError {
 
 /// Applies disclosure control to an optimised plan that reads controlled tables: runs the
 /// release aggregate per person and returns the plan with the released cells in
-/// its place, and what was done.
+/// its place, what was done, and the release, which can run again.
 pub async fn release(
     plan: LogicalPlan,
     state: &SessionState,
@@ -109,7 +111,7 @@ pub async fn release(
     controlled: &HashMap<String, Controlled>,
     key: &Arc<RecordKey>,
     max_groups: usize,
-) -> Result<(LogicalPlan, Disclosure), QueryError> {
+) -> Result<(LogicalPlan, Disclosure, Prepared), QueryError> {
     let mut found = Vec::new();
     releases(&plan, controlled, &mut found);
     let release_node = match found.len() {
@@ -131,8 +133,9 @@ pub async fn release(
         return Err(QueryError::Internal("release is not an aggregate".into()));
     };
     let marker = marker_path(&plan, &release_node);
-    let (replacement, disclosure) =
-        run_release(agg, state, task, controlled, key, max_groups, marker).await?;
+    let prepared = prepare_release(agg, state, controlled, key, max_groups, marker).await?;
+    let (released, disclosure) = prepared.run(prepared.per_person().clone(), task).await?;
+    let replacement = prepared.replacement(released)?;
     let mut replaced = false;
     let swapped = plan
         .transform_down(|node| {
@@ -164,7 +167,7 @@ pub async fn release(
             "controlled rows may be read only inside the one aggregate that is released",
         ));
     }
-    Ok((rebuilt, disclosure))
+    Ok((rebuilt, disclosure, prepared))
 }
 
 /// What one aggregate cell is.

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::plan::Reusable;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use concordat_core::{Caller, ErrorKind, Purpose, Role};
@@ -21,7 +22,6 @@ use concordat_policy::Policies;
 use concordat_store::Store;
 use concordat_store::audit::{AuditLog, DatasetVersion, EventBody};
 use concordat_store::recorded::Pending;
-use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -152,10 +152,11 @@ fn keepable(planned: &Planned) -> bool {
 }
 
 /// Whether a question's plan may be kept: its answer could be (the same versions give
-/// the same answer), planning did not compute it (disclosure control runs the
-/// per-person aggregate while planning), and copies of the plan share nothing.
-fn plan_keepable(planned: &Planned, physical: &Arc<dyn ExecutionPlan>) -> bool {
-    keepable(planned) && planned.disclosure.is_none() && crate::plan::rerunnable(physical)
+/// the same answer), and copies of its parts share nothing. A disclosure-controlled plan
+/// is kept as its release and the plan over the released cells, and each run computes
+/// the release again.
+fn plan_keepable(planned: &Planned, plan: &Reusable) -> bool {
+    keepable(planned) && plan.rerunnable()
 }
 
 /// The result schema of a query, planned but not run.
@@ -414,7 +415,7 @@ impl QueryService {
             let planned = self
                 .run(async move {
                     tokio::time::timeout(deadline, async {
-                        ctx.plan(&sql).await.map(|(planned, _, _)| planned)
+                        ctx.plan(&sql).await.map(|made| made.planned)
                     })
                     .await
                 })
@@ -647,9 +648,8 @@ impl QueryService {
         let ctx = self.context(req, purpose);
         let plan_key = key.as_ref().map(|k| k.with_partitions(ctx.partitions));
         let plan = self.kept_plan(plan_key.as_ref()).await;
-        let plan_reused = plan.is_some();
         let plans = self.plans.clone();
-        let (planned_tx, planned_rx) = oneshot::channel::<Result<Planned, QueryError>>();
+        let (planned_tx, planned_rx) = oneshot::channel::<Result<(Planned, bool), QueryError>>();
         let (tx, rx) = mpsc::channel(4);
         let sql = req.sql.to_owned();
         let timeout = self.limits.timeout;
@@ -662,24 +662,38 @@ impl QueryService {
             let timed_out = QueryError::Timeout {
                 seconds: timeout.as_secs(),
             };
-            let started = match plan {
-                Some(plan) => ctx
-                    .rerun(&plan.value)
-                    .map(|stream| (plan.planned.clone(), stream)),
-                None => match tokio::time::timeout_at(deadline, ctx.start(&sql)).await {
-                    Ok(Ok((planned, physical, stream))) => {
-                        let keep = plan_keepable(&planned, &physical);
-                        if let Some(key) = plan_key.filter(|_| keep) {
-                            let bytes = crate::cache::plan_bytes(&key);
-                            plans.put(key, planned.clone(), physical, bytes);
+            let rerun = match &plan {
+                Some(plan) => match tokio::time::timeout_at(deadline, ctx.rerun(&plan.value)).await
+                {
+                    Ok(rerun) => rerun,
+                    Err(_) => Err(timed_out.clone()),
+                },
+                None => Ok(None),
+            };
+            let started = match rerun {
+                Ok(Some((disclosure, stream))) => {
+                    let mut planned = plan.as_ref().map(|p| p.planned.clone());
+                    if let (Some(planned), Some(d)) = (planned.as_mut(), disclosure) {
+                        planned.disclosure = Some(d);
+                    }
+                    planned
+                        .map(|p| (p, true, stream))
+                        .ok_or_else(|| QueryError::internal("a rerun without its plan"))
+                }
+                Err(e) => Err(e),
+                Ok(None) => match tokio::time::timeout_at(deadline, ctx.start(&sql)).await {
+                    Ok(Ok((planned, reusable, stream))) => {
+                        if let Some(key) = plan_key.filter(|_| plan_keepable(&planned, &reusable)) {
+                            let bytes = crate::cache::plan_bytes(&key) + reusable.held_bytes();
+                            plans.put(key, planned.clone(), reusable, bytes);
                         }
-                        Ok((planned, stream))
+                        Ok((planned, false, stream))
                     }
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err(timed_out.clone()),
                 },
             };
-            let (planned, mut stream) = match started {
+            let (planned, plan_reused, mut stream) = match started {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = planned_tx.send(Err(e));
@@ -691,7 +705,7 @@ impl QueryService {
                 Some(key) if keepable(&planned) => Some((key, planned.clone(), Vec::new(), 0usize)),
                 _ => None,
             };
-            if planned_tx.send(Ok(planned)).is_err() {
+            if planned_tx.send(Ok((planned, plan_reused))).is_err() {
                 return;
             }
             loop {
@@ -731,7 +745,7 @@ impl QueryService {
                 }
             }
         });
-        let planned = planned_rx
+        let (planned, plan_reused) = planned_rx
             .await
             .map_err(|_| QueryError::internal("the query task ended early"))??;
         Ok(Started {
@@ -781,7 +795,7 @@ impl QueryService {
     }
 
     /// The plan kept for the question, if its tables are unchanged.
-    async fn kept_plan(&self, key: Option<&Key>) -> Option<Arc<Entry<Arc<dyn ExecutionPlan>>>> {
+    async fn kept_plan(&self, key: Option<&Key>) -> Option<Arc<Entry<Reusable>>> {
         self.current(&self.plans, key?).await
     }
 

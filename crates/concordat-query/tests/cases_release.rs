@@ -686,3 +686,107 @@ async fn legitimate_questions_are_answered_within_the_published_bounds() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(within > 200, "{within}");
 }
+
+/// A disclosure-controlled question asked again runs its kept release: the per-person
+/// plan again over the data, the rules again over its groups, and the plan kept over the
+/// released cells reads the new ones. Answers and records are those of planning afresh,
+/// one after another and four at once; a commit to the input plans it again.
+#[tokio::test]
+async fn a_kept_release_run_again_answers_as_planning_afresh() {
+    let w = planted::world().await;
+    let service = |plan_cache_bytes| {
+        concordat_query::QueryService::new(
+            w.store.clone(),
+            w.audit.clone(),
+            w.policies.clone(),
+            concordat_query::QueryLimits {
+                answer_cache_bytes: 0,
+                plan_cache_bytes,
+                ..concordat_query::QueryLimits::default()
+            },
+        )
+        .expect("service")
+        .with_record_key(std::sync::Arc::new(
+            concordat_query::sdc::cellkey::RecordKey::from_secret(&[3u8; 32]),
+        ))
+    };
+    let (kept, afresh) = (service(64 << 20), service(0));
+    let answer = |run: Result<Vec<RecordBatch>, _>, record: serde_json::Value, sql: &str| {
+        format!("{}\n{record}", lines(&run.expect(sql)).join("\n"))
+    };
+    async fn asked(w: &World, s: &concordat_query::QueryService, sql: &str) -> (String, bool) {
+        let mut run = w.start_on(s, PCC, sql, PURPOSE, today()).await.expect(sql);
+        let mut b = Vec::new();
+        while let Some(x) = run.batches.recv().await {
+            b.push(x.expect(sql));
+        }
+        let record = serde_json::to_value(&run.disclosure).expect("record");
+        (
+            format!("{}\n{record}", lines(&b).join("\n")),
+            run.plan_reused,
+        )
+    }
+    // (sql, whether its plans are kept: `None` where DataFusion decides by the plan)
+    let cases = [
+        (
+            "SELECT age_band, sex, count(*) AS n, sum(reoffences) AS s, avg(days_to_first_reoffence) AS d FROM reoffending_cohort GROUP BY age_band, sex ORDER BY 1, 2",
+            Some(true),
+        ),
+        (
+            "SELECT sex, count(*) AS n FROM reoffending_cohort GROUP BY ROLLUP(sex) ORDER BY 1",
+            Some(true),
+        ),
+        (
+            "SELECT index_offence_group, 100.0 * sum(CASE WHEN reoffended THEN 1 ELSE 0 END) / count(*) AS rate FROM reoffending_cohort GROUP BY index_offence_group HAVING count(*) > 20 ORDER BY rate DESC, 1",
+            Some(true),
+        ),
+        (
+            "SELECT count(*) AS groups FROM (SELECT age_band, count(*) AS n FROM reoffending_cohort GROUP BY age_band) t",
+            Some(false),
+        ),
+        (
+            "SELECT count(*), avg(reoffences) FROM reoffending_cohort WHERE reoffended",
+            Some(true),
+        ),
+        (
+            "SELECT index_disposal, count(*) AS n FROM reoffending_cohort GROUP BY index_disposal ORDER BY n DESC, 1 LIMIT 2",
+            None,
+        ),
+        (
+            "SELECT f.force_slug, count(*) AS n FROM reoffending_cohort r JOIN police_forces f ON r.pfa_code = f.pfa_code GROUP BY f.force_slug",
+            Some(false),
+        ),
+    ];
+    for (sql, keeps) in cases {
+        let run = w.run_on_service(&afresh, PCC, sql, PURPOSE).await;
+        let record = {
+            let r = w.start_on(&afresh, PCC, sql, PURPOSE, today()).await;
+            serde_json::to_value(&r.expect(sql).disclosure).expect("record")
+        };
+        let want = answer(run, record, sql);
+        let mut reused = Vec::new();
+        for _ in 0..3 {
+            let (got, r) = asked(&w, &kept, sql).await;
+            assert_eq!(got, want, "{sql}");
+            reused.push(r);
+        }
+        assert!(!reused[0], "{sql}: the first asking plans");
+        if let Some(keeps) = keeps {
+            assert_eq!(reused[1..], [keeps, keeps], "{sql}");
+        }
+        let runs = futures::future::join_all((0..4).map(|_| asked(&w, &kept, sql))).await;
+        for (got, _) in runs {
+            assert_eq!(got, want, "{sql}: four at once");
+        }
+    }
+    // A commit to the input: the kept release is stale, and the answer is the new data's.
+    let sql = cases[0].0;
+    let before = asked(&w, &kept, sql).await;
+    assert!(before.1, "kept before the commit");
+    crate::support::load_batches(&w.store, R, &[planted::batch().slice(0, 200)]).await;
+    let after = asked(&w, &kept, sql).await;
+    let want = asked(&w, &afresh, sql).await;
+    assert!(!after.1, "a commit makes the kept release stale");
+    assert_eq!(after.0, want.0);
+    assert_ne!(after.0, before.0, "the new version's answer");
+}

@@ -129,7 +129,7 @@ fn rows() -> Vec<Row> {
     out
 }
 
-fn batch() -> RecordBatch {
+pub fn batch() -> RecordBatch {
     let rows = rows();
     let text = |f: &dyn Fn(&Row) -> String| -> ArrayRef {
         Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))

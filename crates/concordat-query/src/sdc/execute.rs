@@ -28,15 +28,49 @@ impl Grouping {
     }
 }
 
-pub(super) async fn run_release(
+/// How the per-person plan's rows become groups.
+enum Sink {
+    /// Plain groups: the release's input rows, gathered into a [`PersonTable`].
+    Plain {
+        groups_at: Vec<usize>,
+        person_at: usize,
+        inputs: Vec<PartInput>,
+    },
+    /// Grouping sets: DataFusion's aggregate per (set, group, person), gathered by a
+    /// [`Gatherer`], and the grouping ids mapped back to the release's.
+    Sets {
+        groups_at: Vec<usize>,
+        person_at: usize,
+        parts: Vec<(usize, Part)>,
+        grouping: Grouping,
+    },
+}
+
+/// A release made ready to run: the per-person plan, made once, and everything that turns
+/// its rows into the released cells. Running it again over the same table versions gives
+/// the same cells, so a question asked again keeps it and runs a fresh copy of its plan.
+pub struct Prepared {
+    per_person: Arc<dyn ExecutionPlan>,
+    sink: Sink,
+    agg: Aggregate,
+    controlled: HashMap<String, Controlled>,
+    cells: Vec<Cell>,
+    terms: Terms,
+    max_groups: usize,
+    marker: bool,
+    /// The released table's schema: the aggregate's columns as `c0`, `c1`, …, then the
+    /// marker.
+    schema: SchemaRef,
+}
+
+pub(super) async fn prepare_release(
     agg: &Aggregate,
     state: &SessionState,
-    task: &Arc<TaskContext>,
     controlled: &HashMap<String, Controlled>,
     key: &Arc<RecordKey>,
     max_groups: usize,
     marker: bool,
-) -> Result<(LogicalPlan, Disclosure), QueryError> {
+) -> Result<Prepared, QueryError> {
     let refused = |why: String| refuse(controlled, why);
     let q = Rewriter::new(controlled)
         .walk(&agg.input)
@@ -225,21 +259,13 @@ pub(super) async fn run_release(
     };
     let per_person =
         Aggregate::try_new(Arc::new(input), inner_group, aggr_expr).map_err(unrewritable)?;
-    let n_group = agg.schema.fields().len() - agg.aggr_expr.len();
     let min_count = controlled.values().map(|c| c.min_count).max().unwrap_or(10);
     let round_to = controlled.values().map(|c| c.round_to).max().unwrap_or(5);
     let terms = Terms {
         min_count,
         round_to,
     };
-    let gather_failed = |e: GatherError| match e {
-        GatherError::TooManyGroups(n) => refused(format!(
-            "the answer would have more than {n} groups; group by fewer or coarser columns"
-        )),
-        GatherError::DataFusion(e) => crate::error::classify(&e),
-        other => internal(other),
-    };
-    let (mut group_columns, groups) = match &grouping {
+    let (per_person, sink) = match grouping {
         // Plain groups: one pass over the input rows into a table per (group, person).
         None => {
             let plain = &per_person.group_expr;
@@ -280,20 +306,17 @@ pub(super) async fn run_release(
                 .create_physical_plan(&LogicalPlan::Projection(rows))
                 .await
                 .map_err(crate::error::sql_error)?;
-            let table = PersonTable::new(
-                &physical.schema(),
-                groups_at,
-                person_at,
-                inputs,
-                min_count as usize,
-                max_groups,
-                task.memory_pool(),
+            (
+                physical,
+                Sink::Plain {
+                    groups_at,
+                    person_at,
+                    inputs,
+                },
             )
-            .map_err(gather_failed)?;
-            gather(physical, task, table, gather_failed).await?
         }
         // Grouping sets: DataFusion's aggregate per (set, group, person), then gathered.
-        Some(g) => {
+        Some(grouping) => {
             // The aggregate's rows: the release's group columns in its order, then the
             // grouping id, the person and the parts.
             let inner_schema = per_person.schema.clone();
@@ -303,7 +326,7 @@ pub(super) async fn run_release(
                     .ok_or_else(|| internal(format!("the {what} is missing")))
             };
             let person_at = at(PID, "person column")?;
-            let mut groups_at = g.positions.clone();
+            let mut groups_at = grouping.positions.clone();
             groups_at.push(at(Aggregate::INTERNAL_GROUPING_ID, "grouping id")?);
             let first_part = inner_schema.fields().len() - parts.len();
             let part_cols: Vec<(usize, Part)> = parts
@@ -315,92 +338,282 @@ pub(super) async fn run_release(
                 .create_physical_plan(&LogicalPlan::Aggregate(per_person))
                 .await
                 .map_err(crate::error::sql_error)?;
-            let gatherer = Gatherer::new(
-                &physical.schema(),
-                groups_at,
-                person_at,
-                part_cols,
-                min_count as usize,
-                max_groups,
+            (
+                physical,
+                Sink::Sets {
+                    groups_at,
+                    person_at,
+                    parts: part_cols,
+                    grouping,
+                },
             )
-            .map_err(internal)?;
-            gather(physical, task, gatherer, gather_failed).await?
         }
     };
-    if let Some(g) = &grouping {
-        let gid = group_columns
-            .pop()
-            .ok_or_else(|| internal("the grouping id is missing"))?;
-        let ids = arrow::compute::cast(&gid, &DataType::UInt64).map_err(internal)?;
-        let mapped: arrow::array::UInt64Array = ids
-            .as_primitive::<UInt64Type>()
-            .iter()
-            .map(|v| v.map(|v| g.map(v)))
-            .collect();
-        let want = agg.schema.field(n_group - 1).data_type();
-        group_columns.push(arrow::compute::cast(&mapped, want).map_err(internal)?);
-    }
-    let released = Released::build(agg, controlled, &cells, group_columns, &groups, terms)?;
-    let mut datasets: Vec<String> = controlled.keys().cloned().collect();
-    datasets.sort();
-    let mut agreements: Vec<String> = controlled
-        .values()
-        .flat_map(|c| c.agreements.iter().cloned())
-        .collect();
-    agreements.sort();
-    agreements.dedup();
-    let shown = released.marker.len();
-    let disclosure = Disclosure {
-        access: "aggregate",
-        datasets,
-        agreements,
-        min_count,
-        round_to,
-        groups: shown,
-        cells: shown * cells.len(),
-        suppressed_cells: released.withheld,
-        suppressed: Suppressed {
-            threshold: released.withheld,
-        },
-        rounded_cells: shown * cells.len() - released.withheld,
-        rounded_columns: cells.iter().map(|c| c.name.clone()).collect(),
-        marker_column: marker.then(|| MARKER.to_owned()),
-        perturbation: record::Perturbation::published(min_count, round_to),
-        rules: record::rules(min_count, round_to),
-    };
-    // The released cells, under the aggregate's own column names.
-    let mut fields = Vec::new();
-    let mut columns: Vec<ArrayRef> = Vec::new();
-    for (i, f) in agg.schema.fields().iter().enumerate() {
-        fields.push(Field::new(format!("c{i}"), f.data_type().clone(), true));
-        columns.push(released.columns[i].clone());
-    }
-    fields.push(Field::new(MARKER, DataType::Boolean, false));
-    columns.push(Arc::new(released.marker.clone()));
-    let out_schema = Arc::new(Schema::new(fields));
-    let out = RecordBatch::try_new(out_schema.clone(), columns).map_err(internal)?;
-    let table = MemTable::try_new(out_schema, vec![vec![out]]).map_err(internal)?;
-    let mut exprs: Vec<Expr> = agg
+    // The released table: the aggregate's columns under plain names, then the marker.
+    let mut fields: Vec<Field> = agg
         .schema
+        .fields()
         .iter()
         .enumerate()
-        .map(|(i, (q, f))| {
-            Expr::Column(Column::new_unqualified(format!("c{i}")))
-                .alias_qualified(q.cloned(), f.name())
-        })
+        .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
         .collect();
-    if marker {
-        exprs.push(col(MARKER));
+    fields.push(Field::new(MARKER, DataType::Boolean, false));
+    Ok(Prepared {
+        per_person,
+        sink,
+        agg: agg.clone(),
+        controlled: controlled.clone(),
+        cells,
+        terms,
+        max_groups,
+        marker,
+        schema: Arc::new(Schema::new(fields)),
+    })
+}
+
+impl Prepared {
+    /// The per-person plan as first made.
+    pub fn per_person(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.per_person
     }
-    let replacement = LogicalPlanBuilder::scan(
-        "concordat_released",
-        provider_as_source(Arc::new(table)),
-        None,
-    )
-    .and_then(|b| b.project(exprs))
-    .and_then(LogicalPlanBuilder::build)
-    .map_err(internal)?;
-    Ok((replacement, disclosure))
+
+    /// Runs `per_person` (this release's plan, or a fresh copy of it) and releases its
+    /// cells: the released table's one batch, and what was done.
+    pub async fn run(
+        &self,
+        per_person: Arc<dyn ExecutionPlan>,
+        task: &Arc<TaskContext>,
+    ) -> Result<(RecordBatch, Disclosure), QueryError> {
+        let controlled = &self.controlled;
+        let refused = |why: String| refuse(controlled, why);
+        let gather_failed = |e: GatherError| match e {
+            GatherError::TooManyGroups(n) => refused(format!(
+                "the answer would have more than {n} groups; group by fewer or coarser columns"
+            )),
+            GatherError::DataFusion(e) => crate::error::classify(&e),
+            other => internal(other),
+        };
+        let min_count = self.terms.min_count as usize;
+        let (mut group_columns, groups) = match &self.sink {
+            Sink::Plain {
+                groups_at,
+                person_at,
+                inputs,
+            } => {
+                let table = PersonTable::new(
+                    &per_person.schema(),
+                    groups_at.clone(),
+                    *person_at,
+                    inputs.clone(),
+                    min_count,
+                    self.max_groups,
+                    task.memory_pool(),
+                )
+                .map_err(gather_failed)?;
+                gather(per_person, task, table, gather_failed).await?
+            }
+            Sink::Sets {
+                groups_at,
+                person_at,
+                parts,
+                ..
+            } => {
+                let gatherer = Gatherer::new(
+                    &per_person.schema(),
+                    groups_at.clone(),
+                    *person_at,
+                    parts.clone(),
+                    min_count,
+                    self.max_groups,
+                )
+                .map_err(internal)?;
+                gather(per_person, task, gatherer, gather_failed).await?
+            }
+        };
+        let agg = &self.agg;
+        let cells = &self.cells;
+        let n_group = agg.schema.fields().len() - agg.aggr_expr.len();
+        let Terms {
+            min_count,
+            round_to,
+        } = self.terms;
+        let terms = self.terms;
+        let marker = self.marker;
+        if let Sink::Sets { grouping: g, .. } = &self.sink {
+            let gid = group_columns
+                .pop()
+                .ok_or_else(|| internal("the grouping id is missing"))?;
+            let ids = arrow::compute::cast(&gid, &DataType::UInt64).map_err(internal)?;
+            let mapped: arrow::array::UInt64Array = ids
+                .as_primitive::<UInt64Type>()
+                .iter()
+                .map(|v| v.map(|v| g.map(v)))
+                .collect();
+            let want = agg.schema.field(n_group - 1).data_type();
+            group_columns.push(arrow::compute::cast(&mapped, want).map_err(internal)?);
+        }
+        let released = Released::build(agg, controlled, cells, group_columns, &groups, terms)?;
+        let mut datasets: Vec<String> = controlled.keys().cloned().collect();
+        datasets.sort();
+        let mut agreements: Vec<String> = controlled
+            .values()
+            .flat_map(|c| c.agreements.iter().cloned())
+            .collect();
+        agreements.sort();
+        agreements.dedup();
+        let shown = released.marker.len();
+        let disclosure = Disclosure {
+            access: "aggregate",
+            datasets,
+            agreements,
+            min_count,
+            round_to,
+            groups: shown,
+            cells: shown * cells.len(),
+            suppressed_cells: released.withheld,
+            suppressed: Suppressed {
+                threshold: released.withheld,
+            },
+            rounded_cells: shown * cells.len() - released.withheld,
+            rounded_columns: cells.iter().map(|c| c.name.clone()).collect(),
+            marker_column: marker.then(|| MARKER.to_owned()),
+            perturbation: record::Perturbation::published(min_count, round_to),
+            rules: record::rules(min_count, round_to),
+        };
+        let mut columns = released.columns;
+        columns.push(Arc::new(released.marker));
+        let out = RecordBatch::try_new(self.schema.clone(), columns).map_err(internal)?;
+        Ok((out, disclosure))
+    }
+
+    /// The plan that takes the aggregate's place: a scan of the released cells, under
+    /// the aggregate's own column names (and the marker where the answer shows it).
+    pub fn replacement(&self, released: RecordBatch) -> Result<LogicalPlan, QueryError> {
+        let table =
+            MemTable::try_new(self.schema.clone(), vec![vec![released]]).map_err(internal)?;
+        let mut exprs: Vec<Expr> = self
+            .agg
+            .schema
+            .iter()
+            .enumerate()
+            .map(|(i, (q, f))| {
+                Expr::Column(Column::new_unqualified(format!("c{i}")))
+                    .alias_qualified(q.cloned(), f.name())
+            })
+            .collect();
+        if self.marker {
+            exprs.push(col(MARKER));
+        }
+        LogicalPlanBuilder::scan(
+            "concordat_released",
+            provider_as_source(Arc::new(table)),
+            None,
+        )
+        .and_then(|b| b.project(exprs))
+        .and_then(LogicalPlanBuilder::build)
+        .map_err(internal)
+    }
+
+    /// Whether `outer`, a plan made over this release, reads its cells in the one way
+    /// [`Prepared::rebind`] can give it new ones: one in-memory scan of one batch. (A
+    /// plan may not read them at all: `count(*)` over them is answered from their row
+    /// count while planning.)
+    pub fn rebindable(&self, outer: &Arc<dyn ExecutionPlan>) -> bool {
+        let mut scans = Vec::new();
+        let _ = outer.apply(|node| {
+            if let Some(memory) = self.released_scan(node) {
+                scans.push(
+                    memory.partitions().iter().flatten().count() == 1
+                        && memory.sort_information().is_empty(),
+                );
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        scans == [true]
+    }
+
+    /// The bytes of released cells `outer`, a plan made over this release, holds.
+    pub fn held_bytes(&self, outer: &Arc<dyn ExecutionPlan>) -> usize {
+        let mut bytes = 0;
+        let _ = outer.apply(|node| {
+            if let Some(memory) = self.released_scan(node) {
+                bytes += memory
+                    .partitions()
+                    .iter()
+                    .flatten()
+                    .map(RecordBatch::get_array_memory_size)
+                    .sum::<usize>();
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        bytes
+    }
+
+    /// The node's in-memory scan, when it scans this release's cells.
+    fn released_scan<'a>(
+        &self,
+        node: &'a Arc<dyn ExecutionPlan>,
+    ) -> Option<&'a datafusion::datasource::memory::MemorySourceConfig> {
+        use datafusion::datasource::memory::MemorySourceConfig;
+        use datafusion::datasource::source::DataSourceExec;
+        node.downcast_ref::<DataSourceExec>()
+            .and_then(|d| d.data_source().downcast_ref::<MemorySourceConfig>())
+            .filter(|m| Arc::ptr_eq(&m.original_schema(), &self.schema))
+    }
+
+    /// A copy of `outer`, a physical plan made over an earlier run of this release, that
+    /// reads `released` instead, with every node's running state new. `None` when the
+    /// plan does not read the released cells as one in-memory scan of one batch of as
+    /// many rows (planning may have used their count): then it must be made again.
+    pub fn rebind(
+        &self,
+        outer: &Arc<dyn ExecutionPlan>,
+        released: &RecordBatch,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>, QueryError> {
+        use datafusion::datasource::memory::MemorySourceConfig;
+        use datafusion::datasource::source::DataSourceExec;
+        let mut found = 0;
+        let mut unknown = false;
+        let swapped = outer
+            .clone()
+            .transform_up(|node| {
+                let Some(memory) = self.released_scan(&node) else {
+                    return Ok(Transformed::no(node));
+                };
+                found += 1;
+                let batches: Vec<&RecordBatch> = memory.partitions().iter().flatten().collect();
+                if batches.len() != 1
+                    || batches[0].num_rows() != released.num_rows()
+                    || !memory.sort_information().is_empty()
+                {
+                    unknown = true;
+                    return Ok(Transformed::no(node));
+                }
+                let partitions: Vec<Vec<RecordBatch>> = memory
+                    .partitions()
+                    .iter()
+                    .map(|p| p.iter().map(|_| released.clone()).collect())
+                    .collect();
+                let source = MemorySourceConfig::try_new(
+                    &partitions,
+                    self.schema.clone(),
+                    memory.projection().clone(),
+                )?
+                .with_limit(datafusion::datasource::source::DataSource::fetch(memory))
+                .with_show_sizes(memory.show_sizes());
+                Ok(Transformed::yes(
+                    DataSourceExec::from_data_source(source) as Arc<dyn ExecutionPlan>
+                ))
+            })
+            .map_err(internal)?
+            .data;
+        if found != 1 || unknown {
+            return Ok(None);
+        }
+        datafusion::physical_plan::execution_plan::reset_plan_states(swapped)
+            .map(Some)
+            .map_err(internal)
+    }
 }
 
 /// Runs `physical` and reads its batches into `into`.
