@@ -295,22 +295,27 @@ fn a_kept_plan_is_the_callers_own_computes_afresh_and_a_commit_replans() {
     assert_eq!(after_again["rows"], after["rows"]);
     assert_eq!(reused(), 3, "the new plan is kept in turn");
 
-    // Disclosure-controlled questions are planned every time (planning computes them),
-    // and what varies between runs is never kept.
-    for (purpose, sql) in [
-        (
-            "reducing-reoffending",
-            "SELECT age_band, count(*) AS n FROM reoffending_cohort GROUP BY age_band",
-        ),
-        (
-            "performance-scrutiny",
-            "SELECT count(*) AS n, random() AS r FROM force_performance",
-        ),
-    ] {
-        for _ in 0..2 {
-            let (status, body) = ask_fresh(&server, &kent, purpose, sql);
-            assert_eq!(status, 200, "{body}");
-        }
-        assert_eq!(reused(), 3, "{sql}");
+    // A disclosure-controlled question keeps its release: asked again, it runs again
+    // and gives the same released cells.
+    let sdc = "SELECT age_band, count(*) AS n FROM reoffending_cohort GROUP BY age_band";
+    let (status, released) = ask_fresh(&server, &kent, "reducing-reoffending", sdc);
+    assert_eq!(status, 200, "{released}");
+    assert_eq!(reused(), 3, "{sql}", sql = sdc);
+    let (_, released_again) = ask_fresh(&server, &kent, "reducing-reoffending", sdc);
+    assert_eq!(released_again["rows"], released["rows"]);
+    assert_eq!(released_again["disclosure"], released["disclosure"]);
+    assert!(released["disclosure"].is_object(), "{released}");
+    assert_eq!(reused(), 4, "{sql}", sql = sdc);
+    assert!(
+        !cached(&newest(&site, &server, 1)[0]),
+        "and computes its answer"
+    );
+
+    // What varies between runs is never kept.
+    let sql = "SELECT count(*) AS n, random() AS r FROM force_performance";
+    for _ in 0..2 {
+        let (status, body) = ask_fresh(&server, &kent, "performance-scrutiny", sql);
+        assert_eq!(status, 200, "{body}");
     }
+    assert_eq!(reused(), 4, "{sql}");
 }

@@ -83,22 +83,36 @@ fn deterministic(plan: &LogicalPlan) -> bool {
 
 /// Whether copies of a physical plan may run again, also while the first run goes on:
 /// nothing in it is shared between its runs. Resetting a plan's state gives each run
-/// its own work queues, hash tables and metrics, but not everything: a scalar subquery's
-/// results are shared by every copy, and a dynamic filter pushed into a scan (from a
-/// hash join, a top-k sort or a min/max aggregate) stays the first run's. Plans with
-/// either are made again for each run.
+/// its own work queues, hash tables and metrics, and a top-k sort its own dynamic
+/// filter, which [`session::for_run`] then hands down to the scans of that copy (a hash
+/// join makes its filter there too). Not everything is reset: a scalar subquery's
+/// results are shared by every copy, and so is a min/max aggregate's dynamic filter, or
+/// one already handed down into a scan. Plans with any of these are made again for each
+/// run.
 pub(crate) fn rerunnable(plan: &Arc<dyn ExecutionPlan>) -> bool {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
     use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
+    use datafusion::physical_plan::sorts::sort::SortExec;
     let mut shared = false;
     let _ = plan.apply(|node| {
         if node.name() == "ScalarSubqueryExec" {
             shared = true;
             return Ok(TreeNodeRecursion::Stop);
         }
-        node.apply_expressions(&mut |root| {
-            root.apply(|e| {
+        // A sort's own dynamic filter is new in each reset copy: only its keys count.
+        let mut roots = Vec::new();
+        match node.downcast_ref::<SortExec>() {
+            Some(sort) => roots.extend(sort.expr().iter().map(|k| k.expr.clone())),
+            None => {
+                let _ = node.apply_expressions(&mut |root| {
+                    roots.push(root.clone());
+                    Ok(TreeNodeRecursion::Continue)
+                });
+            }
+        }
+        for root in roots {
+            let _ = root.apply(|e| {
                 if e.downcast_ref::<DynamicFilterPhysicalExpr>().is_some()
                     || e.downcast_ref::<ScalarSubqueryExpr>().is_some()
                 {
@@ -106,7 +120,12 @@ pub(crate) fn rerunnable(plan: &Arc<dyn ExecutionPlan>) -> bool {
                     return Ok(TreeNodeRecursion::Stop);
                 }
                 Ok(TreeNodeRecursion::Continue)
-            })
+            });
+        }
+        Ok(if shared {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
         })
     });
     !shared
@@ -161,7 +180,9 @@ impl Context {
         sql: &str,
     ) -> Result<(Planned, Reusable, SendableRecordBatchStream), QueryError> {
         let made = self.plan(sql).await?;
-        let stream = datafusion::physical_plan::execute_stream(made.physical.clone(), made.task)
+        let physical =
+            session::for_run(made.physical.clone(), &made.task).map_err(QueryError::internal)?;
+        let stream = datafusion::physical_plan::execute_stream(physical, made.task)
             .map_err(|e| classify(&e))?;
         let reusable = match made.release {
             None => Reusable::Plain(made.physical),
@@ -193,14 +214,16 @@ impl Context {
         let (physical, disclosure) = match plan {
             Reusable::Plain(p) => (reset(p)?, None),
             Reusable::Release { release, outer } => {
-                let (released, disclosure) =
-                    release.run(reset(release.per_person())?, &task).await?;
+                let per_person = session::for_run(reset(release.per_person())?, &task)
+                    .map_err(QueryError::internal)?;
+                let (released, disclosure) = release.run(per_person, &task).await?;
                 match release.rebind(outer, &released)? {
                     Some(p) => (p, Some(disclosure)),
                     None => return Ok(None),
                 }
             }
         };
+        let physical = session::for_run(physical, &task).map_err(QueryError::internal)?;
         let stream =
             datafusion::physical_plan::execute_stream(physical, task).map_err(|e| classify(&e))?;
         Ok(Some((disclosure, stream)))

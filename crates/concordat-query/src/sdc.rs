@@ -134,7 +134,9 @@ pub async fn release(
     };
     let marker = marker_path(&plan, &release_node);
     let prepared = prepare_release(agg, state, controlled, key, max_groups, marker).await?;
-    let (released, disclosure) = prepared.run(prepared.per_person().clone(), task).await?;
+    let per_person =
+        crate::session::for_run(prepared.per_person().clone(), task).map_err(internal)?;
+    let (released, disclosure) = prepared.run(per_person, task).await?;
     let replacement = prepared.replacement(released)?;
     let mut replaced = false;
     let swapped = plan

@@ -17,6 +17,8 @@ use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use url::Url;
@@ -87,7 +89,8 @@ pub fn locked_session(
 }
 
 /// Builds the session a Postgres client's catalog lookups run in: one partition, the
-/// `information_schema` on, and the database (the purpose) as its catalog's name.
+/// `information_schema` on, and the database (the purpose) as its catalog's name. Its
+/// plans, like the template's, go through [`for_run`].
 pub fn catalog_session(
     memory_bytes: usize,
     spill_dir: &Path,
@@ -99,7 +102,10 @@ pub fn catalog_session(
         .with_information_schema(true)
         .with_default_catalog_and_schema(database, "public")
         .with_target_partitions(1);
-    build(config, memory_bytes, spill_dir, spill_bytes, footers)
+    let ctx = build(config, memory_bytes, spill_dir, spill_bytes, footers)?;
+    Ok(SessionContext::new_with_state(without_run_rule(
+        ctx.state(),
+    )?))
 }
 
 /// The runtime of one query: its own memory pool and spill space, the shared stores
@@ -123,6 +129,39 @@ fn runtime(
                 .with_file_metadata_cache(Some(footers.clone())),
         )
         .build_arc()
+}
+
+/// The physical optimiser's last rewrite, left out of the template's plans and applied
+/// to each run's copy instead: it hands the dynamic filters of top-k sorts and hash joins
+/// down to the scans below them, and each run's copy must hand down filters of its own.
+const RUN_RULE: &str = "FilterPushdown(Post)";
+
+/// A plan made by a template's session, made ready for one run: the dynamic filters of
+/// its top-k sorts and hash joins handed down to the scans beneath them. `plan` is a
+/// plan that has not run, or a copy with its running state reset
+/// (`reset_plan_states`), so that its filters are this run's own.
+pub fn for_run(plan: Arc<dyn ExecutionPlan>, task: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
+    datafusion::physical_optimizer::filter_pushdown::FilterPushdown::new_post_optimization()
+        .optimize(plan, task.session_config().options())
+}
+
+/// `state` without the physical optimiser's [`RUN_RULE`]: its plans go through
+/// [`for_run`] before each run.
+fn without_run_rule(state: SessionState) -> Result<SessionState> {
+    let rules: Vec<_> = state
+        .physical_optimizers()
+        .iter()
+        .filter(|rule| rule.name() != RUN_RULE)
+        .cloned()
+        .collect();
+    if rules.len() + 1 != state.physical_optimizers().len() {
+        return Err(DataFusionError::Internal(format!(
+            "the physical optimiser has no single {RUN_RULE} rule"
+        )));
+    }
+    Ok(SessionStateBuilder::new_from_existing(state)
+        .with_physical_optimizer_rules(rules)
+        .build())
 }
 
 /// What every query's session shares, built once: the configuration, the functions
@@ -152,7 +191,7 @@ impl Template {
             runtime(0, spill_dir, spill_bytes, footers, stores.clone())?,
         )?;
         Ok(Template {
-            state: ctx.state(),
+            state: without_run_rule(ctx.state())?,
             stores,
             footers: footers.clone(),
             spill_dir: spill_dir.to_path_buf(),

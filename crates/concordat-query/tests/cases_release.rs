@@ -726,35 +726,35 @@ async fn a_kept_release_run_again_answers_as_planning_afresh() {
             run.plan_reused,
         )
     }
-    // (sql, whether its plans are kept: `None` where DataFusion decides by the plan)
+    // (sql, whether its plans are kept)
     let cases = [
         (
             "SELECT age_band, sex, count(*) AS n, sum(reoffences) AS s, avg(days_to_first_reoffence) AS d FROM reoffending_cohort GROUP BY age_band, sex ORDER BY 1, 2",
-            Some(true),
+            true,
         ),
         (
             "SELECT sex, count(*) AS n FROM reoffending_cohort GROUP BY ROLLUP(sex) ORDER BY 1",
-            Some(true),
+            true,
         ),
         (
             "SELECT index_offence_group, 100.0 * sum(CASE WHEN reoffended THEN 1 ELSE 0 END) / count(*) AS rate FROM reoffending_cohort GROUP BY index_offence_group HAVING count(*) > 20 ORDER BY rate DESC, 1",
-            Some(true),
+            true,
         ),
         (
             "SELECT count(*) AS groups FROM (SELECT age_band, count(*) AS n FROM reoffending_cohort GROUP BY age_band) t",
-            Some(false),
+            false,
         ),
         (
             "SELECT count(*), avg(reoffences) FROM reoffending_cohort WHERE reoffended",
-            Some(true),
+            true,
         ),
         (
             "SELECT index_disposal, count(*) AS n FROM reoffending_cohort GROUP BY index_disposal ORDER BY n DESC, 1 LIMIT 2",
-            None,
+            true,
         ),
         (
             "SELECT f.force_slug, count(*) AS n FROM reoffending_cohort r JOIN police_forces f ON r.pfa_code = f.pfa_code GROUP BY f.force_slug",
-            Some(false),
+            true,
         ),
     ];
     for (sql, keeps) in cases {
@@ -771,9 +771,7 @@ async fn a_kept_release_run_again_answers_as_planning_afresh() {
             reused.push(r);
         }
         assert!(!reused[0], "{sql}: the first asking plans");
-        if let Some(keeps) = keeps {
-            assert_eq!(reused[1..], [keeps, keeps], "{sql}");
-        }
+        assert_eq!(reused[1..], [keeps, keeps], "{sql}");
         let runs = futures::future::join_all((0..4).map(|_| asked(&w, &kept, sql))).await;
         for (got, _) in runs {
             assert_eq!(got, want, "{sql}: four at once");

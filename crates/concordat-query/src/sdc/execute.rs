@@ -377,8 +377,9 @@ impl Prepared {
         &self.per_person
     }
 
-    /// Runs `per_person` (this release's plan, or a fresh copy of it) and releases its
-    /// cells: the released table's one batch, and what was done.
+    /// Runs `per_person` (this release's plan, or a fresh copy of it, made ready by
+    /// `session::for_run`) and releases its cells: the released table's one batch, and
+    /// what was done.
     pub async fn run(
         &self,
         per_person: Arc<dyn ExecutionPlan>,
