@@ -157,6 +157,7 @@ import json, sys, time
 import duckdb
 con = duckdb.connect()
 con.execute("SET threads TO 2")
+con.execute("SET enable_progress_bar = false")  # it would print between the answers
 for name, path in json.loads(sys.argv[1]).items():
     con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
 print(json.dumps({"ready": duckdb.__version__}), flush=True)
