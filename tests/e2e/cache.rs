@@ -310,6 +310,13 @@ fn a_kept_plan_is_the_callers_own_computes_afresh_and_a_commit_replans() {
         !cached(&newest(&site, &server, 1)[0]),
         "and computes its answer"
     );
+    // Kent's release is not Essex's: Essex's first asking plans its own.
+    let (status, essex_released) = ask_fresh(&server, &essex, "reducing-reoffending", sdc);
+    assert_eq!(status, 200, "{essex_released}");
+    assert_eq!(reused(), 4, "Kent's release is not Essex's");
+    let (_, essex_again) = ask_fresh(&server, &essex, "reducing-reoffending", sdc);
+    assert_eq!(essex_again["rows"], essex_released["rows"]);
+    assert_eq!(reused(), 5, "Essex's own release is kept in turn");
 
     // What varies between runs is never kept.
     let sql = "SELECT count(*) AS n, random() AS r FROM force_performance";
@@ -317,5 +324,5 @@ fn a_kept_plan_is_the_callers_own_computes_afresh_and_a_commit_replans() {
         let (status, body) = ask_fresh(&server, &kent, "performance-scrutiny", sql);
         assert_eq!(status, 200, "{body}");
     }
-    assert_eq!(reused(), 4, "{sql}");
+    assert_eq!(reused(), 5, "{sql}");
 }
