@@ -662,24 +662,25 @@ impl QueryService {
             let timed_out = QueryError::Timeout {
                 seconds: timeout.as_secs(),
             };
+            // The kept plan run again, with the record of its release run again.
             let rerun = match &plan {
-                Some(plan) => match tokio::time::timeout_at(deadline, ctx.rerun(&plan.value)).await
+                Some(kept) => match tokio::time::timeout_at(deadline, ctx.rerun(&kept.value)).await
                 {
-                    Ok(rerun) => rerun,
+                    Ok(Ok(Some((disclosure, stream)))) => {
+                        let mut planned = kept.planned.clone();
+                        if disclosure.is_some() {
+                            planned.disclosure = disclosure;
+                        }
+                        Ok(Some((planned, stream)))
+                    }
+                    Ok(Ok(None)) => Ok(None),
+                    Ok(Err(e)) => Err(e),
                     Err(_) => Err(timed_out.clone()),
                 },
                 None => Ok(None),
             };
             let started = match rerun {
-                Ok(Some((disclosure, stream))) => {
-                    let mut planned = plan.as_ref().map(|p| p.planned.clone());
-                    if let (Some(planned), Some(d)) = (planned.as_mut(), disclosure) {
-                        planned.disclosure = Some(d);
-                    }
-                    planned
-                        .map(|p| (p, true, stream))
-                        .ok_or_else(|| QueryError::internal("a rerun without its plan"))
-                }
+                Ok(Some((planned, stream))) => Ok((planned, true, stream)),
                 Err(e) => Err(e),
                 Ok(None) => match tokio::time::timeout_at(deadline, ctx.start(&sql)).await {
                     Ok(Ok((planned, reusable, stream))) => {

@@ -394,7 +394,11 @@ impl Prepared {
             GatherError::DataFusion(e) => crate::error::classify(&e),
             other => internal(other),
         };
-        let min_count = self.terms.min_count as usize;
+        let terms = self.terms;
+        let Terms {
+            min_count,
+            round_to,
+        } = terms;
         let (mut group_columns, groups) = match &self.sink {
             Sink::Plain {
                 groups_at,
@@ -406,7 +410,7 @@ impl Prepared {
                     groups_at.clone(),
                     *person_at,
                     inputs.clone(),
-                    min_count,
+                    min_count as usize,
                     self.max_groups,
                     task.memory_pool(),
                 )
@@ -424,7 +428,7 @@ impl Prepared {
                     groups_at.clone(),
                     *person_at,
                     parts.clone(),
-                    min_count,
+                    min_count as usize,
                     self.max_groups,
                 )
                 .map_err(internal)?;
@@ -434,11 +438,6 @@ impl Prepared {
         let agg = &self.agg;
         let cells = &self.cells;
         let n_group = agg.schema.fields().len() - agg.aggr_expr.len();
-        let Terms {
-            min_count,
-            round_to,
-        } = self.terms;
-        let terms = self.terms;
         let marker = self.marker;
         if let Sink::Sets { grouping: g, .. } = &self.sink {
             let gid = group_columns
@@ -523,10 +522,7 @@ impl Prepared {
         let mut scans = Vec::new();
         let _ = outer.apply(|node| {
             if let Some(memory) = self.released_scan(node) {
-                scans.push(
-                    memory.partitions().iter().flatten().count() == 1
-                        && memory.sort_information().is_empty(),
-                );
+                scans.push(one_batch(memory).is_some());
             }
             Ok(TreeNodeRecursion::Continue)
         });
@@ -582,11 +578,7 @@ impl Prepared {
                     return Ok(Transformed::no(node));
                 };
                 found += 1;
-                let batches: Vec<&RecordBatch> = memory.partitions().iter().flatten().collect();
-                if batches.len() != 1
-                    || batches[0].num_rows() != released.num_rows()
-                    || !memory.sort_information().is_empty()
-                {
+                if one_batch(memory).map(RecordBatch::num_rows) != Some(released.num_rows()) {
                     unknown = true;
                     return Ok(Transformed::no(node));
                 }
@@ -614,6 +606,16 @@ impl Prepared {
         datafusion::physical_plan::execution_plan::reset_plan_states(swapped)
             .map(Some)
             .map_err(internal)
+    }
+}
+
+/// The one batch an in-memory scan of released cells reads, when it reads one and
+/// knows no order of its rows (an order planning relied on that new cells may not keep).
+fn one_batch(memory: &datafusion::datasource::memory::MemorySourceConfig) -> Option<&RecordBatch> {
+    let mut batches = memory.partitions().iter().flatten();
+    match (batches.next(), batches.next()) {
+        (Some(batch), None) if memory.sort_information().is_empty() => Some(batch),
+        _ => None,
     }
 }
 
