@@ -24,6 +24,7 @@
 pub mod audit;
 mod check;
 mod cluster;
+mod coded;
 mod commit;
 pub mod datafile;
 pub mod fault;
