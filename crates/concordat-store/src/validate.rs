@@ -259,12 +259,27 @@ fn hex64_mask(t: Text) -> BooleanArray {
         let start = offsets.first().copied().unwrap_or(0) as usize;
         let end = offsets.last().copied().unwrap_or(0) as usize;
         let bytes = s.values().get(start..end).unwrap_or_default();
-        if all_64 && bytes.iter().copied().all(lower_hex) {
+        if all_64 && all_lower_hex(bytes) {
             return BooleanArray::new(BooleanBuffer::new_unset(s.len()), s.nulls().cloned());
         }
         return s.iter().map(|v| v.map(|v| !is_pseudonym(v))).collect();
     }
     t.mask(|v| !is_pseudonym(v))
+}
+
+/// Whether every byte is a lowercase hexadecimal digit: blocks of 64 bytes tested
+/// without branching (so the compiler tests many at once), stopping at a bad block.
+fn all_lower_hex(bytes: &[u8]) -> bool {
+    let mut blocks = bytes.chunks_exact(64);
+    for block in &mut blocks {
+        let bad = block
+            .iter()
+            .fold(0u8, |bad, &b| bad | u8::from(!lower_hex(b)));
+        if bad != 0 {
+            return false;
+        }
+    }
+    blocks.remainder().iter().copied().all(lower_hex)
 }
 
 /// Whether a byte is a lowercase hexadecimal digit.
@@ -814,5 +829,24 @@ mod tests {
         let wrong = PERSON.replace('f', "F");
         let bad = StringArray::from(vec![PERSON, wrong.as_str()]);
         assert_eq!(rows_of(&hex64_mask(Text::Plain(&bad))), vec![1]);
+    }
+
+    #[test]
+    fn one_byte_not_lowercase_hexadecimal_is_found_wherever_it_is() {
+        let good: Vec<u8> = b"0123456789abcdef"
+            .iter()
+            .copied()
+            .cycle()
+            .take(200)
+            .collect();
+        assert!(all_lower_hex(&good));
+        assert!(all_lower_hex(&[]));
+        for at in 0..good.len() {
+            for wrong in [b'/', b':', b'`', b'g', b'A', b'F', b' ', 0, 0xff] {
+                let mut bytes = good.clone();
+                bytes[at] = wrong;
+                assert!(!all_lower_hex(&bytes), "byte {wrong} at {at}");
+            }
+        }
     }
 }
