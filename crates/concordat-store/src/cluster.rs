@@ -12,18 +12,23 @@ use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::Int32Type;
 
 use crate::StoreError;
-use crate::datafile::{DataFile, Sink};
+use crate::datafile::{DataFile, ROW_GROUP_ROWS, Sink};
 
 /// Validated batches held back before they are written by force area, at most this
-/// many bytes; each flush writes one row group per force area held. While the encoders
-/// write one such set, the next is gathered: at most two are held at once (the worker's
-/// memory limit is far above that).
+/// many bytes; each flush writes row groups of each force area held. While the encoders
+/// write such sets, the next is gathered: at most `SETS_IN_FLIGHT + 1` are held at once
+/// (the worker's memory limit is far above that).
 pub(crate) const HELD_BYTES: usize = 128 << 20;
 
+/// Sets handed to the encoders and not yet let go: with two, the decoder gathers the
+/// next set while the encoders finish one and start another, so neither side waits for
+/// the other at every set.
+const SETS_IN_FLIGHT: usize = 2;
+
 /// Pieces an encoder's channel holds when rows are clustered (each set of held batches
-/// is one piece per force area, so a set is handed over without waiting); unclustered,
-/// a channel holds one batch.
-pub(crate) const PIECES_QUEUED: usize = 64;
+/// is a piece per force area and row group, so sets are handed over without waiting);
+/// unclustered, a channel holds one batch.
+pub(crate) const PIECES_QUEUED: usize = 128;
 
 /// Batches held back, shared by the encoders writing them; says when they are let go.
 pub(crate) struct Held {
@@ -107,13 +112,17 @@ pub(crate) struct Router {
     /// Force areas held, each with its rows as (held batch, row).
     groups: Vec<Group>,
     index: HashMap<Option<String>, usize>,
-    /// Each force area's encoder and file there, fixed when it is first seen.
-    places: HashMap<Option<String>, (usize, usize)>,
+    /// The file of a force area at an encoder, once it has one.
+    places: HashMap<(Option<String>, usize), usize>,
     files_per_encoder: Vec<usize>,
-    /// Told when the held batches last sent are let go by every encoder.
+    /// Rows handed to each encoder so far.
+    sent: Vec<usize>,
+    /// Sets of held batches handed over so far.
+    flushes: usize,
+    /// Told each time a set of held batches is let go by every encoder.
     released: std::sync::mpsc::Receiver<()>,
     release: std::sync::mpsc::SyncSender<()>,
-    in_flight: bool,
+    in_flight: usize,
 }
 
 struct Group {
@@ -128,11 +137,12 @@ impl Router {
     /// Routes to these encoders; `force` is the force column's position, if any.
     pub(crate) fn new(encoders: Vec<SyncSender<Piece>>, force: Option<usize>) -> Router {
         let n = encoders.len();
-        let (release, released) = std::sync::mpsc::sync_channel(1);
+        // Room for every set in flight: a release is never lost.
+        let (release, released) = std::sync::mpsc::sync_channel(SETS_IN_FLIGHT);
         Router {
             released,
             release,
-            in_flight: false,
+            in_flight: 0,
             encoders,
             force,
             batches: 0,
@@ -142,6 +152,8 @@ impl Router {
             index: HashMap::new(),
             places: HashMap::new(),
             files_per_encoder: vec![0; n],
+            sent: vec![0; n],
+            flushes: 0,
         }
     }
 
@@ -162,22 +174,29 @@ impl Router {
             .map(|c| c.get_array_memory_size())
             .sum::<usize>();
         self.held.push(columns);
-        if self.held_bytes >= HELD_BYTES {
+        // The first set is smaller, so the encoders start early.
+        let bound = if self.flushes == 0 {
+            HELD_BYTES / 4
+        } else {
+            HELD_BYTES
+        };
+        if self.held_bytes >= bound {
             self.flush()?;
         }
         Ok(())
     }
 
-    /// Hands every force area's held rows to its encoder, as one row group of its file,
-    /// once the encoders have let go of the batches handed over before.
+    /// Hands every force area's held rows to the encoders, once fewer than
+    /// `SETS_IN_FLIGHT` sets handed over before are still held by them.
     pub(crate) fn flush(&mut self) -> Result<(), Stopped> {
         if self.held.is_empty() {
             return Ok(());
         }
-        if self.in_flight {
-            // Every encoder dropping its share of the last set sends this once; an
-            // encoder that stopped drops its share too.
+        while self.in_flight >= SETS_IN_FLIGHT {
+            // Every encoder dropping its share of a set sends this once; an encoder
+            // that stopped drops its share too.
             self.released.recv().map_err(|_| Stopped)?;
+            self.in_flight -= 1;
         }
         let mut groups = std::mem::take(&mut self.groups);
         self.index.clear();
@@ -187,25 +206,46 @@ impl Router {
             released: self.release.clone(),
         });
         self.held_bytes = 0;
-        self.in_flight = true;
-        for group in groups.into_iter().filter(|g| !g.rows.is_empty()) {
-            let next = self.places.len();
-            let (e, file) = *self.places.entry(group.force).or_insert_with(|| {
-                let e = next % self.encoders.len();
-                let file = self.files_per_encoder[e];
-                self.files_per_encoder[e] += 1;
-                (e, file)
-            });
-            self.send(
-                e,
-                Piece::Rows {
-                    file,
-                    held: held.clone(),
-                    rows: group.rows,
-                },
-            )?;
+        self.in_flight += 1;
+        self.flushes += 1;
+        for group in groups {
+            // A force area's rows go in row groups of at most ROW_GROUP_ROWS, each to
+            // the encoder with the least work, or to one already writing a file of that
+            // force area unless that puts it a row group ahead: both cores stay busy
+            // even when the upload is sorted by force area (a set of one or two force
+            // areas), and a force area gets a second file only when that balances them.
+            for rows in group.rows.chunks(ROW_GROUP_ROWS) {
+                let e = self.encoder_for(&group.force, rows.len());
+                let next = self.files_per_encoder[e];
+                let file = *self.places.entry((group.force.clone(), e)).or_insert(next);
+                if file == next {
+                    self.files_per_encoder[e] += 1;
+                }
+                self.sent[e] += rows.len();
+                self.send(
+                    e,
+                    Piece::Rows {
+                        file,
+                        held: held.clone(),
+                        rows: rows.to_vec(),
+                    },
+                )?;
+            }
         }
         Ok(())
+    }
+
+    /// The encoder for the next row group (of `rows` rows) of a force area: one already
+    /// writing a file of it, if that leaves it at most a row group ahead of the least
+    /// busy, else the least busy. No encoder is ever more than a row group ahead.
+    fn encoder_for(&self, force: &Option<String>, rows: usize) -> usize {
+        let least = (0..self.sent.len())
+            .min_by_key(|e| self.sent[*e])
+            .unwrap_or(0);
+        (0..self.sent.len())
+            .filter(|e| self.places.contains_key(&(force.clone(), *e)))
+            .find(|e| self.sent[*e] + rows <= self.sent[least] + ROW_GROUP_ROWS)
+            .unwrap_or(least)
     }
 
     fn send(&self, encoder: usize, piece: Piece) -> Result<(), Stopped> {
@@ -288,4 +328,94 @@ fn group_of_rows(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use arrow::array::StringArray;
+
+    use super::*;
+
+    #[test]
+    fn an_upload_sorted_by_force_area_keeps_both_encoders_busy_and_each_file_to_one_force() {
+        let (a, b) = (
+            std::sync::mpsc::sync_channel(PIECES_QUEUED),
+            std::sync::mpsc::sync_channel(PIECES_QUEUED),
+        );
+        let receivers = [a.1, b.1];
+        let mut router = Router::new(vec![a.0, b.0], Some(0));
+        // Sorted by force area, as partners often export: one large, one mid, one small.
+        let forces: Vec<&str> = std::iter::repeat_n("E23000001", 300_000)
+            .chain(std::iter::repeat_n("E23000002", 50_000))
+            .chain(std::iter::repeat_n("E23000003", 9_000))
+            .collect();
+        let seen = std::thread::scope(|scope| {
+            let workers: Vec<_> = receivers
+                .into_iter()
+                .map(|rx| {
+                    scope.spawn(move || {
+                        let mut got = Vec::new();
+                        for piece in rx {
+                            let Piece::Rows { file, held, rows } = piece else {
+                                panic!("clustered rows come as row groups")
+                            };
+                            let forces: BTreeSet<String> = rows
+                                .iter()
+                                .map(|(b, r)| {
+                                    held.batches[*b][0].as_string::<i32>().value(*r).to_owned()
+                                })
+                                .collect();
+                            got.push((file, forces, rows));
+                        }
+                        got
+                    })
+                })
+                .collect();
+            for chunk in forces.chunks(8192) {
+                let column: ArrayRef = Arc::new(StringArray::from(chunk.to_vec()));
+                assert!(router.push(vec![column]).is_ok());
+            }
+            assert!(router.finish().is_ok());
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("encoder"))
+                .collect::<Vec<_>>()
+        });
+        let mut per_file: BTreeMap<(usize, usize), BTreeSet<String>> = BTreeMap::new();
+        let mut rows_of = [0usize; 2];
+        let mut all = BTreeSet::new();
+        for (e, pieces) in seen.iter().enumerate() {
+            for (file, forces, rows) in pieces {
+                assert!(
+                    rows.len() <= ROW_GROUP_ROWS,
+                    "a row group of {} rows",
+                    rows.len()
+                );
+                per_file
+                    .entry((e, *file))
+                    .or_default()
+                    .extend(forces.iter().cloned());
+                rows_of[e] += rows.len();
+                for r in rows {
+                    assert!(all.insert(*r), "row {r:?} written twice");
+                }
+            }
+        }
+        assert_eq!(all.len(), forces.len(), "every row written once");
+        assert!(
+            per_file.values().all(|f| f.len() == 1),
+            "one force area per file: {per_file:?}"
+        );
+        assert!(
+            rows_of[0].abs_diff(rows_of[1]) <= ROW_GROUP_ROWS,
+            "encoders got {rows_of:?} rows"
+        );
+        let small = per_file
+            .values()
+            .filter(|f| f.contains("E23000003"))
+            .count();
+        assert_eq!(small, 1, "a small force area stays in one file");
+    }
 }
