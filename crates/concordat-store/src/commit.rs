@@ -320,6 +320,44 @@ impl Store {
                 }
             };
         }
+        // When every file the replacement touches is wholly inside it (the usual case:
+        // files hold one force area, and the upload brings every period they hold), the
+        // worker's files are added and those files removed in one log entry: nothing is
+        // decoded or written again. Otherwise Delta rewrites what is partly replaced.
+        let snapshot = table.snapshot().map_err(StoreError::internal)?;
+        if let Some(removes) = wholly_replaced(snapshot, schema, periods, &req.scope) {
+            let moved = self.move_into_table(&dataset, out, files).await?;
+            let actions: Vec<deltalake::kernel::Action> = removes
+                .into_iter()
+                .chain(
+                    moved
+                        .iter()
+                        .zip(files)
+                        .map(|(path, f)| add_action(path, f, true)),
+                )
+                .collect();
+            let committed = deltalake::kernel::transaction::CommitBuilder::from(properties)
+                .with_actions(actions)
+                .build(
+                    Some(snapshot),
+                    table.log_store(),
+                    deltalake::protocol::DeltaOperation::Write {
+                        mode: SaveMode::Overwrite,
+                        partition_by: None,
+                        predicate: Some(replace_sql(schema, periods, &req.scope)),
+                    },
+                )
+                .await
+                .map(|c| c.version());
+            return match committed {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    // Not committed: the moved files are referenced by nothing.
+                    self.remove_moved(&dataset, &moved).await;
+                    Err(conflict(e))
+                }
+            };
+        }
         // Delta's own session: its planner executes the write's custom plan nodes.
         let ctx = deltalake::delta_datafusion::create_session().into_inner();
         let paths: Vec<String> = files
@@ -532,6 +570,121 @@ fn added_paths(text: &str) -> Vec<String> {
 }
 
 /// Rows a replacement removes: the file's periods, within the uploader's scope.
+/// The remove actions of a replacement of `periods` (within `scope`) if every file of
+/// the table it touches is wholly inside it, as the files' statistics prove; `None` if
+/// any file may be partly replaced (or its statistics do not say), so Delta rewrites.
+///
+/// The period column's format gives every period a file can hold between its minimum
+/// and maximum (uploads are validated, so no other value is stored): a file holds no
+/// replaced row if none of those periods is replaced, or if its one force area is
+/// outside the scope; all its rows are replaced if all of those periods are, none is
+/// null, and (for a scoped uploader) its one force area is inside the scope.
+fn wholly_replaced(
+    snapshot: &deltalake::table::state::DeltaTableState,
+    schema: &DatasetSchema,
+    periods: &[String],
+    scope: &ScopeFilter,
+) -> Option<Vec<deltalake::kernel::Action>> {
+    let period = schema.period_column.as_deref()?;
+    let format = schema.columns.iter().find(|c| c.name == period)?.format;
+    let replaced: std::collections::BTreeSet<&str> = periods.iter().map(String::as_str).collect();
+    let mut removes = Vec::new();
+    for file in snapshot.log_data().iter() {
+        let stats: serde_json::Value = serde_json::from_str(file.stats().as_deref()?).ok()?;
+        let no_nulls = |c: &str| stats["nullCount"][c].as_u64() == Some(0);
+        let (lo, hi) = (
+            stats["minValues"][period].as_str()?,
+            stats["maxValues"][period].as_str()?,
+        );
+        let held = periods_between(format, lo, hi)?;
+        let any = held.iter().any(|p| replaced.contains(p.as_str()));
+        let all = held.iter().all(|p| replaced.contains(p.as_str())) && no_nulls(period);
+        let in_scope = match scope {
+            ScopeFilter::All => Some(true),
+            ScopeFilter::Forces(forces) => {
+                let force = schema.force_column.as_deref()?;
+                let (f_lo, f_hi) = (
+                    stats["minValues"][force].as_str()?,
+                    stats["maxValues"][force].as_str()?,
+                );
+                if f_lo == f_hi && no_nulls(force) {
+                    Some(forces.contains(f_lo))
+                } else if forces
+                    .range(f_lo.to_owned()..=f_hi.to_owned())
+                    .next()
+                    .is_none()
+                {
+                    Some(false)
+                } else {
+                    None
+                }
+            }
+        };
+        match (any, in_scope, all) {
+            (false, _, _) | (_, Some(false), _) => {}
+            (true, Some(true), true) => {
+                removes.push(deltalake::kernel::Action::Remove(file.remove_action(true)));
+            }
+            _ => return None,
+        }
+    }
+    Some(removes)
+}
+
+/// Every valid period from `lo` to `hi` of a period column of this format; `None` for
+/// a column of no such format, bounds not of it, or a span beyond a hundred years.
+fn periods_between(
+    format: Option<concordat_core::schema::Format>,
+    lo: &str,
+    hi: &str,
+) -> Option<Vec<String>> {
+    use concordat_core::schema::Format;
+    use concordat_core::{FinancialYear, Quarter};
+    let mut out = Vec::new();
+    match format? {
+        Format::Quarter => {
+            let (mut q, end) = (Quarter::parse(lo)?, Quarter::parse(hi)?);
+            while q <= end && out.len() <= 400 {
+                out.push(q.to_string());
+                q = q.next();
+            }
+        }
+        Format::FinancialYear => {
+            let (start, end) = (
+                FinancialYear::parse(lo)?.start,
+                FinancialYear::parse(hi)?.start,
+            );
+            for y in start..=end.min(start + 100) {
+                out.push(FinancialYear { start: y }.to_string());
+            }
+        }
+        _ => return None,
+    }
+    (out.len() <= 400).then_some(out)
+}
+
+/// The replacement's predicate as SQL, for the log entry's record of the operation.
+fn replace_sql(schema: &DatasetSchema, periods: &[String], scope: &ScopeFilter) -> String {
+    let list = |values: &mut dyn Iterator<Item = &String>| -> String {
+        values
+            .map(|v| format!("'{}'", v.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut parts = Vec::new();
+    if let Some(p) = &schema.period_column {
+        parts.push(format!("{p} IN ({})", list(&mut periods.iter())));
+    }
+    if let (Some(f), ScopeFilter::Forces(forces)) = (&schema.force_column, scope) {
+        parts.push(format!("{f} IN ({})", list(&mut forces.iter())));
+    }
+    if parts.is_empty() {
+        "true".into()
+    } else {
+        parts.join(" AND ")
+    }
+}
+
 fn replace_predicate(
     schema: &DatasetSchema,
     periods: &[String],

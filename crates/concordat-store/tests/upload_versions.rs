@@ -97,6 +97,64 @@ on_both! {
 }
 
 on_both! {
+    async fn a_replacement_of_every_period_a_file_holds_adds_the_workers_files_and_removes_those(f) {
+    let kent_rows = synth("force_performance", &["kent"]);
+    let essex_rows = synth("force_performance", &["essex"]);
+    upload(&f.store, "force_performance", Mode::Append, "force-kent", kent(), parquet_bytes(&kent_rows))
+        .await
+        .expect("kent");
+    let essex = ScopeFilter::Forces(["E23000028".to_owned()].into());
+    upload(&f.store, "force_performance", Mode::Append, "force-essex", essex, parquet_bytes(&essex_rows))
+        .await
+        .expect("essex");
+    let before_files = f.data_files("force_performance").await;
+    let essex_before = count_rows(&f.store, "force_performance", None, "WHERE pfa_code = 'E23000028'").await;
+    let kent_before = count_rows(&f.store, "force_performance", None, "WHERE pfa_code = 'E23000032'").await;
+    // Kent resubmits every period it holds, one row fewer: each of Kent's files is wholly
+    // inside the replacement, so no file is rewritten.
+    let b = &kent_rows[0];
+    let keep: arrow::array::BooleanArray = (0..b.num_rows()).map(|r| Some(r != 3)).collect();
+    let fewer = arrow::compute::filter_record_batch(b, &keep).expect("filter");
+    let out = upload(
+        &f.store,
+        "force_performance",
+        Mode::ReplacePeriods,
+        "force-kent",
+        kent(),
+        parquet_bytes(&[fewer]),
+    )
+    .await
+    .expect("replace");
+    assert_eq!(out.version, 2);
+    assert_eq!(
+        count_rows(&f.store, "force_performance", None, "WHERE pfa_code = 'E23000032'").await,
+        kent_before - 1
+    );
+    assert_eq!(
+        count_rows(&f.store, "force_performance", None, "WHERE pfa_code = 'E23000028'").await,
+        essex_before,
+        "Essex untouched"
+    );
+    assert_eq!(
+        count_rows(&f.store, "force_performance", Some(1), "WHERE pfa_code = 'E23000032'").await,
+        kent_before,
+        "version 1 still reads Kent's old rows"
+    );
+    let new_files: Vec<String> = f
+        .data_files("force_performance")
+        .await
+        .into_iter()
+        .filter(|n| !before_files.contains(n))
+        .collect();
+    assert!(!new_files.is_empty());
+    assert!(
+        new_files.iter().all(|n| n.starts_with("u-")),
+        "only the worker's files are added, nothing rewritten: {new_files:?}"
+    );
+}
+}
+
+on_both! {
     async fn replace_periods_replaces_exactly_the_file_periods_within_scope_and_time_travel_keeps_the_past(f) {
     let kent_rows = synth("force_performance", &["kent"]);
     let essex_rows = synth("force_performance", &["essex"]);
