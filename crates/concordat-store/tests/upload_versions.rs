@@ -98,33 +98,13 @@ on_both! {
 
 on_both! {
     async fn a_replacement_of_every_period_a_file_holds_adds_the_workers_files_and_removes_those(f) {
-    let kent_rows = synth("force_performance", &["kent"]);
-    let essex_rows = synth("force_performance", &["essex"]);
-    upload(&f.store, "force_performance", Mode::Append, "force-kent", kent(), parquet_bytes(&kent_rows))
-        .await
-        .expect("kent");
-    let essex = ScopeFilter::Forces(["E23000028".to_owned()].into());
-    upload(&f.store, "force_performance", Mode::Append, "force-essex", essex, parquet_bytes(&essex_rows))
-        .await
-        .expect("essex");
+    let kent_rows = kent_and_essex_appended(&f).await;
     let before_files = f.data_files("force_performance").await;
     let essex_before = count_rows(&f.store, "force_performance", None, "WHERE pfa_code = 'E23000028'").await;
     let kent_before = count_rows(&f.store, "force_performance", None, "WHERE pfa_code = 'E23000032'").await;
     // Kent resubmits every period it holds, one row fewer: each of Kent's files is wholly
     // inside the replacement, so no file is rewritten.
-    let b = &kent_rows[0];
-    let keep: arrow::array::BooleanArray = (0..b.num_rows()).map(|r| Some(r != 3)).collect();
-    let fewer = arrow::compute::filter_record_batch(b, &keep).expect("filter");
-    let out = upload(
-        &f.store,
-        "force_performance",
-        Mode::ReplacePeriods,
-        "force-kent",
-        kent(),
-        parquet_bytes(&[fewer]),
-    )
-    .await
-    .expect("replace");
+    let (out, _) = kent_replaces(&f, &kent_rows[0], |_, r| r != 3).await;
     assert_eq!(out.version, 2);
     assert_eq!(
         count_rows(&f.store, "force_performance", None, "WHERE pfa_code = 'E23000032'").await,
@@ -156,51 +136,14 @@ on_both! {
 
 on_both! {
     async fn replace_periods_replaces_exactly_the_file_periods_within_scope_and_time_travel_keeps_the_past(f) {
-    let kent_rows = synth("force_performance", &["kent"]);
-    let essex_rows = synth("force_performance", &["essex"]);
-    upload(
-        &f.store,
-        "force_performance",
-        Mode::Append,
-        "force-kent",
-        kent(),
-        parquet_bytes(&kent_rows),
-    )
-    .await
-    .expect("kent");
-    upload(
-        &f.store,
-        "force_performance",
-        Mode::Append,
-        "force-essex",
-        ScopeFilter::Forces(["E23000028".to_owned()].into()),
-        parquet_bytes(&essex_rows),
-    )
-    .await
-    .expect("essex");
+    let kent_rows = kent_and_essex_appended(&f).await;
     let before = count_rows(&f.store, "force_performance", None, "").await;
     // Kent resubmits 2024Q1 only, with one indicator fewer.
-    let b = &kent_rows[0];
-    let quarter = b
-        .column(1)
-        .as_any()
-        .downcast_ref::<arrow::array::StringArray>()
-        .expect("text");
-    let keep: arrow::array::BooleanArray = (0..b.num_rows())
-        .map(|r| Some(quarter.value(r) == "2024Q1" && r % 12 != 0))
-        .collect();
-    let q1 = arrow::compute::filter_record_batch(b, &keep).expect("filter");
-    assert_eq!(q1.num_rows(), 11);
-    let out = upload(
-        &f.store,
-        "force_performance",
-        Mode::ReplacePeriods,
-        "force-kent",
-        kent(),
-        parquet_bytes(&[q1]),
-    )
-    .await
-    .expect("replace");
+    let (out, sent) = kent_replaces(&f, &kent_rows[0], |quarter, r| {
+        quarter == "2024Q1" && r % 12 != 0
+    })
+    .await;
+    assert_eq!(sent, 11);
     assert_eq!(
         (out.version, out.periods.clone()),
         (2, vec!["2024Q1".to_owned()])
@@ -767,4 +710,58 @@ async fn a_commit_by_another_process_on_the_same_directory_is_read_at_once() {
             "a commit by another process was not seen"
         );
     }
+}
+
+/// Kent's and Essex's force performance appended (versions 0 and 1); Kent's rows.
+async fn kent_and_essex_appended(f: &Fixture) -> Vec<arrow::array::RecordBatch> {
+    let kent_rows = synth("force_performance", &["kent"]);
+    let essex_rows = synth("force_performance", &["essex"]);
+    upload(
+        &f.store,
+        "force_performance",
+        Mode::Append,
+        "force-kent",
+        kent(),
+        parquet_bytes(&kent_rows),
+    )
+    .await
+    .expect("kent");
+    let essex = ScopeFilter::Forces(["E23000028".to_owned()].into());
+    upload(
+        &f.store,
+        "force_performance",
+        Mode::Append,
+        "force-essex",
+        essex,
+        parquet_bytes(&essex_rows),
+    )
+    .await
+    .expect("essex");
+    kent_rows
+}
+
+/// Kent replaces the periods of the rows of `b` it keeps (by quarter and row); the
+/// outcome and the rows sent.
+async fn kent_replaces(
+    f: &Fixture,
+    b: &arrow::array::RecordBatch,
+    keep: impl Fn(&str, usize) -> bool,
+) -> (concordat_store::UploadOutcome, usize) {
+    let quarter = arrow::array::AsArray::as_string::<i32>(b.column(1));
+    let kept: arrow::array::BooleanArray = (0..b.num_rows())
+        .map(|r| Some(keep(quarter.value(r), r)))
+        .collect();
+    let rows = arrow::compute::filter_record_batch(b, &kept).expect("filter");
+    let sent = rows.num_rows();
+    let out = upload(
+        &f.store,
+        "force_performance",
+        Mode::ReplacePeriods,
+        "force-kent",
+        kent(),
+        parquet_bytes(&[rows]),
+    )
+    .await
+    .expect("replace");
+    (out, sent)
 }
