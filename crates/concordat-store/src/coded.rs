@@ -3,12 +3,12 @@
 //!
 //! The upload's coded columns are decoded as dictionaries. Parquet-rs's writer would
 //! hash every row's text into a new dictionary and compare it for the minimum and
-//! maximum (more than half of the worker's time); here each distinct value is looked up
-//! once per batch, the rows become dictionary indices by an array lookup, and the
-//! chunk is written as parquet-rs writes a dictionary-encoded chunk: a PLAIN dictionary
+//! maximum (more than half of the encoding threads' time); here each distinct value is
+//! looked up once per batch, the rows become dictionary indices by an array lookup, and
+//! the chunk is written as parquet-rs writes a dictionary-encoded chunk: a PLAIN dictionary
 //! page, then data pages of RLE / bit-packed hybrid indices (and definition levels for a
-//! nullable column), with the chunk's statistics and, for `paged` files, its column
-//! and offset index. The chunk is then spliced into the row group by parquet-rs
+//! nullable column), with the chunk's statistics, its offset index and, for `paged`
+//! files, its column index. The chunk is then spliced into the row group by parquet-rs
 //! ([`parquet::file::writer::SerializedRowGroupWriter::append_column`]).
 
 use std::collections::HashMap;

@@ -569,7 +569,6 @@ fn added_paths(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Rows a replacement removes: the file's periods, within the uploader's scope.
 /// The remove actions of a replacement of `periods` (within `scope`) if every file of
 /// the table it touches is wholly inside it, as the files' statistics prove; `None` if
 /// any file may be partly replaced (or its statistics do not say), so Delta rewrites.
@@ -665,26 +664,12 @@ fn periods_between(
 
 /// The replacement's predicate as SQL, for the log entry's record of the operation.
 fn replace_sql(schema: &DatasetSchema, periods: &[String], scope: &ScopeFilter) -> String {
-    let list = |values: &mut dyn Iterator<Item = &String>| -> String {
-        values
-            .map(|v| format!("'{}'", v.replace('\'', "''")))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut parts = Vec::new();
-    if let Some(p) = &schema.period_column {
-        parts.push(format!("{p} IN ({})", list(&mut periods.iter())));
-    }
-    if let (Some(f), ScopeFilter::Forces(forces)) = (&schema.force_column, scope) {
-        parts.push(format!("{f} IN ({})", list(&mut forces.iter())));
-    }
-    if parts.is_empty() {
-        "true".into()
-    } else {
-        parts.join(" AND ")
-    }
+    let predicate = replace_predicate(schema, periods, scope);
+    datafusion::sql::unparser::expr_to_sql(&predicate)
+        .map_or_else(|_| predicate.to_string(), |sql| sql.to_string())
 }
 
+/// Rows a replacement removes: the file's periods, within the uploader's scope.
 fn replace_predicate(
     schema: &DatasetSchema,
     periods: &[String],

@@ -224,29 +224,31 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 impl Open {
     /// Adds a batch to the row group being written.
     fn write(&mut self, batch: &RecordBatch) -> Result<(), StoreError> {
-        if self.group.is_none() {
-            let arrow = self
-                .factory
-                .create_column_writers(self.groups)
-                .map_err(io)?;
-            let descr = self.file.schema_descr();
-            let writers = arrow
-                .into_iter()
-                .zip(batch.columns())
-                .enumerate()
-                .map(|(i, (w, c))| {
-                    if CodedChunk::takes(c.as_ref()) {
-                        ColumnWriter::Coded(CodedChunk::new(descr.column(i), PAGE_ROWS, self.paged))
-                    } else {
-                        ColumnWriter::Arrow(Box::new(w))
-                    }
-                })
-                .collect();
-            self.group = Some(writers);
-        }
-        let Some(writers) = self.group.as_mut() else {
-            return Ok(());
+        let writers = match self.group.take() {
+            Some(writers) => writers,
+            None => {
+                let descr = self.file.schema_descr();
+                self.factory
+                    .create_column_writers(self.groups)
+                    .map_err(io)?
+                    .into_iter()
+                    .zip(batch.columns())
+                    .enumerate()
+                    .map(|(i, (w, c))| {
+                        if CodedChunk::takes(c.as_ref()) {
+                            ColumnWriter::Coded(CodedChunk::new(
+                                descr.column(i),
+                                PAGE_ROWS,
+                                self.paged,
+                            ))
+                        } else {
+                            ColumnWriter::Arrow(Box::new(w))
+                        }
+                    })
+                    .collect()
+            }
         };
+        let writers = self.group.insert(writers);
         for ((w, c), f) in writers
             .iter_mut()
             .zip(batch.columns())
