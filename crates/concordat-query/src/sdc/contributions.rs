@@ -353,12 +353,26 @@ pub struct PartInput {
     pub filter: Option<usize>,
 }
 
+/// Persons' rows are spread over this many partitions by the top bits of their record key,
+/// so that each partition's rows are merged where they fit in the processor's cache.
+const PARTITION_BITS: u32 = 8;
+
+/// A partition is merged again once it holds this many unmerged rows beyond twice its
+/// merged ones (so memory follows (group, person) pairs, not rows).
+const MERGE_SLACK: usize = 4096;
+
 /// The release aggregate per (group, person) and the gathering of [`Gatherer`] in one
 /// pass over the release's input rows: each row's group found by DataFusion's own group
-/// interning, then its person's contributions added in a table keyed by (group, record
-/// key). What it gives equals what a DataFusion aggregate grouped by the groups and the
-/// person, read by a [`Gatherer`], gives; the table is held within the query's memory
-/// budget.
+/// interning, then its person's contributions added up per (group, record key). What it
+/// gives equals what a DataFusion aggregate grouped by the groups and the person, read by
+/// a [`Gatherer`], gives; what it holds is within the query's memory budget.
+///
+/// Rows are not looked up one by one in a table of every (group, person) pair: that table
+/// is larger than the processor's cache, and a lookup per row waited on memory. Each row
+/// is appended to one of 256 partitions by its record key (keyed pseudorandom values, so
+/// the partitions are even); a partition is sorted by (record key, group) and its runs
+/// added up when it has grown, and once more at the end. The order in which persons then
+/// reach the statistics no longer depends on the order in which batches arrived.
 pub struct PersonTable {
     k: usize,
     groups_at: Vec<usize>,
@@ -367,17 +381,53 @@ pub struct PersonTable {
     /// The groups seen, by their values (none without group columns: one group).
     values: Option<Box<dyn GroupValues>>,
     slots: Vec<usize>,
-    /// Each (group, person) pair's entry. Record keys are keyed pseudorandom values,
-    /// so a fast hash does.
-    index: HashMap<(u32, u64), u32, foldhash::fast::RandomState>,
-    /// Each entry's (group, person).
-    entries: Vec<(u32, u64)>,
-    /// Each entry's contribution to each part.
-    totals: Vec<f64>,
-    /// Whether a sum part had a value (a count always has one).
-    valued: Vec<bool>,
+    /// Per partition, rows of `2 + parts` words: the record key, the group, and each
+    /// part's contribution (bits of an `f64`). The first `merged` rows have distinct
+    /// (record key, group) pairs, in order.
+    partitions: Vec<Partition>,
+    /// Unmerged rows a partition may hold beyond twice its merged ones.
+    slack: usize,
     max_groups: usize,
     reservation: MemoryReservation,
+}
+
+#[derive(Default)]
+struct Partition {
+    rows: Vec<u64>,
+    merged: usize,
+}
+
+impl Partition {
+    /// Sorts the rows by (record key, group), in their order of arrival within a pair,
+    /// and adds up each pair's contributions into one row.
+    fn merge(&mut self, stride: usize) {
+        let n = self.rows.len() / stride;
+        if n == self.merged {
+            return;
+        }
+        let mut order: Vec<(u64, u64, u32)> = (0..n)
+            .map(|r| (self.rows[r * stride], self.rows[r * stride + 1], r as u32))
+            .collect();
+        order.sort_unstable();
+        let mut out: Vec<u64> = Vec::with_capacity(self.rows.len());
+        let mut pairs = 0;
+        let mut last = None;
+        for &(record, group, r) in &order {
+            let row = &self.rows[r as usize * stride..(r as usize + 1) * stride];
+            if last == Some((record, group)) {
+                let at = out.len() - stride;
+                for (total, add) in out[at + 2..].iter_mut().zip(&row[2..]) {
+                    *total = (f64::from_bits(*total) + f64::from_bits(*add)).to_bits();
+                }
+            } else {
+                out.extend_from_slice(row);
+                last = Some((record, group));
+                pairs += 1;
+            }
+        }
+        self.rows = out;
+        self.merged = pairs;
+    }
 }
 
 impl PersonTable {
@@ -408,13 +458,17 @@ impl PersonTable {
             parts,
             values,
             slots: Vec::new(),
-            index: HashMap::with_hasher(foldhash::fast::RandomState::default()),
-            entries: Vec::new(),
-            totals: Vec::new(),
-            valued: Vec::new(),
+            partitions: (0..1usize << PARTITION_BITS)
+                .map(|_| Partition::default())
+                .collect(),
+            slack: MERGE_SLACK,
             max_groups,
             reservation: MemoryConsumer::new("concordat disclosure control").register(pool),
         })
+    }
+
+    fn stride(&self) -> usize {
+        2 + self.parts.len()
     }
 
     /// Reads one batch of input rows.
@@ -439,9 +493,9 @@ impl PersonTable {
                 }
             }
         }
-        // Per part: the rows that take part, and a sum's values.
-        let mut taking = Vec::with_capacity(self.parts.len());
-        let mut sums = Vec::with_capacity(self.parts.len());
+        // Per part, each row's contribution: 1 or 0 for a count, the value or 0 for a sum
+        // (a contribution of 0 adds nothing to a cell, as no contribution does).
+        let mut contributions: Vec<Vec<f64>> = Vec::with_capacity(self.parts.len());
         for p in &self.parts {
             let arg = batch.column(p.arg);
             let mut take = arg.logical_nulls();
@@ -457,49 +511,47 @@ impl PersonTable {
                 });
                 take = arrow::buffer::NullBuffer::union(take.as_ref(), Some(&holds));
             }
-            taking.push(take);
-            sums.push(match p.part {
-                Part::Count => None,
-                Part::Sum => Some(
-                    arrow::compute::cast(arg, &DataType::Float64)?
-                        .as_primitive::<Float64Type>()
-                        .clone(),
-                ),
+            let taken = |r: usize| take.as_ref().is_none_or(|t| t.is_valid(r));
+            contributions.push(match p.part {
+                Part::Count => (0..rows).map(|r| f64::from(u8::from(taken(r)))).collect(),
+                Part::Sum => {
+                    let values = arrow::compute::cast(arg, &DataType::Float64)?;
+                    let values = values.as_primitive::<Float64Type>();
+                    (0..rows)
+                        .map(|r| {
+                            if taken(r) && values.is_valid(r) {
+                                values.value(r)
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect()
+                }
             });
         }
-        let n = self.parts.len();
+        let stride = self.stride();
         for (r, &slot) in self.slots.iter().enumerate() {
             if person.is_null(r) {
                 continue;
             }
             let record = person.value(r);
-            let next = self.entries.len() as u32;
-            let entry = *self.index.entry((slot as u32, record)).or_insert(next);
-            if entry == next {
-                self.entries.push((slot as u32, record));
-                self.totals.extend(std::iter::repeat_n(0.0, n));
-                self.valued.extend(std::iter::repeat_n(false, n));
-            }
-            let at = entry as usize * n;
-            for (p, (take, sum)) in taking.iter().zip(&sums).enumerate() {
-                if take.as_ref().is_some_and(|t| t.is_null(r)) {
-                    continue;
-                }
-                match sum {
-                    None => self.totals[at + p] += 1.0,
-                    Some(values) => {
-                        if values.is_valid(r) {
-                            self.totals[at + p] += values.value(r);
-                            self.valued[at + p] = true;
-                        }
-                    }
-                }
+            let partition = &mut self.partitions[(record >> (64 - PARTITION_BITS)) as usize];
+            partition.rows.push(record);
+            partition.rows.push(slot as u64);
+            partition
+                .rows
+                .extend(contributions.iter().map(|c| c[r].to_bits()));
+        }
+        for partition in &mut self.partitions {
+            if partition.rows.len() / stride >= 2 * partition.merged + self.slack {
+                partition.merge(stride);
             }
         }
-        let held = self.index.capacity() * (std::mem::size_of::<((u32, u64), u32)>() + 1)
-            + self.entries.capacity() * std::mem::size_of::<(u32, u64)>()
-            + self.totals.capacity() * std::mem::size_of::<f64>()
-            + self.valued.capacity()
+        let held = self
+            .partitions
+            .iter()
+            .map(|p| p.rows.capacity() * std::mem::size_of::<u64>())
+            .sum::<usize>()
             + self.values.as_ref().map_or(0, |v| v.size());
         self.reservation.try_resize(held)?;
         Ok(())
@@ -516,16 +568,17 @@ impl PersonTable {
             }
         };
         let mut out = vec![Group::empty(self.k, self.parts.len()); groups];
-        let n = self.parts.len();
-        for (e, &(slot, record)) in self.entries.iter().enumerate() {
-            let group = &mut out[slot as usize];
-            group.persons.add_person(record);
-            for (p, input) in self.parts.iter().enumerate() {
-                let at = e * n + p;
-                if input.part == Part::Count || self.valued[at] {
-                    group.parts[p].add(record, self.totals[at]);
+        let stride = self.stride();
+        for partition in &mut self.partitions {
+            partition.merge(stride);
+            for row in partition.rows.chunks_exact(stride) {
+                let (record, group) = (row[0], &mut out[row[1] as usize]);
+                group.persons.add_person(record);
+                for (stats, total) in group.parts.iter_mut().zip(&row[2..]) {
+                    stats.add(record, f64::from_bits(*total));
                 }
             }
+            *partition = Partition::default();
         }
         Ok((columns, out))
     }
@@ -826,53 +879,68 @@ mod tests {
             let pool: std::sync::Arc<dyn MemoryPool> = std::sync::Arc::new(
                 datafusion::execution::memory_pool::UnboundedMemoryPool::default(),
             );
-            let mut table = PersonTable::new(
-                &rows[0].schema(),
-                (0..groups).collect(),
-                groups,
-                inputs,
-                10,
-                100,
-                &pool,
-            )
-            .expect("table");
-            for b in &rows {
-                table.push(b).expect("push");
-            }
-            // The table is held in the query's memory budget, and given back after.
-            assert!(pool.reserved() > 0);
-            let (got_keys, got) = table.finish().expect("finish");
-            assert_eq!(pool.reserved(), 0);
-            assert_eq!(got.len(), want.len(), "seed {seed}: groups");
-            // Match groups by their values (the two may meet them in different orders).
-            let text = |cols: &[ArrayRef], r: usize| -> Vec<String> {
-                cols.iter()
-                    .map(|c| {
-                        datafusion::common::ScalarValue::try_from_array(c, r)
-                            .expect("value")
-                            .to_string()
-                    })
-                    .collect()
-            };
-            for (g, w) in want.iter().enumerate() {
-                let k = text(&want_keys, g);
-                let at = (0..got.len())
-                    .find(|&r| text(&got_keys, r) == k)
-                    .unwrap_or_else(|| panic!("seed {seed}: group {k:?} missing"));
-                let (g_persons, w_persons) = (&got[at].persons, &w.persons);
-                assert_eq!(
-                    (g_persons.persons, g_persons.key),
-                    (w_persons.persons, w_persons.key),
-                    "seed {seed}: {k:?} persons"
-                );
-                assert!(w.persons.persons > 0 || k.iter().any(|v| v == "NULL") || groups == 0);
-                for p in 0..parts.len() {
+            // Merged only at the end, and merged after every batch.
+            for slack in [MERGE_SLACK, 1] {
+                let mut table = PersonTable::new(
+                    &rows[0].schema(),
+                    (0..groups).collect(),
+                    groups,
+                    inputs.clone(),
+                    10,
+                    100,
+                    &pool,
+                )
+                .expect("table");
+                table.slack = slack;
+                for b in &rows {
+                    table.push(b).expect("push");
+                }
+                // The table is held in the query's memory budget, and given back after.
+                assert!(pool.reserved() > 0);
+                if slack == 1 {
+                    // Partitions were merged before the end: fewer rows held than read.
+                    let merged: usize = table.partitions.iter().map(|p| p.merged).sum();
+                    let held: usize = table.partitions.iter().map(|p| p.rows.len()).sum();
+                    let read = rows.iter().map(RecordBatch::num_rows).sum::<usize>();
+                    assert!(merged > 0, "seed {seed}: merged as it went");
                     assert!(
-                        same(&got[at].parts[p], &w.parts[p]),
-                        "seed {seed}: {k:?} part {p}: {:?} against {:?}",
-                        got[at].parts[p],
-                        w.parts[p]
+                        held < read * table.stride(),
+                        "seed {seed}: {held} words held"
                     );
+                }
+                let (got_keys, got) = table.finish().expect("finish");
+                assert_eq!(pool.reserved(), 0);
+                assert_eq!(got.len(), want.len(), "seed {seed}: groups");
+                // Match groups by their values (the two may meet them in different orders).
+                let text = |cols: &[ArrayRef], r: usize| -> Vec<String> {
+                    cols.iter()
+                        .map(|c| {
+                            datafusion::common::ScalarValue::try_from_array(c, r)
+                                .expect("value")
+                                .to_string()
+                        })
+                        .collect()
+                };
+                for (g, w) in want.iter().enumerate() {
+                    let k = text(&want_keys, g);
+                    let at = (0..got.len())
+                        .find(|&r| text(&got_keys, r) == k)
+                        .unwrap_or_else(|| panic!("seed {seed}: group {k:?} missing"));
+                    let (g_persons, w_persons) = (&got[at].persons, &w.persons);
+                    assert_eq!(
+                        (g_persons.persons, g_persons.key),
+                        (w_persons.persons, w_persons.key),
+                        "seed {seed}: {k:?} persons"
+                    );
+                    assert!(w.persons.persons > 0 || k.iter().any(|v| v == "NULL") || groups == 0);
+                    for p in 0..parts.len() {
+                        assert!(
+                            same(&got[at].parts[p], &w.parts[p]),
+                            "seed {seed}: {k:?} part {p}: {:?} against {:?}",
+                            got[at].parts[p],
+                            w.parts[p]
+                        );
+                    }
                 }
             }
             // The group limit holds as the gatherer's does.
