@@ -370,9 +370,8 @@ const MERGE_SLACK: usize = 4096;
 /// Rows are not looked up one by one in a table of every (group, person) pair: that table
 /// is larger than the processor's cache, and a lookup per row waited on memory. Each row
 /// is appended to one of 256 partitions by its record key (keyed pseudorandom values, so
-/// the partitions are even); a partition is sorted by (record key, group) and its runs
-/// added up when it has grown, and once more at the end. The order in which persons then
-/// reach the statistics no longer depends on the order in which batches arrived.
+/// the partitions are even); a partition's rows of the same (group, person) are added up
+/// when it has grown, and once more at the end, in a table of that partition only.
 pub struct PersonTable {
     k: usize,
     groups_at: Vec<usize>,
@@ -398,34 +397,43 @@ struct Partition {
 }
 
 impl Partition {
-    /// Sorts the rows by (record key, group), in their order of arrival within a pair,
-    /// and adds up each pair's contributions into one row.
+    /// Adds up each (record key, group) pair's contributions into one row, kept where the
+    /// pair was first met: the rows not yet merged are looked up in a table of the
+    /// partition's pairs, small enough to stay in the processor's cache.
     fn merge(&mut self, stride: usize) {
         let n = self.rows.len() / stride;
         if n == self.merged {
             return;
         }
-        let mut order: Vec<(u64, u64, u32)> = (0..n)
-            .map(|r| (self.rows[r * stride], self.rows[r * stride + 1], r as u32))
-            .collect();
-        order.sort_unstable();
-        let mut out: Vec<u64> = Vec::with_capacity(self.rows.len());
-        let mut pairs = 0;
-        let mut last = None;
-        for &(record, group, r) in &order {
-            let row = &self.rows[r as usize * stride..(r as usize + 1) * stride];
-            if last == Some((record, group)) {
-                let at = out.len() - stride;
-                for (total, add) in out[at + 2..].iter_mut().zip(&row[2..]) {
-                    *total = (f64::from_bits(*total) + f64::from_bits(*add)).to_bits();
+        let mask = (2 * n).next_power_of_two() - 1;
+        let mut at: Vec<u32> = vec![u32::MAX; mask + 1];
+        let mut pairs = 0usize;
+        for r in 0..n {
+            let (record, group) = (self.rows[r * stride], self.rows[r * stride + 1]);
+            // Record keys are keyed pseudorandom values: their low bits spread the pairs.
+            let mut slot = (record ^ group.wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize & mask;
+            loop {
+                let held = at[slot];
+                if held == u32::MAX {
+                    at[slot] = pairs as u32;
+                    self.rows
+                        .copy_within(r * stride..(r + 1) * stride, pairs * stride);
+                    pairs += 1;
+                    break;
                 }
-            } else {
-                out.extend_from_slice(row);
-                last = Some((record, group));
-                pairs += 1;
+                let p = held as usize * stride;
+                if self.rows[p] == record && self.rows[p + 1] == group {
+                    for c in 2..stride {
+                        let total = f64::from_bits(self.rows[p + c])
+                            + f64::from_bits(self.rows[r * stride + c]);
+                        self.rows[p + c] = total.to_bits();
+                    }
+                    break;
+                }
+                slot = (slot + 1) & mask;
             }
         }
-        self.rows = out;
+        self.rows.truncate(pairs * stride);
         self.merged = pairs;
     }
 }
