@@ -56,7 +56,11 @@ impl Gateway {
         path: &Path,
     ) -> anyhow::Result<(u64, u64)> {
         let token = self.token(partner, "uploader");
-        let bytes = tokio::fs::read(path).await?;
+        // Read as it is sent, in 1 MiB chunks, as `concordat upload` sends a file.
+        let file = tokio::fs::File::open(path).await?;
+        let len = file.metadata().await?.len();
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
         let resp = self
             .client
             .post(format!(
@@ -65,7 +69,8 @@ impl Gateway {
             ))
             .bearer_auth(token)
             .header("content-type", "application/vnd.apache.parquet")
-            .body(bytes)
+            .header("content-length", len)
+            .body(body)
             .send()
             .await?;
         let status = resp.status();
