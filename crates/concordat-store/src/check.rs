@@ -7,7 +7,7 @@ use std::path::Path;
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int32Type, Schema};
 use concordat_core::DatasetSchema;
 use concordat_core::schema::{ColumnSchema, ColumnType};
@@ -80,16 +80,12 @@ fn decode_validate_write(
     };
     let mut file = std::fs::File::open(path).map_err(StoreError::internal)?;
     let inspected = inspect(&mut file, schema, limits).map_err(StoreError::Validation)?;
+    drop(file);
     let declared = inspected.metadata.file_metadata().num_rows();
     let coded = coded_columns(schema);
-    let reader = decoder(
-        file,
-        Arc::new(inspected.metadata),
-        &inspected.projection,
-        &coded,
-        batch_rows,
-    )
-    .ok_or_else(corrupt)?;
+    let meta = reader_metadata(Arc::new(inspected.metadata), &inspected.projection, &coded)
+        .ok_or_else(corrupt)?;
+    let reader = Decoders::start(path, meta, &inspected.projection, batch_rows)?;
     let mut checker = RowChecker::new(schema, scope, agreements);
     // Encoding costs more than decoding and checking: two encoders on threads of their
     // own (each writing its own files) take the batches, so both cores work. Rows are
@@ -114,22 +110,14 @@ fn decode_validate_write(
             .name("concordat-encode".into())
             .stack_size(1 << 20)
             .spawn(move || cluster::encode(rx, &dir, stored, plain, e))
-            .map_err(|_| {
-                StoreError::Validation(Violations::single(Violation {
-                    row: None,
-                    column: None,
-                    rule: "limits".into(),
-                    message: "the file could not be checked within the validation memory limit"
-                        .into(),
-                }))
-            })?;
+            .map_err(|_| over_memory())?;
         senders.push(tx);
         encoders.push(thread);
     }
     let mut router = cluster::Router::new(senders, force);
     let decoded = (|| -> Result<(), StoreError> {
         for batch in reader {
-            let batch = batch.map_err(|_| corrupt())?;
+            let batch = batch.ok_or_else(corrupt)?;
             let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
             for (c, coded) in schema.columns.iter().zip(&coded) {
                 let a = batch.column_by_name(&c.name).ok_or_else(corrupt)?;
@@ -234,16 +222,133 @@ fn coded_columns(schema: &DatasetSchema) -> Vec<bool> {
         .collect()
 }
 
-/// A decoder of the `projection` (root columns) of `file`, whose footer `inspect`
-/// already read (it is not read again), that decodes the coded text columns as
-/// dictionaries.
-fn decoder(
-    file: std::fs::File,
+/// Threads decoding row groups.
+const DECODERS: usize = 2;
+
+/// Batches decoded (per decoder) and not yet taken.
+const BATCHES_QUEUED: usize = 2;
+
+/// What a decoder hands on: a batch, the end of a row group, or a failure to decode.
+enum Decoded {
+    Batch(RecordBatch),
+    EndOfRowGroup,
+    Corrupt,
+}
+
+/// The file's row groups decoded on [`DECODERS`] threads, row group `i` by decoder
+/// `i % DECODERS`, each with a handle of its own on the file; their batches are taken in
+/// file order, so rows are checked and numbered as the file holds them. Decoding is the
+/// busiest part of the worker's one pass: on one thread it kept the encoders waiting.
+struct Decoders {
+    queues: Vec<std::sync::mpsc::Receiver<Decoded>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    row_groups: usize,
+    /// The row group being taken.
+    at: usize,
+    failed: bool,
+}
+
+impl Decoders {
+    fn start(
+        path: &Path,
+        meta: ArrowReaderMetadata,
+        projection: &[usize],
+        batch_rows: usize,
+    ) -> Result<Decoders, StoreError> {
+        let row_groups = meta.metadata().num_row_groups();
+        let mut queues = Vec::with_capacity(DECODERS);
+        let mut threads = Vec::with_capacity(DECODERS);
+        for d in 0..DECODERS.min(row_groups.max(1)) {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Decoded>(BATCHES_QUEUED);
+            let (path, meta, projection) = (path.to_path_buf(), meta.clone(), projection.to_vec());
+            let thread = std::thread::Builder::new()
+                .name("concordat-decode".into())
+                .stack_size(1 << 20)
+                .spawn(move || {
+                    for rg in (d..row_groups).step_by(DECODERS) {
+                        let Some(reader) =
+                            row_group_reader(&path, &meta, &projection, batch_rows, rg)
+                        else {
+                            let _ = tx.send(Decoded::Corrupt);
+                            return;
+                        };
+                        for batch in reader {
+                            let item = match batch {
+                                Ok(b) => Decoded::Batch(b),
+                                Err(_) => Decoded::Corrupt,
+                            };
+                            let stop = matches!(item, Decoded::Corrupt);
+                            // The checker stopped taking: nothing more to do.
+                            if tx.send(item).is_err() || stop {
+                                return;
+                            }
+                        }
+                        if tx.send(Decoded::EndOfRowGroup).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|_| over_memory())?;
+            queues.push(rx);
+            threads.push(thread);
+        }
+        Ok(Decoders {
+            queues,
+            threads,
+            row_groups,
+            at: 0,
+            failed: false,
+        })
+    }
+}
+
+impl Iterator for Decoders {
+    /// A batch, or `None` where the file could not be decoded.
+    type Item = Option<RecordBatch>;
+
+    fn next(&mut self) -> Option<Option<RecordBatch>> {
+        while !self.failed && self.at < self.row_groups {
+            // A decoder that ended early (or panicked on a hostile file) closed its queue.
+            match self.queues[self.at % self.queues.len()].recv() {
+                Ok(Decoded::Batch(b)) => return Some(Some(b)),
+                Ok(Decoded::EndOfRowGroup) => self.at += 1,
+                Ok(Decoded::Corrupt) | Err(_) => {
+                    self.failed = true;
+                    return Some(None);
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Decoders {
+    fn drop(&mut self) {
+        // Closing the queues stops the decoders at their next batch.
+        self.queues.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The refusal when a thread cannot be had within the worker's memory limit.
+fn over_memory() -> StoreError {
+    StoreError::Validation(Violations::single(Violation {
+        row: None,
+        column: None,
+        rule: "limits".into(),
+        message: "the file could not be checked within the validation memory limit".into(),
+    }))
+}
+
+/// How the `projection` (root columns) is decoded, from the footer `inspect` already read
+/// (it is not read again): the coded text columns as dictionaries.
+fn reader_metadata(
     footer: Arc<ParquetMetaData>,
     projection: &[usize],
     coded: &[bool],
-    batch_rows: usize,
-) -> Option<ParquetRecordBatchReader> {
+) -> Option<ArrowReaderMetadata> {
     let options = ArrowReaderOptions::new();
     let meta = ArrowReaderMetadata::try_new(footer, options.clone()).ok()?;
     let fields: Vec<Field> = meta
@@ -267,12 +372,23 @@ fn decoder(
         fields,
         meta.schema().metadata().clone(),
     ));
-    let meta =
-        ArrowReaderMetadata::try_new(meta.metadata().clone(), options.with_schema(hinted)).ok()?;
-    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta);
+    ArrowReaderMetadata::try_new(meta.metadata().clone(), options.with_schema(hinted)).ok()
+}
+
+/// A decoder of row group `row_group` of the file at `path`, on a handle of its own.
+fn row_group_reader(
+    path: &Path,
+    meta: &ArrowReaderMetadata,
+    projection: &[usize],
+    batch_rows: usize,
+    row_group: usize,
+) -> Option<ParquetRecordBatchReader> {
+    let file = std::fs::File::open(path).ok()?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone());
     let mask = ProjectionMask::roots(builder.parquet_schema(), projection.iter().copied());
     builder
         .with_projection(mask)
+        .with_row_groups(vec![row_group])
         .with_batch_size(batch_rows)
         .build()
         .ok()
