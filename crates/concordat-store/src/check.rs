@@ -25,7 +25,7 @@ use crate::cluster;
 use crate::datafile::{DataFile, file_schema, plain_columns};
 use crate::inspect::{FileLimits, arrow_type, inspect};
 use crate::validate::RowChecker;
-use crate::violation::{Violation, Violations};
+use crate::violation::Violations;
 
 /// What a valid upload became.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,12 +71,10 @@ fn decode_validate_write(
     out: &Path,
 ) -> Result<Checked, StoreError> {
     let corrupt = || {
-        StoreError::Validation(Violations::single(Violation {
-            row: None,
-            column: None,
-            rule: "parquet".into(),
-            message: "the file could not be decoded: it is truncated or corrupt".into(),
-        }))
+        StoreError::Validation(Violations::of_file(
+            "parquet",
+            "the file could not be decoded: it is truncated or corrupt",
+        ))
     };
     let mut file = std::fs::File::open(path).map_err(StoreError::internal)?;
     let inspected = inspect(&mut file, schema, limits).map_err(StoreError::Validation)?;
@@ -159,23 +157,19 @@ fn decode_validate_write(
         return Err(StoreError::Validation(v));
     }
     if i64::try_from(checker.rows).ok() != Some(declared) {
-        return Err(StoreError::Validation(Violations::single(Violation {
-            row: None,
-            column: None,
-            rule: "parquet".into(),
-            message: format!(
+        return Err(StoreError::Validation(Violations::of_file(
+            "parquet",
+            format!(
                 "the file declares {declared} rows but holds {}: it is truncated or corrupt",
                 checker.rows
             ),
-        })));
+        )));
     }
     if checker.rows == 0 {
-        return Err(StoreError::Validation(Violations::single(Violation {
-            row: None,
-            column: None,
-            rule: "empty".into(),
-            message: "the file has no rows".into(),
-        })));
+        return Err(StoreError::Validation(Violations::of_file(
+            "empty",
+            "the file has no rows",
+        )));
     }
     Ok(Checked {
         rows: checker.rows,
@@ -334,12 +328,10 @@ impl Drop for Decoders {
 
 /// The refusal when a thread cannot be had within the worker's memory limit.
 fn over_memory() -> StoreError {
-    StoreError::Validation(Violations::single(Violation {
-        row: None,
-        column: None,
-        rule: "limits".into(),
-        message: "the file could not be checked within the validation memory limit".into(),
-    }))
+    StoreError::Validation(Violations::of_file(
+        "limits",
+        "the file could not be checked within the validation memory limit",
+    ))
 }
 
 /// How the `projection` (root columns) is decoded, from the footer `inspect` already read

@@ -16,7 +16,7 @@ use crate::StoreError;
 use crate::check::{Checked, check_file};
 use crate::datafile::{DataFile, file_schema};
 use crate::store::{Mode, PROVENANCE_KEY, Provenance, Store, UploadOutcome, UploadRequest};
-use crate::violation::{Violation, Violations};
+use crate::violation::Violations;
 
 impl Store {
     /// Validates the staged file and, if every row passes, commits it as a new version.
@@ -78,12 +78,10 @@ impl Store {
                     Ok(result) => result?,
                     // A panic inside the decoder on a hostile file: refuse the file, keep serving.
                     Err(e) if e.is_panic() => {
-                        return Err(StoreError::Validation(Violations::single(Violation {
-                            row: None,
-                            column: None,
-                            rule: "parquet".into(),
-                            message: "the file could not be decoded: it is corrupt".into(),
-                        })));
+                        return Err(StoreError::Validation(Violations::of_file(
+                            "parquet",
+                            "the file could not be decoded: it is corrupt",
+                        )));
                     }
                     Err(e) => return Err(StoreError::internal(e)),
                 }

@@ -55,6 +55,16 @@ impl Violations {
         out
     }
 
+    /// A report of one violation of the file as a whole (no row, no column).
+    pub fn of_file(rule: &str, message: impl Into<String>) -> Violations {
+        Violations::single(Violation {
+            row: None,
+            column: None,
+            rule: rule.into(),
+            message: message.into(),
+        })
+    }
+
     fn tally(&mut self, row: Option<u64>, column: Option<&str>, rule: &str) {
         self.count += 1;
         let at = self

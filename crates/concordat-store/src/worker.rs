@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use crate::StoreError;
 use crate::check::Checked;
 use crate::inspect::FileLimits;
-use crate::violation::{Violation, Violations};
+use crate::violation::Violations;
 
 /// How uploads are validated.
 #[derive(Debug, Clone, Default)]
@@ -103,12 +103,10 @@ pub fn serve_one(input: &mut dyn Read, output: &mut dyn Write) -> std::io::Resul
 }
 
 fn over_limits() -> StoreError {
-    StoreError::Validation(Violations::single(Violation {
-        row: None,
-        column: None,
-        rule: "limits".into(),
-        message: "the file could not be decoded within the validation memory and time limits: it declares pages or values too large to check".into(),
-    }))
+    StoreError::Validation(Violations::of_file(
+        "limits",
+        "the file could not be decoded within the validation memory and time limits: it declares pages or values too large to check",
+    ))
 }
 
 /// Runs one validation in a worker process.
