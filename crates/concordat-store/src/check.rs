@@ -112,7 +112,7 @@ fn decode_validate_write(
         senders.push(tx);
         encoders.push(thread);
     }
-    let mut router = cluster::Router::new(senders, force);
+    let mut router = cluster::Router::new(senders, force, u64::try_from(declared).unwrap_or(0));
     let decoded = (|| -> Result<(), StoreError> {
         for batch in reader {
             let batch = batch.ok_or_else(corrupt)?;
@@ -220,7 +220,7 @@ fn coded_columns(schema: &DatasetSchema) -> Vec<bool> {
 const DECODERS: usize = 2;
 
 /// Batches decoded (per decoder) and not yet taken.
-const BATCHES_QUEUED: usize = 2;
+const BATCHES_QUEUED: usize = 8;
 
 /// What a decoder hands on: a batch, the end of a row group, or a failure to decode.
 enum Decoded {

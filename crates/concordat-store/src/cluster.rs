@@ -8,10 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 
-use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, Int32Array};
 use arrow::datatypes::Int32Type;
 
 use crate::StoreError;
+use crate::coded::CodedChunk;
 use crate::datafile::{DataFile, ROW_GROUP_ROWS, Sink};
 
 /// Validated batches held back before they are written by force area, at most this
@@ -87,18 +88,69 @@ pub(crate) fn encode(
 }
 
 /// The given rows, as (batch, row), of batches, column by column: one copy.
+/// A coded column (a dictionary of text) is gathered as keys into the batches'
+/// dictionaries side by side: no dictionary is merged, no value hashed or compared (the
+/// chunk writer looks each entry up once).
 pub(crate) fn gather(
     batches: &[Vec<ArrayRef>],
     rows: &[(usize, usize)],
 ) -> Result<Vec<ArrayRef>, StoreError> {
     let width = batches.first().map_or(0, Vec::len);
+    let failed = |e: arrow::error::ArrowError| {
+        StoreError::Internal(format!("gathering rows by force area: {e}"))
+    };
     (0..width)
         .map(|c| {
             let sources: Vec<&dyn Array> = batches.iter().map(|b| b[c].as_ref()).collect();
-            arrow::compute::interleave(&sources, rows)
-                .map_err(|e| StoreError::Internal(format!("gathering rows by force area: {e}")))
+            if sources.iter().all(|s| CodedChunk::takes(*s)) {
+                gather_coded(&sources, rows).map_err(failed)
+            } else {
+                arrow::compute::interleave(&sources, rows).map_err(failed)
+            }
         })
         .collect()
+}
+
+/// [`gather`] of dictionary arrays of text with `Int32` keys.
+fn gather_coded(
+    sources: &[&dyn Array],
+    rows: &[(usize, usize)],
+) -> Result<ArrayRef, arrow::error::ArrowError> {
+    let dictionaries: Vec<&DictionaryArray<Int32Type>> = sources
+        .iter()
+        .map(|s| s.as_dictionary::<Int32Type>())
+        .collect();
+    let mut first = Vec::with_capacity(dictionaries.len());
+    let mut entries = 0usize;
+    for d in &dictionaries {
+        first.push(i32::try_from(entries).map_err(|_| {
+            arrow::error::ArrowError::InvalidArgumentError("too many dictionary entries".into())
+        })?);
+        entries += d.values().len();
+    }
+    let values: Vec<&dyn Array> = dictionaries.iter().map(|d| d.values().as_ref()).collect();
+    let values = arrow::compute::concat(&values)?;
+    let keys: Int32Array = if dictionaries.iter().all(|d| d.keys().null_count() == 0) {
+        let of: Vec<&[i32]> = dictionaries
+            .iter()
+            .map(|d| d.keys().values().as_ref())
+            .collect();
+        let keys: Vec<i32> = rows
+            .iter()
+            .map(|&(b, r)| first[b].wrapping_add(of[b][r]))
+            .collect();
+        keys.into()
+    } else {
+        rows.iter()
+            .map(|&(b, r)| {
+                let keys = dictionaries[b].keys();
+                keys.is_valid(r)
+                    .then(|| first[b].wrapping_add(keys.values()[r]))
+            })
+            .collect()
+    };
+    // Checks every key against the side-by-side dictionaries.
+    Ok(Arc::new(DictionaryArray::try_new(keys, values)?))
 }
 
 /// Routes validated batches to the encoders: by force area when the dataset has a force
@@ -109,6 +161,9 @@ pub(crate) struct Router {
     batches: usize,
     held: Vec<Vec<ArrayRef>>,
     held_bytes: usize,
+    held_rows: usize,
+    /// Rows the file declares that have not come yet.
+    rows_left: u64,
     /// Force areas held, each with its rows as (held batch, row).
     groups: Vec<Group>,
     index: HashMap<Option<String>, usize>,
@@ -134,8 +189,9 @@ struct Group {
 pub(crate) struct Stopped;
 
 impl Router {
-    /// Routes to these encoders; `force` is the force column's position, if any.
-    pub(crate) fn new(encoders: Vec<SyncSender<Piece>>, force: Option<usize>) -> Router {
+    /// Routes to these encoders; `force` is the force column's position, if any;
+    /// `rows` is how many rows the file declares.
+    pub(crate) fn new(encoders: Vec<SyncSender<Piece>>, force: Option<usize>, rows: u64) -> Router {
         let n = encoders.len();
         // Room for every set in flight: a release is never lost.
         let (release, released) = std::sync::mpsc::sync_channel(SETS_IN_FLIGHT);
@@ -148,6 +204,8 @@ impl Router {
             batches: 0,
             held: Vec::new(),
             held_bytes: 0,
+            held_rows: 0,
+            rows_left: rows,
             groups: Vec::new(),
             index: HashMap::new(),
             places: HashMap::new(),
@@ -169,21 +227,37 @@ impl Router {
         for (row, g) in labels.into_iter().enumerate() {
             self.groups[g].rows.push((b, row));
         }
+        let rows = columns.first().map_or(0, |c| c.len());
         self.held_bytes += columns
             .iter()
             .map(|c| c.get_array_memory_size())
             .sum::<usize>();
+        self.held_rows += rows;
+        self.rows_left = self.rows_left.saturating_sub(rows as u64);
         self.held.push(columns);
-        // The first set is smaller, so the encoders start early.
-        let bound = if self.flushes == 0 {
-            HELD_BYTES / 4
-        } else {
-            HELD_BYTES
-        };
-        if self.held_bytes >= bound {
+        if self.held_bytes >= self.bound() {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// The bytes held at which they are handed over. The first sets are smaller
+    /// (a quarter, then half of [`HELD_BYTES`]), so the encoders start early and do not
+    /// wait long for the second. Near the end of the file (by the rows it declares; a
+    /// wrong count only moves a boundary), the rest is split in halves down to a quarter:
+    /// nothing overlaps the encoding of the last set, so it is kept small.
+    fn bound(&self) -> usize {
+        let quarter = HELD_BYTES / 4;
+        let start = quarter << self.flushes.min(2);
+        let per_row = self.held_bytes / self.held_rows.max(1);
+        let left = usize::try_from(self.rows_left)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(per_row);
+        if left <= HELD_BYTES {
+            start.min(left.max(quarter))
+        } else {
+            start
+        }
     }
 
     /// Hands every force area's held rows to the encoders, once fewer than
@@ -206,6 +280,7 @@ impl Router {
             released: self.release.clone(),
         });
         self.held_bytes = 0;
+        self.held_rows = 0;
         self.in_flight += 1;
         self.flushes += 1;
         for group in groups {
@@ -345,12 +420,12 @@ mod tests {
             std::sync::mpsc::sync_channel(PIECES_QUEUED),
         );
         let receivers = [a.1, b.1];
-        let mut router = Router::new(vec![a.0, b.0], Some(0));
         // Sorted by force area, as partners often export: one large, one mid, one small.
         let forces: Vec<&str> = std::iter::repeat_n("E23000001", 300_000)
             .chain(std::iter::repeat_n("E23000002", 50_000))
             .chain(std::iter::repeat_n("E23000003", 9_000))
             .collect();
+        let mut router = Router::new(vec![a.0, b.0], Some(0), forces.len() as u64);
         let seen = std::thread::scope(|scope| {
             let workers: Vec<_> = receivers
                 .into_iter()
@@ -417,5 +492,109 @@ mod tests {
             .filter(|f| f.contains("E23000003"))
             .count();
         assert_eq!(small, 1, "a small force area stays in one file");
+    }
+
+    #[test]
+    fn coded_columns_are_gathered_as_the_text_of_the_rows_asked_for() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // Batches with dictionaries of their own (different entries, orders and sizes),
+        // some with null rows, one with none at all.
+        let mut batches = Vec::new();
+        let mut text: Vec<Vec<Option<String>>> = Vec::new();
+        for b in 0..6usize {
+            let entries: Vec<String> = (0..1 + b * 3)
+                .map(|v| format!("v{}", (v * 7 + b) % 11))
+                .collect();
+            let rows = if b == 4 { 0 } else { 50 + b * 40 };
+            let keys: Vec<Option<i32>> = (0..rows)
+                .map(|_| {
+                    if b % 2 == 1 && rng.random_bool(0.2) {
+                        None
+                    } else {
+                        Some(rng.random_range(0..entries.len()) as i32)
+                    }
+                })
+                .collect();
+            text.push(
+                keys.iter()
+                    .map(|k| k.map(|k| entries[k as usize].clone()))
+                    .collect(),
+            );
+            let array = DictionaryArray::<Int32Type>::try_new(
+                Int32Array::from(keys),
+                Arc::new(StringArray::from(entries)),
+            )
+            .expect("dictionary");
+            batches.push(vec![Arc::new(array) as ArrayRef]);
+        }
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        for _ in 0..400 {
+            let b = rng.random_range(0..6usize);
+            if !text[b].is_empty() {
+                rows.push((b, rng.random_range(0..text[b].len())));
+            }
+        }
+        let gathered = gather(&batches, &rows).expect("gather");
+        let as_text =
+            arrow::compute::cast(&gathered[0], &arrow::datatypes::DataType::Utf8).expect("cast");
+        let got: Vec<Option<String>> = as_text
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.map(str::to_owned))
+            .collect();
+        let expected: Vec<Option<String>> = rows.iter().map(|&(b, r)| text[b][r].clone()).collect();
+        assert_eq!(got, expected);
+        assert!(
+            expected.iter().any(Option::is_none),
+            "the test gathers null rows"
+        );
+    }
+
+    #[test]
+    fn the_first_and_last_sets_handed_to_the_encoders_are_small() {
+        // Batches of 64Ki rows and about 1.3 MiB (sharing their buffers, so the test
+        // holds little), 500 of them: about five full sets.
+        let rows = 1 << 16;
+        let force: ArrayRef = Arc::new(StringArray::from(vec!["E23000001"; rows]));
+        let value: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![7i64; rows]));
+        let per_batch = force.get_array_memory_size() + value.get_array_memory_size();
+        let batches = 500;
+        let (tx, rx) = std::sync::mpsc::sync_channel(PIECES_QUEUED);
+        let mut router = Router::new(vec![tx], Some(0), (batches * rows) as u64);
+        let sets = std::thread::scope(|scope| {
+            let encoder = scope.spawn(move || {
+                // Rows of each set, in the order the sets came: one force area, so a
+                // set's first piece starts at its first held row.
+                let mut sets: Vec<usize> = Vec::new();
+                for piece in rx {
+                    let Piece::Rows { rows, .. } = piece else {
+                        panic!("clustered rows come as row groups")
+                    };
+                    match sets.last_mut() {
+                        Some(n) if rows.first() != Some(&(0, 0)) => *n += rows.len(),
+                        _ => sets.push(rows.len()),
+                    }
+                }
+                sets
+            });
+            for _ in 0..batches {
+                assert!(router.push(vec![force.clone(), value.clone()]).is_ok());
+            }
+            assert!(router.finish().is_ok());
+            encoder.join().expect("encoder")
+        });
+        let mib = |rows: usize| rows / (1 << 16) * per_batch / (1 << 20);
+        let sizes: Vec<usize> = sets.iter().map(|n| mib(*n)).collect();
+        assert_eq!(sets.iter().sum::<usize>(), batches * rows);
+        let quarter = HELD_BYTES / 4 / (1 << 20);
+        let batch = per_batch.div_ceil(1 << 20);
+        assert!(sizes[0] <= quarter + batch, "{sizes:?}");
+        assert!(sizes[1] <= 2 * quarter + batch, "{sizes:?}");
+        assert!(sizes.iter().any(|s| *s + batch >= 4 * quarter), "{sizes:?}");
+        let last = sizes[sizes.len() - 1];
+        assert!(last <= quarter + batch, "the last set is small: {sizes:?}");
+        // Before it, the rest was split in halves, not handed over in one full set.
+        assert!(sizes[sizes.len() - 2] < 3 * quarter, "{sizes:?}");
     }
 }

@@ -90,17 +90,38 @@ impl CodedChunk {
         let mut map = vec![UNSEEN; text.len()];
         let nulls = d.logical_nulls();
         let nullable = self.nullable();
-        if nulls.is_some() && !nullable {
+        let keys = d.keys().values();
+        let Some(nulls) = nulls else {
+            // No nulls: the entries used are found in one pass over the keys, then every
+            // row is mapped by an array lookup.
+            let mut used = vec![false; text.len()];
+            for &key in keys.iter() {
+                *usize::try_from(key)
+                    .ok()
+                    .and_then(|k| used.get_mut(k))
+                    .ok_or_else(bad)? = true;
+            }
+            for (k, slot) in map.iter_mut().enumerate() {
+                if used[k] {
+                    *slot = self.intern(text.value(k));
+                }
+            }
+            self.ids.extend(keys.iter().map(|&k| map[k as usize]));
+            if nullable {
+                self.valid.extend(std::iter::repeat_n(true, keys.len()));
+            }
+            self.rows += keys.len();
+            return Ok(());
+        };
+        if !nullable {
             return Err(ParquetError::General(
                 "a required column holds nulls".into(),
             ));
         }
         self.ids.reserve(d.len());
-        for (row, &key) in d.keys().values().iter().enumerate() {
-            let valid = nulls.as_ref().is_none_or(|n| n.is_valid(row));
-            if nullable {
-                self.valid.push(valid);
-            }
+        for (row, &key) in keys.iter().enumerate() {
+            let valid = nulls.is_valid(row);
+            self.valid.push(valid);
             if !valid {
                 continue;
             }
@@ -123,9 +144,10 @@ impl CodedChunk {
 
     /// The encoded chunk (starting at offset 0) and what parquet-rs needs to splice it
     /// into a row group.
-    pub(crate) fn finish(self) -> Result<(Bytes, ColumnCloseResult)> {
+    pub(crate) fn finish(mut self) -> Result<(Bytes, ColumnCloseResult)> {
         let width = bit_width(self.values.len().saturating_sub(1));
-        // Each value's rank in byte order, for the statistics.
+        // The dictionary is written in byte order, so a row's index is its value's rank:
+        // a page's minimum and maximum are those of its indices.
         let mut order: Vec<u32> = (0..self.values.len() as u32).collect();
         order.sort_unstable_by(|a, b| {
             self.values[*a as usize]
@@ -136,12 +158,16 @@ impl CodedChunk {
         for (r, id) in order.iter().enumerate() {
             rank[*id as usize] = r as u32;
         }
+        for id in &mut self.ids {
+            *id = rank[*id as usize];
+        }
         let bytes_of = |r: u32| self.values[order[r as usize] as usize].as_bytes().to_vec();
 
         let mut sink = TrackedWrite::new(Vec::new());
         let mut pages = SerializedPageWriter::new(&mut sink);
         let mut dictionary = Vec::new();
-        for v in &self.values {
+        for id in &order {
+            let v = &self.values[*id as usize];
             dictionary.extend_from_slice(&(v.len() as u32).to_le_bytes());
             dictionary.extend_from_slice(v.as_bytes());
         }
@@ -151,7 +177,7 @@ impl CodedChunk {
                 buf: Bytes::from(dictionary),
                 num_values: self.values.len() as u32,
                 encoding: Encoding::PLAIN,
-                is_sorted: false,
+                is_sorted: true,
             },
             size,
         ))?;
@@ -163,7 +189,7 @@ impl CodedChunk {
         let (mut low, mut high) = (u32::MAX, 0u32);
         while first_row < self.rows || (self.rows == 0 && data_offset.is_none()) {
             let page_rows = self.page_rows.min(self.rows - first_row);
-            let mut buf = Vec::new();
+            let mut buf = Vec::with_capacity(page_rows * usize::from(width) / 8 + 64);
             let mut nulls = 0usize;
             if self.nullable() {
                 let levels: Vec<u32> = self.valid[first_row..first_row + page_rows]
@@ -179,10 +205,8 @@ impl CodedChunk {
             let ids = &self.ids[next_id..next_id + page_rows - nulls];
             buf.push(width);
             hybrid(ids, width, &mut buf);
-            let (page_low, page_high) = ids.iter().fold((u32::MAX, 0u32), |(lo, hi), id| {
-                let r = rank[*id as usize];
-                (lo.min(r), hi.max(r))
-            });
+            let page_low = ids.iter().copied().min().unwrap_or(u32::MAX);
+            let page_high = ids.iter().copied().max().unwrap_or(0);
             if ids.is_empty() {
                 column_index.append(true, Vec::new(), Vec::new(), nulls as i64);
             } else {
@@ -268,7 +292,22 @@ pub(crate) fn hybrid(values: &[u32], width: u8, out: &mut Vec<u8>) {
     let mut i = 0;
     while i < values.len() {
         let v = values[i];
-        let mut end = i + 1;
+        // A run shorter than eight is never written as a run: the next eight values are
+        // compared at once, and only a run of eight is followed further.
+        let mut end = match values.get(i..i + 8) {
+            Some(next) => {
+                let differ = next
+                    .iter()
+                    .enumerate()
+                    .fold(0u8, |m, (k, x)| m | (u8::from(*x != v) << k));
+                if differ != 0 {
+                    i += differ.trailing_zeros() as usize;
+                    continue;
+                }
+                i + 8
+            }
+            None => i + 1,
+        };
         while end < values.len() && values[end] == v {
             end += 1;
         }
@@ -292,10 +331,41 @@ fn bit_packed(values: &[u32], width: u8, out: &mut Vec<u8>) {
     for run in values.chunks(63 * 8) {
         let groups = run.len().div_ceil(8);
         uleb(((groups as u64) << 1) | 1, out);
+        out.reserve(groups * usize::from(width));
+        let mut eights = run.chunks_exact(8);
+        for group in &mut eights {
+            pack8(group, width, out);
+        }
+        let rest = eights.remainder();
+        if !rest.is_empty() {
+            let mut padded = [0u32; 8];
+            padded[..rest.len()].copy_from_slice(rest);
+            pack8(&padded, width, out);
+        }
+    }
+}
+
+/// Appends eight values of `width` bits packed, least significant bit first: `width`
+/// bytes.
+fn pack8(group: &[u32], width: u8, out: &mut Vec<u8>) {
+    let w = u32::from(width);
+    if w <= 8 {
+        let mut acc = 0u64;
+        for (i, v) in group.iter().enumerate() {
+            acc |= u64::from(*v) << (i as u32 * w);
+        }
+        out.extend_from_slice(&acc.to_le_bytes()[..usize::from(width)]);
+    } else if w <= 16 {
+        let mut acc = 0u128;
+        for (i, v) in group.iter().enumerate() {
+            acc |= u128::from(*v) << (i as u32 * w);
+        }
+        out.extend_from_slice(&acc.to_le_bytes()[..usize::from(width)]);
+    } else {
         let (mut acc, mut bits) = (0u64, 0u32);
-        for k in 0..groups * 8 {
-            acc |= u64::from(run.get(k).copied().unwrap_or(0)) << bits;
-            bits += u32::from(width);
+        for v in group {
+            acc |= u64::from(*v) << bits;
+            bits += w;
             while bits >= 8 {
                 out.push(acc as u8);
                 acc >>= 8;
@@ -503,6 +573,96 @@ mod tests {
                 read == expected,
                 "{rows} rows of {distinct} values read back differently"
             );
+        }
+    }
+
+    /// Bit-packing value by value, as the format describes it.
+    fn packed_one_by_one(values: &[u32], width: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        for run in values.chunks(63 * 8) {
+            let groups = run.len().div_ceil(8);
+            super::uleb(((groups as u64) << 1) | 1, &mut out);
+            let (mut acc, mut bits) = (0u64, 0u32);
+            for k in 0..groups * 8 {
+                acc |= u64::from(run.get(k).copied().unwrap_or(0)) << bits;
+                bits += u32::from(width);
+                while bits >= 8 {
+                    out.push(acc as u8);
+                    acc >>= 8;
+                    bits -= 8;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn bit_packing_eight_at_a_time_matches_packing_one_by_one_at_every_width() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for width in 0..=24u8 {
+            for len in [0, 1, 7, 8, 9, 63 * 8, 63 * 8 + 5, 1_500] {
+                let values: Vec<u32> = (0..len)
+                    .map(|_| {
+                        if width == 0 {
+                            0
+                        } else {
+                            rng.random_range(0..(1u64 << width)) as u32
+                        }
+                    })
+                    .collect();
+                let mut fast = Vec::new();
+                super::bit_packed(&values, width, &mut fast);
+                assert_eq!(
+                    fast,
+                    packed_one_by_one(&values, width),
+                    "width {width}, {len} values"
+                );
+            }
+        }
+    }
+
+    /// The hybrid encoding found run by run, value by value.
+    fn hybrid_run_by_run(values: &[u32], width: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (mut literal_start, mut i) = (0, 0);
+        while i < values.len() {
+            let v = values[i];
+            let mut end = i + 1;
+            while end < values.len() && values[end] == v {
+                end += 1;
+            }
+            let fill = (8 - (i - literal_start) % 8) % 8;
+            if end - i >= fill + 8 {
+                let split = i + fill;
+                out.extend(packed_one_by_one(&values[literal_start..split], width));
+                super::uleb(((end - split) as u64) << 1, &mut out);
+                out.extend_from_slice(&v.to_le_bytes()[..usize::from(width).div_ceil(8)]);
+                literal_start = end;
+            }
+            i = end;
+        }
+        out.extend(packed_one_by_one(&values[literal_start..], width));
+        out
+    }
+
+    #[test]
+    fn the_hybrid_encoding_is_the_same_as_finding_every_run_value_by_value() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for case in 0..400 {
+            let width = rng.random_range(1..=12u8);
+            let mut values = Vec::new();
+            while values.len() < rng.random_range(0..3_000) {
+                let run = match case % 3 {
+                    0 => rng.random_range(1..4),
+                    1 => rng.random_range(1..20),
+                    _ => rng.random_range(5..12),
+                };
+                let v = rng.random_range(0..(1u32 << width).min(4));
+                values.extend(std::iter::repeat_n(v, run));
+            }
+            let mut fast = Vec::new();
+            super::hybrid(&values, width, &mut fast);
+            assert_eq!(fast, hybrid_run_by_run(&values, width), "case {case}");
         }
     }
 

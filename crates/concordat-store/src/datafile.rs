@@ -41,7 +41,7 @@ const TARGET_FILE_BYTES: usize = 32 << 20;
 /// Rows per row group: bounds the writer's memory whatever the upload's size.
 pub(crate) const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// A file's data is synced in the background each time this much more is written.
-const WRITE_BACK_BYTES: usize = 4 << 20;
+const WRITE_BACK_BYTES: usize = 1 << 20;
 /// Rows per data page, at most.
 const PAGE_ROWS: usize = 20_000;
 

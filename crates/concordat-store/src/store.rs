@@ -353,6 +353,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Chunks of an upload received and not yet hashed, at most.
+const HASH_QUEUE: usize = 32;
+
 impl Store {
     /// Opens (creating) the data directory.
     pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
@@ -444,7 +447,17 @@ impl Store {
             .map_err(StoreError::internal)?;
         let (file, path) = tmp.into_parts();
         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
-        let mut hasher = Sha256::new();
+        // The digest is computed on a thread of its own as the chunks arrive (it costs
+        // as much CPU as receiving and writing together); a bounded queue keeps what
+        // waits for it small.
+        let (chunks, mut to_hash) = tokio::sync::mpsc::channel::<bytes::Bytes>(HASH_QUEUE);
+        let hashing = tokio::task::spawn_blocking(move || {
+            let mut hasher = Sha256::new();
+            while let Some(chunk) = to_hash.blocking_recv() {
+                hasher.update(&chunk);
+            }
+            hex::encode(hasher.finalize())
+        });
         let mut bytes = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| StoreError::Receive(e.to_string()))?;
@@ -452,14 +465,19 @@ impl Store {
             if bytes > limit {
                 return Err(StoreError::TooLarge { limit });
             }
-            hasher.update(&chunk);
+            chunks
+                .send(chunk.clone())
+                .await
+                .map_err(|_| StoreError::Internal("the upload's digest stopped".into()))?;
             out.write_all(&chunk).await.map_err(StoreError::internal)?;
         }
+        drop(chunks);
         out.flush().await.map_err(StoreError::internal)?;
+        let sha256 = hashing.await.map_err(StoreError::internal)?;
         Ok(StagedFile {
             path,
             bytes,
-            sha256: hex::encode(hasher.finalize()),
+            sha256,
         })
     }
 

@@ -545,8 +545,15 @@ impl<'a> RowChecker<'a> {
                     return Ok(());
                 }
                 let v = floats(a)?;
-                // NaN and infinities are refused wherever a number is.
-                let mut bad: BooleanArray = v.iter().map(|x| x.map(|x| !x.is_finite())).collect();
+                // NaN and infinities are refused wherever a number is (only a float can
+                // be either).
+                let values = v.values();
+                let bits = if col.data_type == ColumnType::Float64 {
+                    BooleanBuffer::collect_bool(v.len(), |i| !values[i].is_finite())
+                } else {
+                    BooleanBuffer::new_unset(v.len())
+                };
+                let mut bad = BooleanArray::new(bits, v.nulls().cloned());
                 if let Some(m) = b.min {
                     bad = or(&bad, &cmp::lt(&v, &scalar(m))?)?;
                 }
