@@ -331,7 +331,7 @@ fn bit_packed(values: &[u32], width: u8, out: &mut Vec<u8>) {
     for run in values.chunks(63 * 8) {
         let groups = run.len().div_ceil(8);
         uleb(((groups as u64) << 1) | 1, out);
-        out.reserve(groups * usize::from(width));
+        out.reserve(groups * usize::from(width) + 16);
         let mut eights = run.chunks_exact(8);
         for group in &mut eights {
             pack8(group, width, out);
@@ -354,13 +354,19 @@ fn pack8(group: &[u32], width: u8, out: &mut Vec<u8>) {
         for (i, v) in group.iter().enumerate() {
             acc |= u64::from(*v) << (i as u32 * w);
         }
-        out.extend_from_slice(&acc.to_le_bytes()[..usize::from(width)]);
+        // All eight bytes are stored at once (no copy of a variable length), then the
+        // unused ones dropped.
+        let len = out.len();
+        out.extend_from_slice(&acc.to_le_bytes());
+        out.truncate(len + usize::from(width));
     } else if w <= 16 {
         let mut acc = 0u128;
         for (i, v) in group.iter().enumerate() {
             acc |= u128::from(*v) << (i as u32 * w);
         }
-        out.extend_from_slice(&acc.to_le_bytes()[..usize::from(width)]);
+        let len = out.len();
+        out.extend_from_slice(&acc.to_le_bytes());
+        out.truncate(len + usize::from(width));
     } else {
         let (mut acc, mut bits) = (0u64, 0u32);
         for v in group {
