@@ -349,21 +349,13 @@ fn bit_packed(values: &[u32], width: u8, out: &mut Vec<u8>) {
 /// bytes.
 fn pack8(group: &[u32], width: u8, out: &mut Vec<u8>) {
     let w = u32::from(width);
-    if w <= 8 {
-        let mut acc = 0u64;
-        for (i, v) in group.iter().enumerate() {
-            acc |= u64::from(*v) << (i as u32 * w);
-        }
-        // All eight bytes are stored at once (no copy of a variable length), then the
-        // unused ones dropped.
-        let len = out.len();
-        out.extend_from_slice(&acc.to_le_bytes());
-        out.truncate(len + usize::from(width));
-    } else if w <= 16 {
+    if w <= 16 {
         let mut acc = 0u128;
         for (i, v) in group.iter().enumerate() {
             acc |= u128::from(*v) << (i as u32 * w);
         }
+        // All sixteen bytes are stored at once (no copy of a variable length), then the
+        // unused ones dropped.
         let len = out.len();
         out.extend_from_slice(&acc.to_le_bytes());
         out.truncate(len + usize::from(width));

@@ -12,7 +12,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 use url::Url;
 
 use crate::inspect::FileLimits;
@@ -353,8 +353,8 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Chunks of an upload received and not yet hashed, at most.
-const HASH_QUEUE: usize = 32;
+/// Chunks of an upload received and not yet hashed (or not yet written), at most.
+const STAGE_QUEUE: usize = 32;
 
 impl Store {
     /// Opens (creating) the data directory.
@@ -446,33 +446,50 @@ impl Store {
             .tempfile_in(self.cfg.data_dir.join("staging"))
             .map_err(StoreError::internal)?;
         let (file, path) = tmp.into_parts();
-        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
-        // The digest is computed on a thread of its own as the chunks arrive (it costs
-        // as much CPU as receiving and writing together); a bounded queue keeps what
-        // waits for it small.
-        let (chunks, mut to_hash) = tokio::sync::mpsc::channel::<bytes::Bytes>(HASH_QUEUE);
+        // The digest and the writing each run on a thread of their own as the chunks
+        // arrive (hashing costs as much CPU as receiving), sharing the chunks without a
+        // copy; bounded queues keep what waits small. Chunks of 64 KiB or more are
+        // written as they are, smaller ones gathered first.
+        let (to_hash, mut hash_queue) = tokio::sync::mpsc::channel::<bytes::Bytes>(STAGE_QUEUE);
+        let (to_write, mut write_queue) = tokio::sync::mpsc::channel::<bytes::Bytes>(STAGE_QUEUE);
         let hashing = tokio::task::spawn_blocking(move || {
             let mut hasher = Sha256::new();
-            while let Some(chunk) = to_hash.blocking_recv() {
+            while let Some(chunk) = hash_queue.blocking_recv() {
                 hasher.update(&chunk);
             }
             hex::encode(hasher.finalize())
         });
+        let writing = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut out = std::io::BufWriter::with_capacity(64 << 10, file);
+            while let Some(chunk) = write_queue.blocking_recv() {
+                out.write_all(&chunk)?;
+            }
+            out.flush()
+        });
         let mut bytes = 0u64;
+        let mut stopped = false;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| StoreError::Receive(e.to_string()))?;
             bytes += chunk.len() as u64;
             if bytes > limit {
                 return Err(StoreError::TooLarge { limit });
             }
-            chunks
-                .send(chunk.clone())
-                .await
-                .map_err(|_| StoreError::Internal("the upload's digest stopped".into()))?;
-            out.write_all(&chunk).await.map_err(StoreError::internal)?;
+            if to_hash.send(chunk.clone()).await.is_err() || to_write.send(chunk).await.is_err() {
+                // The writer failed: its error is reported below.
+                stopped = true;
+                break;
+            }
         }
-        drop(chunks);
-        out.flush().await.map_err(StoreError::internal)?;
+        drop((to_hash, to_write));
+        writing
+            .await
+            .map_err(StoreError::internal)?
+            .map_err(StoreError::internal)?;
+        if stopped {
+            return Err(StoreError::Internal(
+                "the staged upload stopped being written".into(),
+            ));
+        }
         let sha256 = hashing.await.map_err(StoreError::internal)?;
         Ok(StagedFile {
             path,
