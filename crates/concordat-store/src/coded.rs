@@ -292,22 +292,7 @@ pub(crate) fn hybrid(values: &[u32], width: u8, out: &mut Vec<u8>) {
     let mut i = 0;
     while i < values.len() {
         let v = values[i];
-        // A run shorter than eight is never written as a run: the next eight values are
-        // compared at once, and only a run of eight is followed further.
-        let mut end = match values.get(i..i + 8) {
-            Some(next) => {
-                let differ = next
-                    .iter()
-                    .enumerate()
-                    .fold(0u8, |m, (k, x)| m | (u8::from(*x != v) << k));
-                if differ != 0 {
-                    i += differ.trailing_zeros() as usize;
-                    continue;
-                }
-                i + 8
-            }
-            None => i + 1,
-        };
+        let mut end = i + 1;
         while end < values.len() && values[end] == v {
             end += 1;
         }

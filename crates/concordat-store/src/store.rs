@@ -475,7 +475,8 @@ impl Store {
                 return Err(StoreError::TooLarge { limit });
             }
             if to_hash.send(chunk.clone()).await.is_err() || to_write.send(chunk).await.is_err() {
-                // The writer failed: its error is reported below.
+                // A thread stopped: the writer's error, if it was the writer, is
+                // reported below.
                 stopped = true;
                 break;
             }
